@@ -1,0 +1,383 @@
+//! Validation and compilation of LuaRoutes into the `moongate.v1` protobuf `Route`.
+//!
+//! This is the one implementation shared by the controller and the dataplane's
+//! standalone mode: a spec goes in, a `Route` with LuaJIT bytecode (or every
+//! problem found, each naming route, location, phase and line) comes out.
+
+use mlua::Lua;
+use mlua::chunk::ChunkMode;
+use moongate_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+
+use crate::crd::{LocationSpec, LuaRoute, MatchKind, Persistence};
+use crate::error::Problem;
+use crate::quantity::parse_bytes;
+
+/// Compiles Lua source to bytecode with the same LuaJIT build the dataplane runs.
+pub struct Compiler {
+    lua: Lua,
+}
+
+impl Default for Compiler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Compiler {
+    pub fn new() -> Self {
+        Compiler { lua: Lua::new() }
+    }
+
+    /// Compiles one chunk. `name` is what Lua prints before line numbers in errors.
+    /// On a syntax error returns the 1-based line (when Lua names one) and message.
+    pub fn chunk(&self, name: &str, source: &str) -> Result<pb::Chunk, (Option<u32>, String)> {
+        let chunk_name = format!("={name}");
+        let function = self
+            .lua
+            .load(source)
+            .set_name(&chunk_name)
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| split_lua_error(name, &e.to_string()))?;
+        // Keep debug info: runtime errors must name the line.
+        let bytecode = function.dump(false);
+        let digest = Sha256::digest(&bytecode).to_vec();
+        Ok(pb::Chunk {
+            name: chunk_name,
+            bytecode,
+            digest,
+        })
+    }
+
+    /// The bytecode format this build produces; a dataplane must report the same.
+    pub fn abi(&self) -> pb::BytecodeAbi {
+        let jit: mlua::Table = self.lua.globals().get("jit").expect("LuaJIT always has the jit table");
+        let version: String = jit.get("version").unwrap_or_default();
+        let arch: String = jit.get("arch").unwrap_or_default();
+        let probe = self
+            .lua
+            .load("return 1")
+            .into_function()
+            .expect("a constant chunk compiles");
+        let header = probe.dump(true);
+        // LuaJIT dump header: ESC 'L' 'J' <version> <flags>; flags carry FR2/FFI bits.
+        let format = format!(
+            "bc{}-flags{}",
+            header.get(3).copied().unwrap_or(0),
+            header.get(4).copied().unwrap_or(0) & !0x02
+        );
+        pb::BytecodeAbi {
+            luajit_version: version,
+            arch,
+            format,
+        }
+    }
+}
+
+/// Splits "NAME:LINE: message" as LuaJIT formats syntax errors.
+fn split_lua_error(name: &str, text: &str) -> (Option<u32>, String) {
+    let text = text.strip_prefix("syntax error: ").unwrap_or(text);
+    let text = text.lines().next().unwrap_or(text);
+    let rest = text.strip_prefix(name).and_then(|r| r.strip_prefix(':'));
+    if let Some(rest) = rest {
+        if let Some((line, msg)) = rest.split_once(": ") {
+            if let Ok(line) = line.parse() {
+                return (Some(line), msg.to_string());
+            }
+        }
+    }
+    (None, text.to_string())
+}
+
+/// Chunk name for a location's phase handler, in nginx's style:
+/// `content_by_lua(default/hello /hello)`.
+pub fn handler_chunk_name(route: &str, path: &str, phase: &str) -> String {
+    format!("{phase}_by_lua({route} {path})")
+}
+
+/// Validates and compiles one LuaRoute. `created_at` orders routes sharing a hostname.
+pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> Result<pb::Route, Vec<Problem>> {
+    let namespace = route
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    let name = route.metadata.name.clone().unwrap_or_default();
+    let route_id = format!("{namespace}/{name}");
+    let spec = &route.spec;
+    let mut problems = Vec::new();
+    let problem = |location: Option<&str>, phase: Option<&str>, line: Option<u32>, message: String| Problem {
+        route: Some(route_id.clone()),
+        location: location.map(str::to_string),
+        phase: phase.map(str::to_string),
+        line,
+        message,
+        file: None,
+    };
+
+    if name.is_empty() {
+        problems.push(problem(None, None, None, "metadata.name is required".into()));
+    }
+    if spec.locations.is_empty() {
+        problems.push(problem(None, None, None, "spec.locations must not be empty".into()));
+    }
+    for host in &spec.hostnames {
+        if host.is_empty() || host.contains(['/', ' ', ':']) {
+            problems.push(problem(None, None, None, format!("invalid hostname {host:?}")));
+        }
+    }
+
+    let mut locations = Vec::with_capacity(spec.locations.len());
+    for (i, loc) in spec.locations.iter().enumerate() {
+        if let Some(earlier) = spec.locations[..i]
+            .iter()
+            .find(|l| l.path == loc.path && l.match_kind == loc.match_kind)
+        {
+            problems.push(problem(
+                Some(&loc.path),
+                None,
+                None,
+                format!("duplicate location {:?} {}", earlier.match_kind, loc.path),
+            ));
+        }
+        match compile_location(compiler, &route_id, loc) {
+            Ok(l) => locations.push(l),
+            Err(errs) => problems.extend(
+                errs.into_iter()
+                    .map(|(phase, line, message)| problem(Some(&loc.path), phase.as_deref(), line, message)),
+            ),
+        }
+    }
+
+    let mut shared_dicts = Vec::new();
+    for (i, dict) in spec.shared_dicts.iter().enumerate() {
+        let at = Some(format!("sharedDicts[{}]", dict.name));
+        if dict.name.is_empty()
+            || !dict
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problems.push(problem(
+                None,
+                at.as_deref(),
+                None,
+                format!("invalid shared dict name {:?}", dict.name),
+            ));
+        }
+        if spec.shared_dicts[..i].iter().any(|d| d.name == dict.name) {
+            problems.push(problem(
+                None,
+                at.as_deref(),
+                None,
+                format!("shared dict {:?} declared twice", dict.name),
+            ));
+        }
+        match parse_bytes(&dict.capacity) {
+            Ok(bytes) if bytes >= 8 << 10 => shared_dicts.push(pb::SharedDict {
+                name: dict.name.clone(),
+                capacity_bytes: bytes,
+                persistence: match dict.persistence {
+                    Persistence::Memory => pb::Persistence::Memory,
+                    Persistence::Durable => pb::Persistence::Durable,
+                } as i32,
+            }),
+            Ok(_) => problems.push(problem(
+                None,
+                at.as_deref(),
+                None,
+                format!("capacity {:?} is below the 8k minimum", dict.capacity),
+            )),
+            Err(e) => problems.push(problem(None, at.as_deref(), None, e)),
+        }
+    }
+
+    let mut modules = Vec::new();
+    for (module, source) in &spec.modules {
+        let phase = format!("module {module}");
+        match compiler.chunk(&format!("{module}({route_id})"), source) {
+            Ok(chunk) => modules.push(pb::Module {
+                name: module.clone(),
+                chunk: Some(chunk),
+            }),
+            Err((line, msg)) => problems.push(problem(None, Some(&phase), line, msg)),
+        }
+    }
+
+    let mut whole_route_chunk = |phase: &str, source: &Option<String>| -> Option<pb::Chunk> {
+        let source = source.as_ref()?;
+        match compiler.chunk(&format!("{phase}_by_lua({route_id})"), source) {
+            Ok(chunk) => Some(chunk),
+            Err((line, msg)) => {
+                problems.push(problem(None, Some(phase), line, msg));
+                None
+            }
+        }
+    };
+    let init = whole_route_chunk("init", &spec.init);
+    let init_worker = whole_route_chunk("init_worker", &spec.init_worker);
+
+    let mut limits = pb::Limits::default();
+    if let Some(l) = &spec.limits {
+        if let Some(size) = &l.max_body_size {
+            match parse_bytes(size) {
+                Ok(b) => limits.max_body_bytes = b,
+                Err(e) => problems.push(problem(None, Some("limits.maxBodySize"), None, e)),
+            }
+        }
+        limits.instruction_budget = l.instruction_budget.unwrap_or(0);
+        limits.jit = l.jit;
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(pb::Route {
+        namespace,
+        name,
+        generation: route.metadata.generation.unwrap_or(0),
+        hostnames: spec.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        locations,
+        shared_dicts,
+        modules,
+        init,
+        init_worker,
+        limits: Some(limits),
+        created_at,
+    })
+}
+
+type LocationProblem = (Option<String>, Option<u32>, String);
+
+fn compile_location(
+    compiler: &Compiler,
+    route_id: &str,
+    loc: &LocationSpec,
+) -> Result<pb::Location, Vec<LocationProblem>> {
+    let mut problems: Vec<LocationProblem> = Vec::new();
+    let match_kind = match loc.match_kind {
+        MatchKind::Prefix => pb::MatchKind::Prefix,
+        MatchKind::Exact => pb::MatchKind::Exact,
+        MatchKind::PrefixPriority => pb::MatchKind::PrefixPriority,
+        MatchKind::Regex => pb::MatchKind::Regex,
+        MatchKind::RegexCaseInsensitive => pb::MatchKind::RegexCaseInsensitive,
+    };
+    match loc.match_kind {
+        MatchKind::Regex | MatchKind::RegexCaseInsensitive => {
+            let caseless = loc.match_kind == MatchKind::RegexCaseInsensitive;
+            if let Err(e) = pcre2::bytes::RegexBuilder::new().caseless(caseless).build(&loc.path) {
+                problems.push((None, None, format!("invalid regex {:?}: {e}", loc.path)));
+            }
+        }
+        _ if !loc.path.starts_with('/') => {
+            problems.push((None, None, format!("path {:?} must start with '/'", loc.path)))
+        }
+        _ => {}
+    }
+    for name in loc.vars.keys() {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            problems.push((None, None, format!("invalid variable name {name:?}")));
+        }
+    }
+    let mut handler = |phase: &str, source: &Option<String>| -> Option<pb::Chunk> {
+        let source = source.as_ref()?;
+        match compiler.chunk(&handler_chunk_name(route_id, &loc.path, phase), source) {
+            Ok(chunk) => Some(chunk),
+            Err((line, msg)) => {
+                problems.push((Some(phase.to_string()), line, msg));
+                None
+            }
+        }
+    };
+    let location = pb::Location {
+        path: loc.path.clone(),
+        match_kind: match_kind as i32,
+        vars: loc
+            .vars
+            .iter()
+            .map(|(name, value)| pb::Var {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        rewrite: handler("rewrite", &loc.rewrite),
+        access: handler("access", &loc.access),
+        content: handler("content", &loc.content),
+        header_filter: handler("header_filter", &loc.header_filter),
+        body_filter: handler("body_filter", &loc.body_filter),
+        log: handler("log", &loc.log),
+        default_type: loc.default_type.clone(),
+        need_request_body: loc.need_request_body,
+        upstream: loc.upstream.as_ref().map(|u| pb::Upstream {
+            endpoints: Vec::new(),
+            service: u.service.clone(),
+            port: u.port.into(),
+        }),
+    };
+    if problems.is_empty() {
+        Ok(location)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::parse_routes;
+
+    fn compile_yaml(yaml: &str) -> Result<pb::Route, Vec<Problem>> {
+        let routes = parse_routes(yaml, None).expect("valid yaml");
+        compile_route(&Compiler::new(), &routes[0], 0)
+    }
+
+    #[test]
+    fn compiles_handlers_to_bytecode_with_digest() {
+        let route = compile_yaml(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {name: hello}\nspec:\n  locations:\n  - path: /hello\n    match: Exact\n    content: ngx.say('hi')\n",
+        )
+        .unwrap();
+        assert_eq!(route.namespace, "default");
+        let chunk = route.locations[0].content.as_ref().unwrap();
+        assert_eq!(&chunk.bytecode[..3], b"\x1bLJ");
+        assert_eq!(chunk.digest, Sha256::digest(&chunk.bytecode).to_vec());
+        assert_eq!(route.locations[0].match_kind, pb::MatchKind::Exact as i32);
+    }
+
+    #[test]
+    fn syntax_error_names_route_location_phase_and_line() {
+        let errs = compile_yaml(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {name: bad, namespace: team}\nspec:\n  locations:\n  - path: /x\n    access: |\n      local a = 1\n      if a then\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let p = &errs[0];
+        assert_eq!(p.route.as_deref(), Some("team/bad"));
+        assert_eq!(p.location.as_deref(), Some("/x"));
+        assert_eq!(p.phase.as_deref(), Some("access"));
+        assert_eq!(p.line, Some(3));
+        assert!(p.message.contains("'end' expected"), "{}", p.message);
+    }
+
+    #[test]
+    fn bad_regex_and_bad_capacity_are_reported_together() {
+        let errs = compile_yaml(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {name: r}\nspec:\n  sharedDicts: [{name: d, capacity: 12Xi}]\n  locations:\n  - path: '^/(a'\n    match: Regex\n    content: ngx.say(1)\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|p| p.location.as_deref() == Some("^/(a") && p.message.contains("invalid regex"))
+        );
+        assert!(errs.iter().any(|p| p.message.contains("unknown unit")));
+    }
+
+    #[test]
+    fn abi_names_this_luajit_build() {
+        let abi = Compiler::new().abi();
+        assert!(abi.luajit_version.starts_with("LuaJIT 2."), "{abi:?}");
+        assert!(!abi.arch.is_empty());
+    }
+}

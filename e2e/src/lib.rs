@@ -1,0 +1,1 @@
+//! End-to-end harness shared by the e2e binaries and tests.
