@@ -1,0 +1,406 @@
+//! The dataplane's own view of a config snapshot, converted from `moongate.v1`
+//! at the boundary: digests are checked and regexes compiled here, so a bad
+//! snapshot is rejected before any worker sees it.
+
+use std::collections::HashMap;
+
+use moongate_proto::v1 as pb;
+use pcre2::bytes::{Regex, RegexBuilder};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The request phases that run Lua, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Rewrite = 0,
+    Access = 1,
+    Content = 2,
+    HeaderFilter = 3,
+    BodyFilter = 4,
+    Log = 5,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Rewrite,
+        Phase::Access,
+        Phase::Content,
+        Phase::HeaderFilter,
+        Phase::BodyFilter,
+        Phase::Log,
+    ];
+
+    /// The name `ngx.get_phase()` returns.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Rewrite => "rewrite",
+            Phase::Access => "access",
+            Phase::Content => "content",
+            Phase::HeaderFilter => "header_filter",
+            Phase::BodyFilter => "body_filter",
+            Phase::Log => "log",
+        }
+    }
+}
+
+/// A compiled Lua chunk, digest already verified.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    pub name: String,
+    pub bytecode: Vec<u8>,
+}
+
+impl Chunk {
+    fn verified(route: &str, chunk: &pb::Chunk) -> Result<Chunk> {
+        if Sha256::digest(&chunk.bytecode).as_slice() != chunk.digest.as_slice() {
+            return Err(Error::Load {
+                route: route.to_string(),
+                message: format!("chunk {}: digest mismatch", chunk.name),
+            });
+        }
+        Ok(Chunk {
+            name: chunk.name.clone(),
+            bytecode: chunk.bytecode.clone(),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchKind {
+    Prefix,
+    Exact,
+    PrefixPriority,
+    Regex,
+}
+
+#[derive(Debug)]
+pub struct Location {
+    pub path: String,
+    pub kind: MatchKind,
+    regex: Option<Regex>,
+    /// `set $name value`, in order.
+    pub vars: Vec<(String, Vec<u8>)>,
+    /// Indexed by `Phase as usize`.
+    pub handlers: [Option<Chunk>; 6],
+    pub default_type: Option<String>,
+    pub need_request_body: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct DictDecl {
+    pub name: String,
+    pub capacity: u64,
+    pub durable: bool,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// `namespace/name`
+    pub id: String,
+    pub namespace: String,
+    pub locations: Vec<Location>,
+    pub modules: Vec<(String, Chunk)>,
+    pub init: Option<Chunk>,
+    pub init_worker: Option<Chunk>,
+    pub shared_dicts: Vec<DictDecl>,
+    /// Bytes; 0 means the server default.
+    pub max_body: u64,
+    pub instruction_budget: u64,
+    pub jit: bool,
+}
+
+/// A location as (route index, location index) into `Config::routes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocationRef {
+    pub route: usize,
+    pub location: usize,
+}
+
+/// The locations of one virtual server, indexed for nginx's selection rules.
+#[derive(Debug, Default)]
+struct Server {
+    exact: HashMap<Vec<u8>, LocationRef>,
+    /// Longest first; `true` marks `^~`.
+    prefixes: Vec<(Vec<u8>, bool, LocationRef)>,
+    /// Declaration order.
+    regexes: Vec<LocationRef>,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub version: u64,
+    pub content_hash: Vec<u8>,
+    pub routes: Vec<Route>,
+    by_host: HashMap<String, Server>,
+    /// Routes without hostnames.
+    any_host: Server,
+}
+
+impl TryFrom<&pb::Snapshot> for Config {
+    type Error = Error;
+
+    fn try_from(snapshot: &pb::Snapshot) -> Result<Config> {
+        let mut routes = Vec::with_capacity(snapshot.routes.len());
+        for r in &snapshot.routes {
+            routes.push(route_from_proto(r)?);
+        }
+        let mut by_host: HashMap<String, Server> = HashMap::new();
+        let mut any_host = Server::default();
+        for (ri, r) in snapshot.routes.iter().enumerate() {
+            let servers: Vec<&mut Server> = if r.hostnames.is_empty() {
+                vec![&mut any_host]
+            } else {
+                // A host named by several routes gets all their locations, in route order.
+                let mut v = Vec::new();
+                for h in &r.hostnames {
+                    by_host.entry(h.to_ascii_lowercase()).or_default();
+                }
+                for (h, s) in by_host.iter_mut() {
+                    if r.hostnames.iter().any(|x| x.eq_ignore_ascii_case(h)) {
+                        v.push(s);
+                    }
+                }
+                v
+            };
+            for server in servers {
+                for (li, loc) in routes[ri].locations.iter().enumerate() {
+                    server.add(
+                        &loc.path,
+                        loc.kind,
+                        LocationRef {
+                            route: ri,
+                            location: li,
+                        },
+                    );
+                }
+            }
+        }
+        for s in by_host.values_mut().chain(std::iter::once(&mut any_host)) {
+            s.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        }
+        Ok(Config {
+            version: snapshot.version,
+            content_hash: snapshot.content_hash.clone(),
+            routes,
+            by_host,
+            any_host,
+        })
+    }
+}
+
+fn route_from_proto(r: &pb::Route) -> Result<Route> {
+    let id = format!("{}/{}", r.namespace, r.name);
+    let chunk = |c: &Option<pb::Chunk>| c.as_ref().map(|c| Chunk::verified(&id, c)).transpose();
+    let mut locations = Vec::with_capacity(r.locations.len());
+    for l in &r.locations {
+        let (kind, caseless) = match pb::MatchKind::try_from(l.match_kind).unwrap_or(pb::MatchKind::Prefix) {
+            pb::MatchKind::Prefix => (MatchKind::Prefix, false),
+            pb::MatchKind::Exact => (MatchKind::Exact, false),
+            pb::MatchKind::PrefixPriority => (MatchKind::PrefixPriority, false),
+            pb::MatchKind::Regex => (MatchKind::Regex, false),
+            pb::MatchKind::RegexCaseInsensitive => (MatchKind::Regex, true),
+        };
+        let regex = if kind == MatchKind::Regex {
+            let re = RegexBuilder::new()
+                .caseless(caseless)
+                .jit_if_available(true)
+                .build(&l.path)
+                .map_err(|e| Error::Load {
+                    route: id.clone(),
+                    message: format!("location {}: invalid regex: {e}", l.path),
+                })?;
+            Some(re)
+        } else {
+            None
+        };
+        locations.push(Location {
+            path: l.path.clone(),
+            kind,
+            regex,
+            vars: l
+                .vars
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone().into_bytes()))
+                .collect(),
+            handlers: [
+                chunk(&l.rewrite)?,
+                chunk(&l.access)?,
+                chunk(&l.content)?,
+                chunk(&l.header_filter)?,
+                chunk(&l.body_filter)?,
+                chunk(&l.log)?,
+            ],
+            default_type: l.default_type.clone(),
+            need_request_body: l.need_request_body,
+        });
+    }
+    let mut modules = Vec::with_capacity(r.modules.len());
+    for m in &r.modules {
+        if let Some(c) = &m.chunk {
+            modules.push((m.name.clone(), Chunk::verified(&id, c)?));
+        }
+    }
+    let limits = r.limits.clone().unwrap_or_default();
+    Ok(Route {
+        id: id.clone(),
+        namespace: r.namespace.clone(),
+        locations,
+        modules,
+        init: chunk(&r.init)?,
+        init_worker: chunk(&r.init_worker)?,
+        shared_dicts: r
+            .shared_dicts
+            .iter()
+            .map(|d| DictDecl {
+                name: d.name.clone(),
+                capacity: d.capacity_bytes,
+                durable: d.persistence == pb::Persistence::Durable as i32,
+            })
+            .collect(),
+        max_body: limits.max_body_bytes,
+        instruction_budget: limits.instruction_budget,
+        jit: limits.jit,
+    })
+}
+
+impl Server {
+    fn add(&mut self, path: &str, kind: MatchKind, at: LocationRef) {
+        match kind {
+            // The first route to declare an exact path keeps it; the controller reports the conflict.
+            MatchKind::Exact => {
+                self.exact.entry(path.as_bytes().to_vec()).or_insert(at);
+            }
+            MatchKind::Prefix | MatchKind::PrefixPriority => {
+                if !self.prefixes.iter().any(|(p, _, _)| p == path.as_bytes()) {
+                    self.prefixes
+                        .push((path.as_bytes().to_vec(), kind == MatchKind::PrefixPriority, at));
+                }
+            }
+            MatchKind::Regex => self.regexes.push(at),
+        }
+    }
+}
+
+impl Config {
+    /// Selects the location for `host` (lowercase, no port) and the normalized
+    /// URI path, by nginx's rules: exact; else the longest prefix, final if `^~`;
+    /// else the first matching regex; else that longest prefix.
+    pub fn find_location(&self, host: &str, uri: &[u8]) -> Option<LocationRef> {
+        let server = self.by_host.get(host).unwrap_or(&self.any_host);
+        if let Some(at) = server.exact.get(uri) {
+            return Some(*at);
+        }
+        let prefix = server.prefixes.iter().find(|(p, _, _)| uri.starts_with(p));
+        if let Some((_, true, at)) = prefix {
+            return Some(*at);
+        }
+        for at in &server.regexes {
+            let loc = &self.routes[at.route].locations[at.location];
+            if loc.regex.as_ref().is_some_and(|re| re.is_match(uri).unwrap_or(false)) {
+                return Some(*at);
+            }
+        }
+        prefix.map(|(_, _, at)| *at)
+    }
+
+    /// `$0`, `$1`, … of a regex location matched against `uri`; empty otherwise.
+    pub fn captures(&self, at: LocationRef, uri: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let Some(re) = &self.location(at).regex else {
+            return Vec::new();
+        };
+        match re.captures(uri) {
+            Ok(Some(caps)) => (0..caps.len())
+                .map(|i| caps.get(i).map(|m| m.as_bytes().to_vec()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn location(&self, at: LocationRef) -> &Location {
+        &self.routes[at.route].locations[at.location]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moongate_controller::{snapshot, source};
+
+    fn config(yaml: &str) -> Config {
+        let routes = source::parse_routes(yaml, None).unwrap();
+        let sourced: Vec<_> = routes
+            .into_iter()
+            .map(|route| source::SourcedRoute {
+                file: "t.yaml".into(),
+                route,
+            })
+            .collect();
+        Config::try_from(&snapshot::from_sources(&sourced, 1).unwrap()).unwrap()
+    }
+
+    fn path_of(c: &Config, host: &str, uri: &str) -> Option<String> {
+        c.find_location(host, uri.as_bytes())
+            .map(|at| c.location(at).path.clone())
+    }
+
+    #[test]
+    fn nginx_location_selection_order() {
+        let c = config(
+            r#"
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: a}
+spec:
+  locations:
+  - {path: /, content: "ngx.say(1)"}
+  - {path: /images/, match: PrefixPriority}
+  - {path: /docs/, match: Prefix}
+  - {path: /docs/exact, match: Exact}
+  - {path: '\.(gif|jpg)$', match: RegexCaseInsensitive}
+  - {path: '^/docs/.*\.txt$', match: Regex}
+"#,
+        );
+        assert_eq!(path_of(&c, "x", "/docs/exact").unwrap(), "/docs/exact");
+        assert_eq!(
+            path_of(&c, "x", "/images/a.gif").unwrap(),
+            "/images/",
+            "^~ stops the regex search"
+        );
+        assert_eq!(
+            path_of(&c, "x", "/docs/a.JPG").unwrap(),
+            r"\.(gif|jpg)$",
+            "regexes in declaration order"
+        );
+        assert_eq!(path_of(&c, "x", "/docs/a.txt").unwrap(), r"^/docs/.*\.txt$");
+        assert_eq!(
+            path_of(&c, "x", "/docs/a.html").unwrap(),
+            "/docs/",
+            "longest prefix when no regex matches"
+        );
+        assert_eq!(path_of(&c, "x", "/other").unwrap(), "/");
+    }
+
+    #[test]
+    fn hostnames_select_a_server() {
+        let c = config(
+            r#"
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: a}
+spec:
+  hostnames: [Example.com]
+  locations: [{path: /a}]
+---
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: b}
+spec:
+  locations: [{path: /b}]
+"#,
+        );
+        assert_eq!(path_of(&c, "example.com", "/a/x").unwrap(), "/a");
+        assert_eq!(path_of(&c, "example.com", "/b"), None);
+        assert_eq!(path_of(&c, "other", "/b").unwrap(), "/b");
+    }
+}

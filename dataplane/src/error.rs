@@ -1,0 +1,43 @@
+//! The dataplane's error type.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration (routes) could not be loaded; the last good one keeps serving.
+    #[error(transparent)]
+    Config(#[from] moongate_controller::Error),
+    /// A snapshot failed to load into a worker's Lua VM.
+    #[error("route {route}: {message}")]
+    Load { route: String, message: String },
+    #[error("{what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("worker {0} is gone")]
+    WorkerGone(usize),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Config(e) => e.metric_label(),
+            Error::Load { .. } => "load",
+            Error::Listen { .. } => "listen",
+            Error::Io { .. } => "io",
+            Error::WorkerGone(_) => "worker",
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `ngx.log` and the log level constants. Lines go to `tracing` with the
+//! route, location and phase of the request that logged them.
+
+use mlua::{Lua, Table, Value};
+
+use super::fmt_number;
+
+pub const LEVELS: &[(&str, i64)] = &[
+    ("STDERR", 0),
+    ("EMERG", 1),
+    ("ALERT", 2),
+    ("CRIT", 3),
+    ("ERR", 4),
+    ("WARN", 5),
+    ("NOTICE", 6),
+    ("INFO", 7),
+    ("DEBUG", 8),
+];
+
+pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
+    for (name, level) in LEVELS {
+        ngx.set(*name, *level)?;
+    }
+    ngx.set(
+        "log",
+        lua.create_function(|_, args: mlua::MultiValue| {
+            let mut args = args.into_iter();
+            let level = match args.next() {
+                Some(Value::Integer(i)) => i,
+                Some(Value::Number(n)) => n as i64,
+                Some(other) => {
+                    return Err(mlua::Error::runtime(format!(
+                        "bad argument #1 to 'log' (number expected, got {})",
+                        other.type_name()
+                    )));
+                }
+                None => {
+                    return Err(mlua::Error::runtime(
+                        "bad argument #1 to 'log' (number expected, got no value)",
+                    ));
+                }
+            };
+            if !(0..=8).contains(&level) {
+                return Err(mlua::Error::runtime(format!("bad log level: {level}")));
+            }
+            let mut msg = String::new();
+            for (i, v) in args.enumerate() {
+                match v {
+                    Value::String(s) => msg.push_str(&s.to_string_lossy()),
+                    Value::Integer(i) => msg.push_str(&fmt_number(i as f64)),
+                    Value::Number(n) => msg.push_str(&fmt_number(n)),
+                    Value::Boolean(b) => msg.push_str(if b { "true" } else { "false" }),
+                    Value::Nil => msg.push_str("nil"),
+                    Value::LightUserData(p) if p.0.is_null() => msg.push_str("null"),
+                    other => {
+                        return Err(mlua::Error::runtime(format!(
+                            "bad argument #{} to 'log' (string, number, boolean, or nil expected, got {})",
+                            i + 2,
+                            other.type_name()
+                        )));
+                    }
+                }
+            }
+            emit(level, &msg);
+            Ok(())
+        })?,
+    )?;
+    Ok(())
+}
+
+fn emit(level: i64, msg: &str) {
+    let at = crate::lua::log_context();
+    match level {
+        0..=4 => tracing::error!(target: "lua", "{at}{msg}"),
+        5 => tracing::warn!(target: "lua", "{at}{msg}"),
+        6 | 7 => tracing::info!(target: "lua", "{at}{msg}"),
+        _ => tracing::debug!(target: "lua", "{at}{msg}"),
+    }
+}

@@ -1,0 +1,343 @@
+//! `ngx.say`, `ngx.print`, `ngx.flush`, `ngx.eof`, `ngx.exit`, `ngx.exec`,
+//! `ngx.redirect` and `ngx.status`: what a handler sends.
+//!
+//! Output is collected in the request (`RequestState::output`); the driver runs
+//! the header and body filters over it and hands it to hyper. The first output
+//! marks the headers sent, as in nginx, so later header changes fail the same way.
+//! The functions that end or suspend the handler return `true`/`YIELD` to their
+//! Lua wrappers in `prelude.lua`, which yield to the driver.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use mlua::{Lua, Table, Value};
+
+use super::fmt_number;
+use crate::config::Phase;
+use crate::request::{self, Body, Exit, RequestState};
+
+const OUTPUT_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
+
+pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> mlua::Result<()> {
+    ngx.set(
+        "say",
+        lua.create_function(|_, args: mlua::MultiValue| emit("say", args, true))?,
+    )?;
+    ngx.set(
+        "print",
+        lua.create_function(|_, args: mlua::MultiValue| emit("print", args, false))?,
+    )?;
+
+    let marker = yield_marker.clone();
+    raw.set(
+        "flush",
+        lua.create_function(move |_, _wait: Value| {
+            request::with("ngx.flush", |r| {
+                request::check_phase(r, "ngx.flush", OUTPUT_PHASES)?;
+                if r.eof {
+                    return Ok((Value::Nil, Some("seen eof")));
+                }
+                Ok((Value::Table(marker.clone()), None))
+            })
+        })?,
+    )?;
+    let marker = yield_marker.clone();
+    raw.set(
+        "eof",
+        lua.create_function(move |_, ()| {
+            request::with("ngx.eof", |r| {
+                request::check_phase(r, "ngx.eof", OUTPUT_PHASES)?;
+                if r.eof {
+                    return Ok((Value::Nil, Some("seen eof")));
+                }
+                Ok((Value::Table(marker.clone()), None))
+            })
+        })?,
+    )?;
+    ngx.set(
+        "send_headers",
+        lua.create_function(|_, ()| {
+            let req = request::current("ngx.send_headers")?;
+            if req.borrow().headers_sent {
+                return Ok(None);
+            }
+            request::check_phase(&req.borrow(), "ngx.send_headers", OUTPUT_PHASES)?;
+            send_header(&req);
+            Ok(Some(1))
+        })?,
+    )?;
+    ngx.set("arg", filter_arg(lua)?)?;
+    raw.set("exit", lua.create_function(|_, status: Value| exit(status))?)?;
+    raw.set(
+        "exec",
+        lua.create_function(|lua, (uri, args): (Value, Value)| exec(lua, uri, args))?,
+    )?;
+    raw.set(
+        "redirect",
+        lua.create_function(|_, (uri, status): (Value, Option<i64>)| redirect(uri, status))?,
+    )?;
+    Ok(())
+}
+
+/// Appends the printable form of each argument, as `ngx.print` does: strings,
+/// numbers, booleans, nil, `ngx.null` and (nested) array tables of those.
+pub fn append_value(out: &mut BytesMut, v: &Value, api: &str, arg: usize) -> mlua::Result<()> {
+    match v {
+        Value::String(s) => out.put_slice(&s.as_bytes()),
+        Value::Number(n) => out.put_slice(fmt_number(*n).as_bytes()),
+        Value::Integer(i) => out.put_slice(fmt_number(*i as f64).as_bytes()),
+        Value::Boolean(b) => out.put_slice(if *b { b"true" } else { b"false" }),
+        Value::Nil => out.put_slice(b"nil"),
+        Value::LightUserData(p) if p.0.is_null() => out.put_slice(b"null"),
+        Value::Table(t) => {
+            let len = t.raw_len();
+            for i in 1..=len {
+                let item: Value = t.raw_get(i)?;
+                match item {
+                    Value::Table(_) | Value::String(_) | Value::Number(_) | Value::Integer(_) => {
+                        append_value(out, &item, api, arg)?
+                    }
+                    other => {
+                        return Err(mlua::Error::runtime(format!(
+                            "bad argument #{arg} to '{api}' (bad data type {} found)",
+                            other.type_name()
+                        )));
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #{arg} to '{api}' (string, number, boolean, nil, ngx.null, or array table expected, got {})",
+                other.type_name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn emit(api: &str, args: mlua::MultiValue, newline: bool) -> mlua::Result<(Option<i64>, Option<&'static str>)> {
+    let mut buf = BytesMut::new();
+    for (i, v) in args.iter().enumerate() {
+        append_value(&mut buf, v, api, i + 1)?;
+    }
+    if newline {
+        buf.put_u8(b'\n');
+    }
+    let req = request::current(api)?;
+    {
+        let r = req.borrow();
+        request::check_phase(&r, &format!("ngx.{api}"), OUTPUT_PHASES)?;
+        if r.eof {
+            return Ok((None, Some("seen eof")));
+        }
+    }
+    send_header(&req);
+    if !buf.is_empty() {
+        req.borrow_mut().output.push(buf.freeze());
+    }
+    Ok((Some(1), None))
+}
+
+/// Marks the response head sent and runs the header filter, once, right now:
+/// as in nginx, the first output or `ngx.send_headers()` sends the head.
+pub fn send_header(req: &request::SharedRequest) {
+    let filter = {
+        let mut r = req.borrow_mut();
+        if r.headers_sent {
+            return;
+        }
+        r.headers_sent = true;
+        r.header_filter.take()
+    };
+    let Some(filter) = filter else { return };
+    let phase = std::mem::replace(&mut req.borrow_mut().phase, Phase::HeaderFilter);
+    let result = {
+        let _current = request::Current::enter(req);
+        filter.call::<()>(())
+    };
+    let mut r = req.borrow_mut();
+    r.phase = phase;
+    if let Err(e) = result {
+        crate::phase::log_lua_error(&r.site, Phase::HeaderFilter, &e);
+        r.status = 500;
+    }
+}
+
+/// `ngx.arg` in body_filter: `[1]` is the chunk, `[2]` whether it is the last.
+fn filter_arg(lua: &Lua) -> mlua::Result<Table> {
+    let arg = lua.create_table()?;
+    let mt = lua.create_table()?;
+    mt.set(
+        "__index",
+        lua.create_function(|lua, (_, i): (Value, i64)| {
+            request::with("ngx.arg", |r| match i {
+                1 => Ok(Value::String(lua.create_string(&r.filter_arg.0)?)),
+                2 => Ok(Value::Boolean(r.filter_arg.1)),
+                _ => Ok(Value::Nil),
+            })
+        })?,
+    )?;
+    mt.set(
+        "__newindex",
+        lua.create_function(|_, (_, i, v): (Value, i64, Value)| {
+            request::with("ngx.arg", |r| {
+                request::check_phase(r, "ngx.arg", &[Phase::BodyFilter])?;
+                match i {
+                    1 => {
+                        let mut buf = BytesMut::new();
+                        if !matches!(v, Value::Nil) {
+                            append_value(&mut buf, &v, "ngx.arg", 1)?;
+                        }
+                        r.filter_arg.0 = buf.freeze();
+                    }
+                    2 => r.filter_arg.1 = !matches!(v, Value::Nil | Value::Boolean(false)),
+                    _ => return Err(mlua::Error::runtime("bad index to ngx.arg")),
+                }
+                Ok(())
+            })
+        })?,
+    )?;
+    mt.set("__metatable", false)?;
+    arg.set_metatable(Some(mt))?;
+    Ok(arg)
+}
+
+/// Records `ngx.exit(status)`; `true` means the caller must yield.
+fn exit(status: Value) -> mlua::Result<bool> {
+    let status = match status {
+        Value::Integer(i) => i,
+        Value::Number(n) => n as i64,
+        Value::String(s) => s
+            .to_str()?
+            .trim()
+            .parse()
+            .map_err(|_| mlua::Error::runtime("bad argument #1 to 'exit'"))?,
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #1 to 'exit' (number expected, got {})",
+                other.type_name()
+            )));
+        }
+    };
+    request::with("ngx.exit", |r| {
+        match r.phase {
+            Phase::Rewrite | Phase::Access | Phase::Content => {}
+            Phase::HeaderFilter => {
+                // Allowed to change the status before headers go out; ends the filter.
+                if status >= 200 {
+                    r.status = status as u16;
+                }
+                r.exit = Some(Exit::Status(status));
+                return Ok(false);
+            }
+            _ => request::check_phase(r, "ngx.exit", OUTPUT_PHASES)?,
+        }
+        r.exit = Some(Exit::Status(status));
+        Ok(true)
+    })
+}
+
+fn exec(lua: &Lua, uri: Value, args: Value) -> mlua::Result<bool> {
+    let uri = match uri {
+        Value::String(s) => s.as_bytes().to_vec(),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #1 to 'exec' (string expected, got {})",
+                other.type_name()
+            )));
+        }
+    };
+    let mut args = match args {
+        Value::Nil => None,
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Table(t) => Some(super::codec::encode_args(lua, &t)?),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #2 to 'exec' (string or table expected, got {})",
+                other.type_name()
+            )));
+        }
+    };
+    if uri.is_empty() {
+        return Err(mlua::Error::runtime("The uri argument is empty"));
+    }
+    let (path, query) = match uri.iter().position(|&b| b == b'?') {
+        Some(q) => (uri[..q].to_vec(), Some(uri[q + 1..].to_vec())),
+        None => (uri, None),
+    };
+    if args.is_none() {
+        args = query;
+    }
+    request::with("ngx.exec", |r| {
+        request::check_phase(r, "ngx.exec", OUTPUT_PHASES)?;
+        if r.headers_sent {
+            return Err(mlua::Error::runtime(
+                "attempt to call ngx.exec after sending out response headers",
+            ));
+        }
+        r.exit = Some(Exit::Exec { uri: path, args });
+        Ok(true)
+    })
+}
+
+fn redirect(uri: Value, status: Option<i64>) -> mlua::Result<bool> {
+    let uri = match uri {
+        Value::String(s) => s.as_bytes().to_vec(),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #1 to 'redirect' (string expected, got {})",
+                other.type_name()
+            )));
+        }
+    };
+    let status = status.unwrap_or(302);
+    if ![301, 302, 303, 307, 308].contains(&status) {
+        return Err(mlua::Error::runtime(format!(
+            "only ngx.HTTP_MOVED_TEMPORARILY, ngx.HTTP_MOVED_PERMANENTLY, ngx.HTTP_PERMANENT_REDIRECT, ngx.HTTP_SEE_OTHER, and ngx.HTTP_TEMPORARY_REDIRECT are allowed, but got {status}"
+        )));
+    }
+    request::with("ngx.redirect", |r| {
+        request::check_phase(r, "ngx.redirect", OUTPUT_PHASES)?;
+        if r.headers_sent {
+            return Err(mlua::Error::runtime(
+                "attempt to call ngx.redirect after sending out the headers",
+            ));
+        }
+        let value = http::HeaderValue::from_bytes(&uri)
+            .map_err(|_| mlua::Error::runtime("bad argument #1 to 'redirect' (invalid uri)"))?;
+        r.resp_headers.insert(http::header::LOCATION, value);
+        r.exit = Some(Exit::Status(status));
+        Ok(true)
+    })
+}
+
+/// `ngx.status` read.
+pub fn get_status(r: &RequestState) -> i64 {
+    r.status as i64
+}
+
+/// `ngx.status = n`.
+pub fn set_status(r: &mut RequestState, v: Value) -> mlua::Result<()> {
+    if r.headers_sent {
+        tracing::error!("attempt to set ngx.status after sending out response headers");
+        return Ok(());
+    }
+    let n = match v {
+        Value::Integer(i) => i,
+        Value::Number(n) => n as i64,
+        Value::String(s) => s.to_str()?.trim().parse().unwrap_or(-1),
+        _ => -1,
+    };
+    if !(100..=999).contains(&n) {
+        return Err(mlua::Error::runtime("invalid HTTP status code"));
+    }
+    r.status = n as u16;
+    Ok(())
+}
+
+/// The request body as read so far, for `ngx.req.get_body_data`.
+pub fn body_bytes(r: &RequestState) -> Option<Bytes> {
+    match &r.body {
+        Body::Read(b) => Some(b.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,320 @@
+//! `ngx.req.*`: the request as Lua sees and changes it. `read_body` itself is
+//! in `prelude.lua` (it yields); the driver reads the body and stores it here.
+
+use http::{HeaderName, Method};
+use mlua::{Lua, Table, Value};
+
+use super::header::{header_values, lookup_metatable, normalize_name};
+use crate::config::Phase;
+use crate::request::{self, Body, Exit, RequestState};
+
+const EARLY_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
+
+/// nginx method ids, as `ngx.HTTP_GET` and friends.
+pub const METHODS: &[(&str, i64)] = &[
+    ("GET", 0x0002),
+    ("HEAD", 0x0004),
+    ("POST", 0x0008),
+    ("PUT", 0x0010),
+    ("DELETE", 0x0020),
+    ("MKCOL", 0x0040),
+    ("COPY", 0x0080),
+    ("MOVE", 0x0100),
+    ("OPTIONS", 0x0200),
+    ("PROPFIND", 0x0400),
+    ("PROPPATCH", 0x0800),
+    ("LOCK", 0x1000),
+    ("UNLOCK", 0x2000),
+    ("PATCH", 0x4000),
+    ("TRACE", 0x8000),
+];
+
+pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> mlua::Result<()> {
+    let req: Table = ngx.get("req")?;
+
+    req.set(
+        "get_headers",
+        lua.create_function(|lua, (max, raw): (Option<i64>, Option<bool>)| {
+            let max = max.unwrap_or(100);
+            let raw = raw.unwrap_or(false);
+            request::with("ngx.req.get_headers", |r| {
+                let t = lua.create_table()?;
+                let mut count = 0;
+                for (name, value) in &r.headers {
+                    if max > 0 && count >= max {
+                        return Ok((t, Some("truncated")));
+                    }
+                    count += 1;
+                    let key = if raw {
+                        title_case(name.as_str())
+                    } else {
+                        name.as_str().to_string()
+                    };
+                    let v = lua.create_string(value.as_bytes())?;
+                    match t.raw_get::<Value>(key.as_str())? {
+                        Value::Nil => t.raw_set(key, v)?,
+                        Value::Table(list) => list.raw_push(v)?,
+                        prev => t.raw_set(key, lua.create_sequence_from([prev, Value::String(v)])?)?,
+                    }
+                }
+                if !raw {
+                    t.set_metatable(Some(lookup_metatable(lua)?))?;
+                }
+                Ok((t, None))
+            })
+        })?,
+    )?;
+
+    req.set(
+        "get_uri_args",
+        lua.create_function(|lua, max: Option<i64>| {
+            let args = request::with("ngx.req.get_uri_args", |r| Ok(r.args.clone()))?;
+            decode_limited(lua, args.as_deref().unwrap_or_default(), max)
+        })?,
+    )?;
+    req.set(
+        "get_post_args",
+        lua.create_function(|lua, max: Option<i64>| {
+            let body = request::with("ngx.req.get_post_args", |r| match &r.body {
+                Body::Read(b) => Ok(Some(b.clone())),
+                Body::Discarded => Ok(Some(bytes::Bytes::new())),
+                Body::Unread => Ok(None),
+            })?;
+            match body {
+                Some(b) => {
+                    let (t, truncated) = decode_limited(lua, &b, max)?;
+                    Ok((Some(t), truncated))
+                }
+                None => Err(mlua::Error::runtime(
+                    "request body not read yet (call ngx.req.read_body() first)",
+                )),
+            }
+        })?,
+    )?;
+
+    req.set(
+        "get_method",
+        lua.create_function(|_, ()| request::with("ngx.req.get_method", |r| Ok(r.method.to_string())))?,
+    )?;
+    req.set(
+        "set_method",
+        lua.create_function(|_, id: i64| {
+            let name = METHODS
+                .iter()
+                .find(|(_, v)| *v == id)
+                .map(|(n, _)| *n)
+                .ok_or_else(|| mlua::Error::runtime(format!("unsupported HTTP method: {id}")))?;
+            request::with("ngx.req.set_method", |r| {
+                r.method = Method::from_bytes(name.as_bytes()).map_err(mlua::Error::external)?;
+                Ok(())
+            })
+        })?,
+    )?;
+
+    raw.set(
+        "set_uri",
+        lua.create_function(|_, (uri, jump, _binary): (Value, Option<bool>, Option<bool>)| {
+            let uri = match uri {
+                Value::String(s) => s.as_bytes().to_vec(),
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "bad argument #1 to 'set_uri' (string expected, got {})",
+                        other.type_name()
+                    )));
+                }
+            };
+            if uri.is_empty() {
+                return Err(mlua::Error::runtime("attempt to use zero-length uri"));
+            }
+            request::with("ngx.req.set_uri", |r| {
+                request::check_phase(r, "ngx.req.set_uri", EARLY_PHASES)?;
+                if jump.unwrap_or(false) {
+                    if r.phase != Phase::Rewrite {
+                        return Err(mlua::Error::runtime("API disabled in the current context"));
+                    }
+                    r.exit = Some(Exit::Exec {
+                        uri,
+                        args: r.args.clone(),
+                    });
+                    return Ok(true);
+                }
+                r.uri = uri;
+                Ok(false)
+            })
+        })?,
+    )?;
+
+    req.set(
+        "set_uri_args",
+        lua.create_function(|lua, args: Value| {
+            let encoded = match args {
+                Value::String(s) => s.as_bytes().to_vec(),
+                Value::Integer(i) => super::fmt_number(i as f64).into_bytes(),
+                Value::Number(n) => super::fmt_number(n).into_bytes(),
+                Value::Table(t) => super::codec::encode_args(lua, &t)?,
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "bad argument #1 to 'set_uri_args' (string, number, or table expected, got {})",
+                        other.type_name()
+                    )));
+                }
+            };
+            request::with("ngx.req.set_uri_args", |r| {
+                r.args = Some(encoded);
+                Ok(())
+            })
+        })?,
+    )?;
+
+    req.set(
+        "set_header",
+        lua.create_function(|_, (name, value): (mlua::LuaString, Value)| {
+            request::with("ngx.req.set_header", |r| {
+                set_request_header(r, &name.as_bytes(), &value)
+            })
+        })?,
+    )?;
+    req.set(
+        "clear_header",
+        lua.create_function(|_, name: mlua::LuaString| {
+            request::with("ngx.req.clear_header", |r| {
+                set_request_header(r, &name.as_bytes(), &Value::Nil)
+            })
+        })?,
+    )?;
+
+    let marker = yield_marker.clone();
+    raw.set(
+        "read_body",
+        lua.create_function(move |_, ()| {
+            request::with("ngx.req.read_body", |r| {
+                request::check_phase(r, "ngx.req.read_body", EARLY_PHASES)?;
+                Ok(match r.body {
+                    Body::Unread => Value::Table(marker.clone()),
+                    _ => Value::Nil,
+                })
+            })
+        })?,
+    )?;
+    req.set(
+        "discard_body",
+        lua.create_function(|_, ()| {
+            request::with("ngx.req.discard_body", |r| {
+                if matches!(r.body, Body::Unread) {
+                    r.body = Body::Discarded;
+                }
+                Ok(())
+            })
+        })?,
+    )?;
+    req.set(
+        "get_body_data",
+        lua.create_function(|lua, ()| {
+            request::with("ngx.req.get_body_data", |r| match &r.body {
+                Body::Read(b) if !b.is_empty() => Ok(Value::String(lua.create_string(b)?)),
+                _ => Ok(Value::Nil),
+            })
+        })?,
+    )?;
+    req.set("get_body_file", lua.create_function(|_, ()| Ok(Value::Nil))?)?;
+    req.set(
+        "set_body_data",
+        lua.create_function(|_, data: mlua::LuaString| {
+            request::with("ngx.req.set_body_data", |r| {
+                if matches!(r.body, Body::Unread) {
+                    return Err(mlua::Error::runtime("request body not read yet"));
+                }
+                let bytes = bytes::Bytes::copy_from_slice(&data.as_bytes());
+                r.headers.insert(http::header::CONTENT_LENGTH, bytes.len().into());
+                r.body = Body::Read(bytes);
+                Ok(())
+            })
+        })?,
+    )?;
+    req.set(
+        "http_version",
+        lua.create_function(|_, ()| {
+            request::with("ngx.req.http_version", |r| {
+                Ok(match r.version {
+                    http::Version::HTTP_09 => 0.9,
+                    http::Version::HTTP_10 => 1.0,
+                    http::Version::HTTP_2 => 2.0,
+                    http::Version::HTTP_3 => 3.0,
+                    _ => 1.1,
+                })
+            })
+        })?,
+    )?;
+    req.set(
+        "raw_header",
+        lua.create_function(|lua, no_request_line: Option<bool>| {
+            request::with("ngx.req.raw_header", |r| {
+                lua.create_string(raw_header(r, no_request_line.unwrap_or(false)))
+            })
+        })?,
+    )?;
+    req.set(
+        "start_time",
+        lua.create_function(|_, ()| request::with("ngx.req.start_time", |r| Ok(r.start_time)))?,
+    )?;
+    req.set(
+        "is_internal",
+        lua.create_function(|_, ()| request::with("ngx.req.is_internal", |r| Ok(r.internal)))?,
+    )?;
+    Ok(())
+}
+
+fn decode_limited(lua: &Lua, args: &[u8], max: Option<i64>) -> mlua::Result<(Table, Option<&'static str>)> {
+    let max = max.unwrap_or(100);
+    let limit = if max <= 0 { usize::MAX } else { max as usize };
+    let table = super::codec::decode_args(lua, args, limit)?;
+    let total = args.split(|&b| b == b'&').filter(|p| !p.is_empty()).count();
+    Ok((table, (total > limit).then_some("truncated")))
+}
+
+/// `ngx.req.set_header` / `clear_header`: `_` in names becomes `-`, as in lua-nginx-module.
+fn set_request_header(r: &mut RequestState, name: &[u8], value: &Value) -> mlua::Result<()> {
+    let norm = normalize_name(name, true);
+    let header = HeaderName::from_bytes(norm.as_bytes())
+        .map_err(|_| mlua::Error::runtime(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
+    let values = header_values(value)?;
+    r.headers.remove(&header);
+    for v in values {
+        r.headers.append(header.clone(), v);
+    }
+    Ok(())
+}
+
+fn title_case(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper { c.to_ascii_uppercase() } else { c };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
+/// The request head as the client sent it (reconstructed: hyper does not keep
+/// the raw bytes; names are title-cased).
+fn raw_header(r: &RequestState, no_request_line: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    if !no_request_line {
+        out.extend_from_slice(r.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&r.request_uri);
+        out.extend_from_slice(match r.version {
+            http::Version::HTTP_10 => b" HTTP/1.0\r\n",
+            _ => b" HTTP/1.1\r\n",
+        });
+    }
+    for (name, value) in &r.headers {
+        out.extend_from_slice(title_case(name.as_str()).as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}

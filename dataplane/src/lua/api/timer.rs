@@ -1,0 +1,194 @@
+//! `ngx.timer.at`, `ngx.timer.every`, `ngx.timer.running_count` and
+//! `ngx.timer.pending_count`, with OpenResty semantics: the callback runs in
+//! its own coroutine (it may `ngx.sleep`), outside any request, with
+//! `premature` as its first argument; on shutdown pending timers fire at once
+//! with `premature = true`. Counts and limits are per worker, as per nginx
+//! worker (`lua_max_pending_timers` 1024, `lua_max_running_timers` 256).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use mlua::thread::ThreadStatus;
+use mlua::{Function, Lua, MultiValue, Table, Value};
+use tokio::sync::Notify;
+
+use super::OP_SLEEP;
+
+pub const MAX_PENDING: usize = 1024;
+pub const MAX_RUNNING: usize = 256;
+
+thread_local! {
+    static PENDING: Cell<usize> = const { Cell::new(0) };
+    static RUNNING: Cell<usize> = const { Cell::new(0) };
+    static SHUTDOWN: Rc<Notify> = Rc::new(Notify::new());
+}
+
+/// Fires every pending timer of this worker with `premature = true`.
+pub fn shutdown() {
+    SHUTDOWN.with(|n| n.notify_waiters());
+}
+
+/// Timers pending or running on this worker.
+pub fn active() -> usize {
+    PENDING.with(Cell::get) + RUNNING.with(Cell::get)
+}
+
+pub fn register(lua: &Lua, ngx: &Table, yield_marker: &Table) -> mlua::Result<()> {
+    let timer = lua.create_table()?;
+    for (name, every) in [("at", false), ("every", true)] {
+        let marker = yield_marker.clone();
+        timer.set(
+            name,
+            lua.create_function(move |lua, args: MultiValue| create(lua, &marker, name, every, args))?,
+        )?;
+    }
+    timer.set(
+        "running_count",
+        lua.create_function(|_, ()| Ok(RUNNING.with(Cell::get)))?,
+    )?;
+    timer.set(
+        "pending_count",
+        lua.create_function(|_, ()| Ok(PENDING.with(Cell::get)))?,
+    )?;
+    ngx.set("timer", timer)?;
+    Ok(())
+}
+
+fn create(
+    lua: &Lua,
+    marker: &Table,
+    api: &str,
+    every: bool,
+    args: MultiValue,
+) -> mlua::Result<(Option<i64>, Option<String>)> {
+    let mut args = args.into_iter();
+    let delay = match args.next() {
+        Some(Value::Integer(i)) => i as f64,
+        Some(Value::Number(n)) => n,
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #1 to '{api}' (number expected, got {})",
+                other.map_or("no value", |v| v.type_name())
+            )));
+        }
+    };
+    if delay.is_nan() || delay < 0.0 || (every && delay == 0.0) {
+        return Err(mlua::Error::runtime(if every {
+            "bad argument #1 to 'every' (delay must be > 0)"
+        } else {
+            "bad argument #1 to 'at' (delay must be >= 0)"
+        }));
+    }
+    let callback = match args.next() {
+        Some(Value::Function(f)) => f,
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #2 to '{api}' (function expected, got {})",
+                other.map_or("no value", |v| v.type_name())
+            )));
+        }
+    };
+    if crate::lua::exiting() {
+        return Ok((None, Some("process exiting".into())));
+    }
+    if PENDING.with(Cell::get) >= MAX_PENDING {
+        return Ok((None, Some("too many pending timers".into())));
+    }
+    let extra: Vec<Value> = args.collect();
+    let site = crate::lua::log_context();
+    PENDING.with(|p| p.set(p.get() + 1));
+    let timer = Timer {
+        lua: lua.clone(),
+        marker: marker.clone(),
+        callback,
+        extra,
+        site,
+    };
+    tokio::task::spawn_local(timer.run(Duration::from_secs_f64(delay.min(1e9)), every));
+    Ok((Some(1), None))
+}
+
+struct Timer {
+    lua: Lua,
+    marker: Table,
+    callback: Function,
+    extra: Vec<Value>,
+    /// Where the timer was created, for log lines.
+    site: String,
+}
+
+impl Timer {
+    async fn run(self, delay: Duration, every: bool) {
+        let shutdown = SHUTDOWN.with(Rc::clone);
+        loop {
+            let premature = crate::lua::exiting()
+                || tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    _ = shutdown.notified() => true,
+                };
+            PENDING.with(|p| p.set(p.get() - 1));
+            if RUNNING.with(Cell::get) >= MAX_RUNNING {
+                tracing::error!("{}lua_max_running_timers are not enough", self.site);
+                return;
+            }
+            RUNNING.with(|r| r.set(r.get() + 1));
+            self.fire(premature).await;
+            RUNNING.with(|r| r.set(r.get() - 1));
+            if !every || premature || crate::lua::exiting() {
+                return;
+            }
+            PENDING.with(|p| p.set(p.get() + 1));
+        }
+    }
+
+    /// Runs the callback in a coroutine, serving `ngx.sleep` yields.
+    async fn fire(&self, premature: bool) {
+        let thread = match self.lua.create_thread(self.callback.clone()) {
+            Ok(t) => t,
+            Err(e) => return tracing::error!("{}timer: {e}", self.site),
+        };
+        let mut args: MultiValue = std::iter::once(Value::Boolean(premature))
+            .chain(self.extra.iter().cloned())
+            .collect();
+        loop {
+            let result = crate::lua::with_vm_phase("timer", || thread.resume::<MultiValue>(args));
+            let values = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(
+                        "{}timer: lua entry thread aborted: {}",
+                        self.site,
+                        crate::lua::error_message(&e)
+                    );
+                    return;
+                }
+            };
+            if thread.status() != ThreadStatus::Resumable {
+                return;
+            }
+            let mut values = values.into_iter();
+            let is_marker =
+                matches!(values.next(), Some(Value::Table(t)) if t.to_pointer() == self.marker.to_pointer());
+            let op = match values.next() {
+                Some(Value::Integer(op)) if is_marker => op,
+                _ => 0,
+            };
+            args = MultiValue::new();
+            if op == OP_SLEEP {
+                let secs = match values.next() {
+                    Some(Value::Integer(i)) => i as f64,
+                    Some(Value::Number(n)) => n,
+                    _ => 0.0,
+                };
+                tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 1e9))).await;
+                super::time::update_cached_time();
+            } else if is_marker {
+                // ngx.exit() and friends end a timer's coroutine.
+                return;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+-- Runs once in every worker VM, after the Rust side of `ngx` exists.
+-- It adds the parts of `ngx` that must yield to the request driver (I/O, exit,
+-- exec) and wraps `coroutine` so user coroutines work across those yields, as
+-- lua-nginx-module does: an ngx I/O yield inside a user coroutine travels up
+-- through every `coroutine.resume` to the entry thread's driver, and the answer
+-- travels back down.
+local ngx, raw = ...
+
+local co_create, co_resume, co_yield, co_status, co_running =
+    coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.running
+local select, error, type = select, error, type
+
+local YIELD = raw.YIELD
+local OP_EXIT, OP_SLEEP, OP_FLUSH, OP_EOF, OP_READ_BODY = raw.OP_EXIT, raw.OP_SLEEP, raw.OP_FLUSH, raw.OP_EOF, raw.OP_READ_BODY
+
+-- Only entry threads and coroutines they resume may yield to the driver.
+local function driver_yield(...)
+    return co_yield(YIELD, ...)
+end
+
+local exit, check_yieldable, flush, eof, read_body = raw.exit, raw.check_yieldable, raw.flush, raw.eof, raw.read_body
+
+ngx.exit = function(status)
+    if exit(status) then
+        return driver_yield(OP_EXIT)
+    end
+end
+
+ngx.exec = function(uri, args)
+    if raw.exec(uri, args) then
+        return driver_yield(OP_EXIT)
+    end
+end
+
+ngx.redirect = function(uri, status)
+    if raw.redirect(uri, status) then
+        return driver_yield(OP_EXIT)
+    end
+end
+
+ngx.sleep = function(seconds)
+    check_yieldable("ngx.sleep", seconds)
+    return driver_yield(OP_SLEEP, seconds)
+end
+
+ngx.flush = function(wait)
+    local r, err = flush(wait)
+    if r == YIELD then
+        return driver_yield(OP_FLUSH)
+    end
+    return r, err
+end
+
+ngx.eof = function()
+    local r, err = eof()
+    if r == YIELD then
+        return driver_yield(OP_EOF)
+    end
+    return r, err
+end
+
+ngx.req.read_body = function()
+    if read_body() == YIELD then
+        return driver_yield(OP_READ_BODY)
+    end
+end
+
+-- Resumes `co`; while it is parked on ngx I/O, passes the request up to our own
+-- resumer and hands the answer back.
+local errmsg = raw.errmsg
+local function relay(co, ok, ...)
+    if ok and (...) == YIELD and co_status(co) == "suspended" then
+        return relay(co, co_resume(co, co_yield(YIELD, select(2, ...))))
+    end
+    if not ok then
+        return false, errmsg((...))
+    end
+    return ok, ...
+end
+
+local coroutine = coroutine
+coroutine.resume = function(co, ...)
+    return relay(co, co_resume(co, ...))
+end
+
+local function unwrap(ok, ...)
+    if ok then
+        return ...
+    end
+    error((...), 0)
+end
+
+coroutine.wrap = function(f)
+    local co = co_create(f)
+    return function(...)
+        return unwrap(relay(co, co_resume(co, ...)))
+    end
+end
+
+coroutine.running = co_running
+
+ngx.req.set_uri = function(uri, jump, binary)
+    if raw.set_uri(uri, jump, binary) then
+        return driver_yield(OP_EXIT)
+    end
+end

@@ -1,0 +1,42 @@
+//! `body_filter_by_lua`: called for each chunk of output (`ngx.arg[1]`) and
+//! once more at the end with `ngx.arg[2] = true`. Setting `ngx.arg[1]`
+//! replaces the chunk; setting `ngx.arg[2] = true` ends the body there.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Lifecycle, call_plain};
+use crate::config::Phase;
+
+/// Filters `chunks` (and the final empty chunk when `eof`) into one buffer.
+pub(super) fn run(lc: &mut Lifecycle, chunks: Vec<Bytes>, eof: bool) -> BytesMut {
+    let mut out = BytesMut::new();
+    let at = lc.req.borrow().location;
+    let Some(f) = lc.loaded.handler(at, Phase::BodyFilter).cloned() else {
+        for c in chunks {
+            out.extend_from_slice(&c);
+        }
+        return out;
+    };
+    if lc.req.borrow().filter_arg.1 {
+        // An earlier call set ngx.arg[2]: the body already ended.
+        return out;
+    }
+    let n = chunks.len();
+    let calls = chunks.into_iter().enumerate().map(|(i, c)| (c, eof && i + 1 == n));
+    let calls: Vec<(Bytes, bool)> = if eof && n == 0 {
+        vec![(Bytes::new(), true)]
+    } else {
+        calls.collect()
+    };
+    for (chunk, last) in calls {
+        lc.req.borrow_mut().filter_arg = (chunk, last);
+        call_plain(lc, Phase::BodyFilter, &f);
+        let (chunk, ended) = lc.req.borrow().filter_arg.clone();
+        out.extend_from_slice(&chunk);
+        if ended {
+            lc.req.borrow_mut().filter_arg.1 = true;
+            break;
+        }
+    }
+    out
+}

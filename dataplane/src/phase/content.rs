@@ -1,0 +1,24 @@
+//! `content_by_lua`: produces the response. After it, `ngx.exit(status)` only
+//! picks the status when nothing was sent yet; otherwise the output so far is
+//! the response. A location without a content handler serves nothing (404),
+//! as nginx does with no files to serve.
+
+use super::{Finish, Flow, HandlerEnd, Lifecycle};
+use crate::config::{LocationRef, Phase};
+use crate::request::Exit;
+
+pub(super) async fn run(lc: &mut Lifecycle, at: LocationRef) -> Flow {
+    let Some(f) = lc.loaded.handler(at, Phase::Content).cloned() else {
+        let sent = lc.req.borrow().headers_sent;
+        return Flow::Finish(if sent { Finish::Output } else { Finish::Status(404) });
+    };
+    let end = lc.run_handler(Phase::Content, &f).await;
+    let sent = lc.req.borrow().headers_sent;
+    match end {
+        HandlerEnd::Done => Flow::Finish(Finish::Output),
+        HandlerEnd::Exit(Exit::Exec { uri, args }) => super::internal_redirect(lc, uri, args),
+        HandlerEnd::Exit(Exit::Status(status)) => Flow::Finish(super::exit_finish(status, sent)),
+        HandlerEnd::Error => Flow::Finish(if sent { Finish::Output } else { Finish::Status(500) }),
+        HandlerEnd::Abort(status) => Flow::Finish(Finish::Status(status)),
+    }
+}

@@ -1,0 +1,477 @@
+//! The request lifecycle, as lua-nginx-module runs it:
+//! location match → rewrite → access → content → header_filter → body_filter → log.
+//!
+//! Rewrite, access and content handlers run as coroutines ("entry threads").
+//! When a handler yields to us (`ngx.sleep`, `ngx.flush`, `ngx.req.read_body`,
+//! `ngx.exit`, …) we do the I/O on tokio and resume it; `ngx.exit`/`ngx.exec`
+//! abandon the coroutine at once. The filters and the log handler run as plain
+//! calls, where nginx forbids yielding too. Each phase's own rules live in its
+//! module; this file drives them.
+
+mod access;
+mod body_filter;
+mod content;
+mod header_filter;
+mod log;
+mod rewrite;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use mlua::thread::ThreadStatus;
+use mlua::{Function, MultiValue, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{LocationRef, Phase};
+use crate::http::body::ResponseBody;
+use crate::http::special;
+use crate::lua::api;
+use crate::lua::vm::LoadedConfig;
+use crate::request::{self, Body, Current, Exit, RequestState, SharedRequest};
+use crate::worker::Worker;
+
+/// nginx allows 10 internal redirects before "rewrite or internal redirection cycle".
+const MAX_REDIRECTS: u8 = 10;
+
+pub type Response = http::Response<ResponseBody>;
+
+/// Where the connection came from and arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// How a rewrite/access/content handler ended.
+enum HandlerEnd {
+    /// Returned normally.
+    Done,
+    /// `ngx.exit`, `ngx.exec`, `ngx.redirect`, `ngx.req.set_uri(…, true)`.
+    Exit(Exit),
+    /// A Lua error (already logged).
+    Error,
+    /// The driver must end the request with this status (e.g. 413 while reading the body).
+    Abort(u16),
+}
+
+/// What the request does after a phase.
+enum Flow {
+    Next,
+    /// Internal redirect: match locations again.
+    Redirect,
+    Finish(Finish),
+}
+
+/// How the response ends.
+enum Finish {
+    /// Send what the handlers produced.
+    Output,
+    /// nginx's special response for this status (headers kept, body replaced).
+    Status(u16),
+    /// Close the connection without a response (444).
+    Close,
+}
+
+pub struct Lifecycle {
+    worker: Rc<Worker>,
+    loaded: Rc<LoadedConfig>,
+    req: SharedRequest,
+    body_stream: Option<Incoming>,
+    head_tx: Option<oneshot::Sender<Response>>,
+    stream_tx: Option<mpsc::Sender<Bytes>>,
+    header_filtered: bool,
+}
+
+/// Serves one request; the response head is sent on `head_tx` as soon as it
+/// is known, and the task goes on to stream the body and run the log phase.
+pub async fn run(
+    worker: Rc<Worker>,
+    request: http::Request<Incoming>,
+    conn: ConnInfo,
+    head_tx: oneshot::Sender<Response>,
+) {
+    crate::lua::api::time::update_cached_time();
+    let loaded = worker.config();
+    let (parts, body) = request.into_parts();
+    let request_uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .as_bytes()
+        .to_vec();
+    let uri = request::normalize_path(parts.uri.path().as_bytes());
+    let state = RequestState {
+        remote_addr: conn.remote,
+        server_addr: conn.local,
+        scheme: "http",
+        method: parts.method,
+        version: parts.version,
+        request_uri,
+        uri: uri.clone().unwrap_or_default(),
+        args: parts.uri.query().map(|q| q.as_bytes().to_vec()),
+        headers: parts.headers,
+        body: Body::Unread,
+        start_time: crate::lua::api::time::cached_now(),
+        internal: false,
+        location: LocationRef { route: 0, location: 0 },
+        site: Rc::from(""),
+        phase: Phase::Rewrite,
+        vars: Vec::new(),
+        captures: Vec::new(),
+        header_filter: None,
+        default_type: None,
+        status: 0,
+        resp_headers: http::HeaderMap::new(),
+        headers_sent: false,
+        output: Vec::new(),
+        eof: false,
+        exit: None,
+        ctx: None,
+        filter_arg: (Bytes::new(), false),
+        redirects: 0,
+    };
+    let mut lc = Lifecycle {
+        worker,
+        loaded,
+        req: Rc::new(std::cell::RefCell::new(state)),
+        body_stream: Some(body),
+        head_tx: Some(head_tx),
+        stream_tx: None,
+        header_filtered: false,
+    };
+    let finish = if uri.is_none() {
+        Finish::Status(400)
+    } else {
+        lc.main().await
+    };
+    lc.finish(finish).await;
+    log::run(&lc);
+}
+
+impl Lifecycle {
+    async fn main(&mut self) -> Finish {
+        loop {
+            let host = api::var::host(&self.req.borrow());
+            let uri = self.req.borrow().uri.clone();
+            let host = String::from_utf8_lossy(&host).into_owned();
+            let Some(at) = self.loaded.config.find_location(&host, &uri) else {
+                return Finish::Status(404);
+            };
+            if let Some(status) = self.enter_location(at) {
+                return Finish::Status(status);
+            }
+            if self.loaded.config.location(at).need_request_body
+                && let Err(status) = self.read_body().await
+            {
+                return Finish::Status(status);
+            }
+            let flow = match rewrite::run(self, at).await {
+                Flow::Next => match access::run(self, at).await {
+                    Flow::Next => content::run(self, at).await,
+                    other => other,
+                },
+                other => other,
+            };
+            match flow {
+                Flow::Next => return Finish::Output,
+                Flow::Finish(f) => return f,
+                Flow::Redirect => {
+                    let mut r = self.req.borrow_mut();
+                    r.redirects += 1;
+                    if r.redirects > MAX_REDIRECTS {
+                        tracing::error!(site = %r.site, "rewrite or internal redirection cycle");
+                        return Finish::Status(500);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Points the request at a location; returns a status if it must stop here.
+    fn enter_location(&mut self, at: LocationRef) -> Option<u16> {
+        let config = &self.loaded.config;
+        let route = &config.routes[at.route];
+        let loc = config.location(at);
+        let max_body = if route.max_body > 0 {
+            route.max_body
+        } else {
+            self.worker.settings.max_body
+        };
+        let mut r = self.req.borrow_mut();
+        r.location = at;
+        r.site = Rc::from(format!("route {}, location {}", route.id, loc.path));
+        r.vars = loc.vars.iter().map(|(n, v)| (n.clone(), Some(v.clone()))).collect();
+        r.captures = config.captures(at, &r.uri);
+        r.header_filter = self.loaded.handler(at, Phase::HeaderFilter).cloned();
+        r.default_type = loc.default_type.clone();
+        let too_large = r
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > max_body);
+        if too_large && matches!(r.body, Body::Unread) {
+            tracing::error!(site = %r.site, "client intended to send too large body");
+            return Some(413);
+        }
+        None
+    }
+
+    fn max_body(&self) -> u64 {
+        let at = self.req.borrow().location;
+        let route = &self.loaded.config.routes[at.route];
+        if route.max_body > 0 {
+            route.max_body
+        } else {
+            self.worker.settings.max_body
+        }
+    }
+
+    /// Reads the whole request body into memory, bounded by the body limit.
+    async fn read_body(&mut self) -> Result<(), u16> {
+        if !matches!(self.req.borrow().body, Body::Unread) {
+            return Ok(());
+        }
+        let max = self.max_body();
+        let mut buf = BytesMut::new();
+        if let Some(mut stream) = self.body_stream.take() {
+            while let Some(frame) = stream.frame().await {
+                // The client went away or sent a malformed body.
+                let frame = frame.map_err(|_| 400u16)?;
+                if let Some(data) = frame.data_ref() {
+                    if (buf.len() + data.len()) as u64 > max {
+                        tracing::error!(site = %self.req.borrow().site, "client intended to send too large body");
+                        return Err(413);
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+        }
+        self.req.borrow_mut().body = Body::Read(buf.freeze());
+        Ok(())
+    }
+
+    /// Runs an entry-thread handler to its end, serving its yields.
+    async fn run_handler(&mut self, phase: Phase, f: &Function) -> HandlerEnd {
+        let worker = self.worker.clone();
+        let vm = &worker.vm;
+        {
+            let mut r = self.req.borrow_mut();
+            r.phase = phase;
+            r.exit = None;
+        }
+        let thread = match vm.thread(f) {
+            Ok(t) => t,
+            Err(e) => return self.lua_error(phase, &e),
+        };
+        let mut args = MultiValue::new();
+        loop {
+            let result = {
+                let _current = Current::enter(&self.req);
+                thread.resume::<MultiValue>(args)
+            };
+            let values = match result {
+                Ok(v) => v,
+                Err(e) => return self.lua_error(phase, &e),
+            };
+            if thread.status() != ThreadStatus::Resumable {
+                vm.recycle(thread);
+                return HandlerEnd::Done;
+            }
+            let mut values = values.into_iter();
+            let first = values.next();
+            let op = match first {
+                Some(v) if vm.is_yield_marker(&v) => match values.next() {
+                    Some(Value::Integer(op)) => op,
+                    Some(Value::Number(op)) => op as i64,
+                    _ => 0,
+                },
+                // A plain coroutine.yield() in the entry thread: resume on the next turn.
+                _ => 0,
+            };
+            args = MultiValue::new();
+            match op {
+                api::OP_EXIT => {
+                    let exit = self.req.borrow_mut().exit.take();
+                    return HandlerEnd::Exit(exit.unwrap_or(Exit::Status(0)));
+                }
+                api::OP_SLEEP => {
+                    let secs = match values.next() {
+                        Some(Value::Integer(i)) => i as f64,
+                        Some(Value::Number(n)) => n,
+                        Some(Value::String(s)) => s.to_str().ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0.0),
+                        _ => 0.0,
+                    };
+                    tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 1e9))).await;
+                    api::time::update_cached_time();
+                    args.push_back(Value::Integer(1));
+                }
+                api::OP_FLUSH => {
+                    self.flush(false).await;
+                    args.push_back(Value::Integer(1));
+                }
+                api::OP_EOF => {
+                    self.flush(true).await;
+                    args.push_back(Value::Integer(1));
+                }
+                api::OP_READ_BODY => {
+                    if let Err(status) = self.read_body().await {
+                        return HandlerEnd::Abort(status);
+                    }
+                }
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    fn lua_error(&self, phase: Phase, e: &mlua::Error) -> HandlerEnd {
+        log_lua_error(&self.req.borrow().site, phase, e);
+        HandlerEnd::Error
+    }
+
+    /// Sends the head (running the header filter) if no handler did yet.
+    fn filter_headers(&mut self) {
+        self.header_filtered = true;
+        api::output::send_header(&self.req);
+    }
+
+    /// Hands the output so far to the client; with `eof`, ends the response.
+    async fn flush(&mut self, eof: bool) {
+        self.filter_headers();
+        let chunks = std::mem::take(&mut self.req.borrow_mut().output);
+        let mut body = body_filter::run(self, chunks, eof);
+        if eof {
+            self.req.borrow_mut().eof = true;
+        }
+        if let Some(tx) = self.head_tx.take() {
+            if eof {
+                let resp = self.response(ResponseBody::without_length(body.freeze()));
+                let _ = tx.send(resp);
+                return;
+            }
+            let (stx, srx) = mpsc::channel(16);
+            let _ = tx.send(self.response(ResponseBody::Streaming(srx)));
+            self.stream_tx = Some(stx);
+        }
+        if let Some(stx) = &self.stream_tx {
+            if !body.is_empty() {
+                // A gone client makes send fail; the handler goes on, as in nginx.
+                let _ = stx.send(std::mem::take(&mut body).freeze()).await;
+            }
+            if eof {
+                self.stream_tx = None;
+            }
+        }
+    }
+
+    async fn finish(&mut self, finish: Finish) {
+        match finish {
+            Finish::Output => {}
+            Finish::Close => {
+                // Dropping the sender makes the connection task close the connection.
+                self.head_tx = None;
+                self.stream_tx = None;
+                return;
+            }
+            Finish::Status(status) => {
+                if self.req.borrow().headers_sent {
+                    // Too late for a status: end what was started.
+                } else {
+                    let mut r = self.req.borrow_mut();
+                    r.status = status;
+                    r.output.clear();
+                    if let Some(page) = special::page(status) {
+                        r.resp_headers
+                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html"));
+                        r.output.push(page);
+                    }
+                    r.resp_headers.remove(http::header::CONTENT_LENGTH);
+                    let len = r.output.iter().map(|b| b.len()).sum::<usize>();
+                    r.resp_headers.insert(http::header::CONTENT_LENGTH, len.into());
+                }
+            }
+        }
+        if self.req.borrow().eof && self.head_tx.is_none() && self.stream_tx.is_none() {
+            return;
+        }
+        self.flush(true).await;
+    }
+
+    /// The response head from the request state, with `body`.
+    fn response(&self, body: ResponseBody) -> Response {
+        let r = self.req.borrow();
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = http::StatusCode::from_u16(r.effective_status()).unwrap_or(http::StatusCode::OK);
+        let mut headers = r.resp_headers.clone();
+        if !headers.contains_key(http::header::CONTENT_TYPE) && r.effective_status() != 304 {
+            let ty = r.default_type.as_deref().unwrap_or("text/plain");
+            if let Ok(v) = http::HeaderValue::from_str(ty) {
+                headers.insert(http::header::CONTENT_TYPE, v);
+            }
+        }
+        *resp.headers_mut() = headers;
+        resp
+    }
+}
+
+/// Logs a Lua error with its route, location, phase and line.
+pub fn log_lua_error(site: &str, phase: Phase, e: &mlua::Error) {
+    let msg = crate::lua::error_message(e);
+    tracing::error!("{site}, phase {}: lua error: {msg}", phase.name());
+}
+
+/// Calls a filter or log handler (no yields allowed) with the request current.
+fn call_plain(lc: &Lifecycle, phase: Phase, f: &Function) -> bool {
+    lc.req.borrow_mut().phase = phase;
+    let _current = Current::enter(&lc.req);
+    match f.call::<()>(()) {
+        Ok(()) => true,
+        Err(e) => {
+            log_lua_error(&lc.req.borrow().site, phase, &e);
+            false
+        }
+    }
+}
+
+/// What a rewrite or access handler's end means for the request.
+fn early_phase_flow(lc: &mut Lifecycle, end: HandlerEnd) -> Flow {
+    let sent = lc.req.borrow().headers_sent;
+    match end {
+        HandlerEnd::Done | HandlerEnd::Exit(Exit::Status(0)) => Flow::Next,
+        HandlerEnd::Exit(Exit::Exec { uri, args }) => internal_redirect(lc, uri, args),
+        HandlerEnd::Exit(Exit::Status(status)) => Flow::Finish(exit_finish(status, sent)),
+        HandlerEnd::Error => Flow::Finish(if sent { Finish::Output } else { Finish::Status(500) }),
+        HandlerEnd::Abort(status) => Flow::Finish(Finish::Status(status)),
+    }
+}
+
+/// `ngx.exit(status)` after which the request ends.
+fn exit_finish(status: i64, headers_sent: bool) -> Finish {
+    match status {
+        444 => Finish::Close,
+        _ if headers_sent => Finish::Output,
+        0 => Finish::Output,
+        s if s < 0 => Finish::Status(500),
+        s if (200..1000).contains(&s) => Finish::Status(s as u16),
+        _ => Finish::Output,
+    }
+}
+
+/// `ngx.exec`: the request restarts at the rewrite phase of the new location,
+/// with a fresh `ngx.ctx`.
+fn internal_redirect(lc: &mut Lifecycle, uri: Vec<u8>, args: Option<Vec<u8>>) -> Flow {
+    let mut r = lc.req.borrow_mut();
+    match request::normalize_path(&uri) {
+        Some(path) => r.uri = path,
+        None => return Flow::Finish(Finish::Status(400)),
+    }
+    r.args = args;
+    r.internal = true;
+    r.ctx = None;
+    Flow::Redirect
+}

@@ -1,0 +1,236 @@
+//! Per-request state shared by the phase driver and the `ngx` Lua API.
+//!
+//! Lua API functions reach the request through a thread-local "current
+//! request" that the driver sets around every coroutine resume or filter call
+//! (`Current::enter`). Outside of that window no request is current, so an API
+//! called from `init` or from a leaked closure gets a clear Lua error instead of
+//! touching a finished request (the Envoy "dead handle" rule).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
+
+use crate::config::{LocationRef, Phase};
+
+/// What a handler asked the driver to do when it ended its coroutine early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// `ngx.exit(status)`; 0 (`ngx.OK`) ends only the current phase.
+    Status(i64),
+    /// `ngx.exec(uri, args)`: internal redirect.
+    Exec { uri: Vec<u8>, args: Option<Vec<u8>> },
+}
+
+/// The request body as far as it has been read.
+#[derive(Debug, Default)]
+pub enum Body {
+    /// Not read yet; the stream is still in the driver.
+    #[default]
+    Unread,
+    Read(Bytes),
+    Discarded,
+}
+
+#[derive(Debug)]
+pub struct RequestState {
+    pub remote_addr: SocketAddr,
+    pub server_addr: SocketAddr,
+    pub scheme: &'static str,
+    pub method: Method,
+    pub version: Version,
+    /// As the client sent it: `/a%20b?x=1`.
+    pub request_uri: Vec<u8>,
+    /// Decoded and normalized path (`ngx.var.uri`).
+    pub uri: Vec<u8>,
+    /// The query string without `?` (`ngx.var.args`).
+    pub args: Option<Vec<u8>>,
+    pub headers: HeaderMap,
+    pub body: Body,
+    pub start_time: f64,
+    pub internal: bool,
+
+    pub location: LocationRef,
+    /// "route default/hello, location /hello", for log lines.
+    pub site: Rc<str>,
+    pub phase: Phase,
+    /// `set` variables of the location, and ones Lua created with `ngx.var.x = …`
+    /// for declared names.
+    pub vars: Vec<(String, Option<Vec<u8>>)>,
+    /// `$1`… of a regex location's match.
+    pub captures: Vec<Option<Vec<u8>>>,
+    /// The location's header filter, taken when the headers are sent.
+    pub header_filter: Option<mlua::Function>,
+    pub default_type: Option<String>,
+
+    /// 0 until set.
+    pub status: u16,
+    pub resp_headers: HeaderMap,
+    /// Set at the first output: headers can no longer change.
+    pub headers_sent: bool,
+    /// Output not yet handed to the body filters / the connection.
+    pub output: Vec<Bytes>,
+    /// `ngx.eof()` was called or the content phase finished.
+    pub eof: bool,
+    pub exit: Option<Exit>,
+    /// `ngx.ctx`, created on first use.
+    pub ctx: Option<mlua::Table>,
+    /// `ngx.arg[1]`, `ngx.arg[2]` in body_filter: the chunk and whether it is the last.
+    pub filter_arg: (Bytes, bool),
+    /// Internal redirects so far (`ngx.exec`), bounded like nginx's 10.
+    pub redirects: u8,
+}
+
+impl RequestState {
+    pub fn set_var(&mut self, name: &str, value: Option<Vec<u8>>) -> bool {
+        match self.vars.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => {
+                *v = value;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A `set` variable: `None` if not declared, `Some(None)` if set to nil.
+    pub fn var(&self, name: &str) -> Option<Option<&[u8]>> {
+        self.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_deref())
+    }
+
+    /// The response status as it will be sent.
+    pub fn effective_status(&self) -> u16 {
+        if self.status == 0 { 200 } else { self.status }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+
+    /// Sets or appends a response header, as `ngx.header` does.
+    pub fn set_resp_header(&mut self, name: HeaderName, values: Vec<HeaderValue>) {
+        self.resp_headers.remove(&name);
+        for v in values {
+            self.resp_headers.append(name.clone(), v);
+        }
+    }
+}
+
+pub type SharedRequest = Rc<RefCell<RequestState>>;
+
+thread_local! {
+    static CURRENT: RefCell<Option<SharedRequest>> = const { RefCell::new(None) };
+}
+
+/// Makes a request current for the Lua API until dropped; restores the previous one.
+pub struct Current {
+    previous: Option<SharedRequest>,
+}
+
+impl Current {
+    pub fn enter(request: &SharedRequest) -> Current {
+        let previous = CURRENT.with(|c| c.replace(Some(request.clone())));
+        Current { previous }
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// The current request, or a Lua error naming the API when none is.
+pub fn current(api: &str) -> mlua::Result<SharedRequest> {
+    CURRENT.with(|c| c.borrow().clone()).ok_or_else(|| no_request(api))
+}
+
+pub fn has_current() -> bool {
+    CURRENT.with(|c| c.borrow().is_some())
+}
+
+fn no_request(api: &str) -> mlua::Error {
+    let context = crate::lua::phase_context();
+    mlua::Error::runtime(format!("API disabled in the context of {context} ({api})"))
+}
+
+/// Runs `f` on the current request.
+pub fn with<R>(api: &str, f: impl FnOnce(&mut RequestState) -> mlua::Result<R>) -> mlua::Result<R> {
+    let request = current(api)?;
+    let mut state = request
+        .try_borrow_mut()
+        .map_err(|_| mlua::Error::runtime(format!("{api}: request is busy")))?;
+    f(&mut state)
+}
+
+/// Fails with nginx's message when `api` is called in a phase that forbids it.
+pub fn check_phase(state: &RequestState, api: &str, allowed: &[Phase]) -> mlua::Result<()> {
+    if allowed.contains(&state.phase) {
+        Ok(())
+    } else {
+        Err(mlua::Error::runtime(format!(
+            "API disabled in the context of {}",
+            crate::lua::context_name(state.phase)
+        )))
+        .map_err(|e| mlua::Error::runtime(format!("{e} ({api})")))
+    }
+}
+
+/// Splits `path?query` and decodes/normalizes the path as nginx does for `$uri`:
+/// percent-decoding, merging slashes, resolving `.` and `..`. `None` if the path
+/// climbs above the root or is not absolute (nginx answers 400).
+pub fn normalize_path(raw: &[u8]) -> Option<Vec<u8>> {
+    if raw.first() != Some(&b'/') {
+        return None;
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
+    let mut out: Vec<u8> = Vec::with_capacity(decoded.len());
+    for segment in decoded.split(|&b| b == b'/').skip(1) {
+        match segment {
+            b"" | b"." => {
+                if !out.ends_with(b"/") {
+                    out.push(b'/');
+                }
+            }
+            b".." => {
+                if out.ends_with(b"/") {
+                    out.pop();
+                }
+                let cut = out.iter().rposition(|&b| b == b'/')?;
+                out.truncate(cut + 1);
+            }
+            s => {
+                if !out.ends_with(b"/") {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(s);
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    fn n(s: &str) -> Option<String> {
+        normalize_path(s.as_bytes()).map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn normalizes_like_nginx() {
+        assert_eq!(n("/a/b").as_deref(), Some("/a/b"));
+        assert_eq!(n("/a//b/").as_deref(), Some("/a/b/"));
+        assert_eq!(n("/a/./b/../c").as_deref(), Some("/a/c"));
+        assert_eq!(n("/a%20b").as_deref(), Some("/a b"));
+        assert_eq!(n("/a/..").as_deref(), Some("/"));
+        assert_eq!(n("/.."), None);
+        assert_eq!(n("x"), None);
+    }
+}

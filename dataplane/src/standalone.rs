@@ -1,0 +1,94 @@
+//! Standalone mode: LuaRoutes from YAML files, no cluster.
+//!
+//! The files are validated and compiled by the same code the controller uses
+//! (`moongate_controller::{source, snapshot}`). A change to the files — seen by
+//! polling their content once a second, or on SIGHUP — reloads atomically: a
+//! bad file is reported and the last good config keeps serving. Polling the
+//! content rather than watching inotify events handles editors' rename-on-save
+//! and Kubernetes ConfigMap symlink swaps alike, at a cost of one read a second.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moongate_controller::{snapshot, source};
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::admin::AdminState;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::worker::Workers;
+
+/// Reads, validates and compiles the routes at `path`.
+pub fn load(path: &Path, version: u64) -> Result<Config> {
+    let sources = source::load_path(path)?;
+    let snapshot = snapshot::from_sources(&sources, version)?;
+    Config::try_from(&snapshot)
+}
+
+/// A fingerprint of the route files' names and contents.
+fn fingerprint(path: &Path) -> Option<Vec<u8>> {
+    let mut hasher = Sha256::new();
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    for f in files {
+        hasher.update(f.as_os_str().as_encoded_bytes());
+        hasher.update(std::fs::read(&f).unwrap_or_default());
+    }
+    Some(hasher.finalize().to_vec())
+}
+
+/// Serves until SIGTERM/SIGINT, reloading on file changes and SIGHUP.
+pub async fn watch(path: PathBuf, workers: &Workers, mut version: u64, admin: &AdminState) -> Result<()> {
+    let sig = |kind| {
+        signal(kind).map_err(|source| Error::Io {
+            path: "signal handler".into(),
+            source,
+        })
+    };
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut last = fingerprint(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let forced = tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => true,
+            _ = tick.tick() => false,
+        };
+        let now = fingerprint(&path);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        version += 1;
+        match reload(&path, workers, version).await {
+            Ok(hash) => {
+                admin.set_config(version, &hash);
+                tracing::info!(version, path = %path.display(), "config reloaded");
+            }
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!("config rejected, still serving the last good one: {line}");
+                }
+            }
+        }
+    }
+}
+
+async fn reload(path: &Path, workers: &Workers, version: u64) -> Result<Vec<u8>> {
+    let config = load(path, version)?;
+    let hash = config.content_hash.clone();
+    workers.apply(Arc::new(config)).await?;
+    Ok(hash)
+}

@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# Throughput benchmark: Moongate (standalone dataplane) against nginx +
+# lua-nginx-module running the same Lua, measured with wrk over loopback.
+# A benchmark, not a test: it prints a table and exits 0 unless it cannot run.
+#
+# Usage: e2e/bench/run.sh
+# Environment:
+#   SCENARIOS    scenarios to run            (default "hello headers dict")
+#   CONFIGS      configurations to run       (default "pinned unpinned")
+#                  pinned:   1 server worker on CPU 0, wrk -t1 on CPU 1
+#                  unpinned: nproc server workers, wrk -t2, no pinning
+#   DURATION     seconds per measurement     (default 10)
+#   WARMUP       seconds of warm-up before   (default 2)
+#   CONNECTIONS  wrk connections, both sides (default 64)
+#   DATAPLANE    moongate-dataplane binary   (default target/release/moongate-dataplane)
+#   SKIP_BUILD=1 do not run cargo build
+#   KEEP=1       keep the work directory (configs, logs, raw wrk output)
+set -euo pipefail
+
+SCENARIOS=${SCENARIOS:-"hello headers dict"}
+CONFIGS=${CONFIGS:-"pinned unpinned"}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+DATAPLANE=${DATAPLANE:-$ROOT/target/release/moongate-dataplane}
+NGINX_MODULES=${NGINX_MODULES:-/usr/lib/nginx/modules}
+
+die() { echo "error: $*" >&2; exit 2; }
+note() { echo "# $*" >&2; }
+
+for v in DURATION WARMUP CONNECTIONS; do
+    [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
+done
+for s in $SCENARIOS; do
+    case $s in hello | headers | dict) ;; *) die "unknown scenario '$s' (hello, headers, dict)" ;; esac
+done
+for c in $CONFIGS; do
+    case $c in pinned | unpinned) ;; *) die "unknown config '$c' (pinned, unpinned)" ;; esac
+done
+
+# --- tools ------------------------------------------------------------------
+
+install_tools() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    [[ -f $NGINX_MODULES/ngx_http_lua_module.so ]] || missing+=(libnginx-mod-http-lua)
+    command -v wrk >/dev/null || missing+=(wrk)
+    ((${#missing[@]} == 0)) && return 0
+    note "installing ${missing[*]}"
+    local sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+install_tools
+command -v taskset >/dev/null || die "taskset (util-linux) is required"
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[[ -x $NGINX ]] || die "nginx not found"
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    note "cargo build --release -p moongate-dataplane"
+    (cd "$ROOT" && cargo build --release -p moongate-dataplane) ||
+        note "building moongate-dataplane failed; Moongate columns will be n/a"
+fi
+HAVE_MOONGATE=1
+if [[ ! -x $DATAPLANE ]]; then
+    note "moongate-dataplane not found at $DATAPLANE (build it or set DATAPLANE); Moongate columns will be n/a"
+    HAVE_MOONGATE=0
+fi
+
+NPROC=$(nproc)
+if ((NPROC < 2)) && [[ " $CONFIGS " == *" pinned "* ]]; then
+    note "pinned needs 2 CPUs, this machine has $NPROC; skipping it"
+    kept=""
+    for c in $CONFIGS; do [[ $c == pinned ]] || kept+="$c "; done
+    CONFIGS=$kept
+fi
+
+# --- processes --------------------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/moongate-bench.XXXXXX")
+chmod 755 "$WORK" # nginx workers run as nobody when we are root
+PIDS=()
+WRK_PID=""
+
+# Stops the servers started so far (one measurement runs at a time).
+stop_servers() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+
+cleanup() {
+    if [[ -n $WRK_PID ]]; then kill -TERM "$WRK_PID" 2>/dev/null || true; fi
+    stop_servers
+    if [[ ${KEEP:-0} == 1 ]]; then
+        note "work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+    local p
+    for _ in $(seq 100); do
+        p=$((20000 + RANDOM % 40000))
+        port_open "$p" || { echo "$p"; return 0; }
+    done
+    die "no free port found"
+}
+
+# wait_port PORT PID LOG: until PORT accepts connections (10 s), or the process exits.
+wait_port() {
+    for _ in $(seq 200); do
+        port_open "$1" && return 0
+        kill -0 "$2" 2>/dev/null || { note "server exited: $(tail -n 3 "$3" | tr '\n' ' ')"; return 1; }
+        sleep 0.05
+    done
+    note "server did not listen on port $1 within 10 s: $(tail -n 3 "$3" | tr '\n' ' ')"
+    return 1
+}
+
+# probe PORT: one request; prints the status line. Checks the server answers
+# 200 before it is measured (a fast 500 would otherwise look like a win).
+probe() {
+    local line=""
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+    printf 'GET /t?x=1 HTTP/1.1\r\nHost: localhost\r\nX-Test: abc\r\nConnection: close\r\n\r\n' >&3
+    IFS= read -r -t 5 line <&3 || true
+    exec 3<&-
+    echo "${line%$'\r'}"
+}
+
+# --- server configurations --------------------------------------------------
+
+lua_for() {
+    case $1 in
+    hello) echo 'ngx.say("hello")' ;;
+    headers) echo 'local h = ngx.req.get_headers()["x-test"] or "-" local x = ngx.var.arg_x or "-" ngx.header["X-A"] = h ngx.header["X-B"] = x ngx.say("ok ", h, " ", x)' ;;
+    dict) echo 'local v = ngx.shared.d:incr("k", 1, 0) ngx.say(v)' ;;
+    esac
+}
+
+write_routes() { # SCENARIO FILE
+    cat >"$2" <<EOF
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: bench, namespace: default}
+spec:
+  sharedDicts: [{name: d, capacity: 1m}]
+  locations:
+    - path: /t
+      match: Exact
+      content: |
+        $(lua_for "$1")
+EOF
+}
+
+write_nginx_conf() { # SCENARIO WORKERS PORT DIR
+    local user=""
+    ((EUID == 0)) && user="user nobody nogroup;"
+    cat >"$4/nginx.conf" <<EOF
+load_module $NGINX_MODULES/ndk_http_module.so;
+load_module $NGINX_MODULES/ngx_http_lua_module.so;
+worker_processes $2;
+master_process on;
+daemon off;
+pid $4/nginx.pid;
+error_log $4/error.log error;
+$user
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    client_body_temp_path $4/client_body_temp;
+    proxy_temp_path $4/proxy_temp;
+    fastcgi_temp_path $4/fastcgi_temp;
+    uwsgi_temp_path $4/uwsgi_temp;
+    scgi_temp_path $4/scgi_temp;
+    default_type text/plain;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+    lua_shared_dict d 1m;
+    server {
+        listen 127.0.0.1:$3;
+        location = /t {
+            content_by_lua_block {
+                $(lua_for "$1")
+            }
+        }
+    }
+}
+EOF
+}
+
+# start_server KIND SCENARIO WORKERS PIN: starts it and sets PORT. Not run in
+# a subshell, so that PIDS (what cleanup kills) sees the server.
+start_server() {
+    local kind=$1 scenario=$2 workers=$3 pin=$4 dir pid
+    PORT=$(free_port)
+    dir="$WORK/$kind-$scenario-$workers-${pin:-any}"
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    local taskset=()
+    [[ -n $pin ]] && taskset=(taskset -c "$pin")
+    if [[ $kind == moongate ]]; then
+        write_routes "$scenario" "$dir/routes.yaml"
+        "${taskset[@]}" "$DATAPLANE" --routes "$dir/routes.yaml" --listen "127.0.0.1:$PORT" \
+            --workers "$workers" >"$dir/server.log" 2>&1 &
+    else
+        write_nginx_conf "$scenario" "$workers" "$PORT" "$dir"
+        "${taskset[@]}" "$NGINX" -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/server.log" 2>&1 &
+    fi
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$PORT" "$pid" "$dir/server.log"
+}
+
+# --- measurement ------------------------------------------------------------
+
+# latency_ms VALUE: wrk's "1.23ms" / "850.00us" / "1.02s" in milliseconds.
+latency_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+        printf "%.2f", n
+    }'
+}
+
+# run_wrk OUT CMD...: runs wrk in the background and waits for it, so that a
+# signal's trap runs at once (bash defers traps while a foreground command runs).
+run_wrk() {
+    local out=$1
+    shift
+    "$@" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || true
+    WRK_PID=""
+}
+
+# measure KIND SCENARIO CONFIG: sets RPS, P99 (ms) and ERRORS (non-2xx responses
+# and socket errors, or why there is no measurement). Not run in a subshell (see start_server).
+measure() {
+    local kind=$1 scenario=$2 config=$3 workers pin wrk_pin threads status out
+    RPS=n/a P99=n/a
+    if [[ $config == pinned ]]; then
+        workers=1 pin=0 wrk_pin=(taskset -c 1) threads=1
+    else
+        workers=$NPROC pin="" wrk_pin=() threads=2
+    fi
+    if ! start_server "$kind" "$scenario" "$workers" "$pin"; then
+        stop_servers
+        ERRORS=start-failed
+        return
+    fi
+    status=$(probe "$PORT" || true)
+    if [[ $status != *" 200"* ]]; then
+        note "$kind $scenario: probe answered '${status:-nothing}'"
+        stop_servers
+        ERRORS=probe-failed
+        return
+    fi
+    local url="http://127.0.0.1:$PORT/t?x=1"
+    out="$WORK/wrk-$kind-$scenario-$config.txt"
+    run_wrk /dev/null "${wrk_pin[@]}" wrk -t"$threads" -c"$CONNECTIONS" -d"${WARMUP}s" -H "X-Test: abc" "$url"
+    run_wrk "$out" "${wrk_pin[@]}" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "X-Test: abc" "$url"
+    stop_servers
+    local rps p99
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p99=$(awk '$1 == "99%" {print $2}' "$out")
+    ERRORS=$(awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
+    if [[ -z $rps || -z $p99 ]]; then
+        note "$kind $scenario $config: cannot parse wrk output: $(tr '\n' ' ' <"$out" | cut -c1-200)"
+        ERRORS=wrk-failed
+        return
+    fi
+    RPS=$rps P99=$(latency_ms "$p99")
+}
+
+note "duration ${DURATION}s, warm-up ${WARMUP}s, $CONNECTIONS connections, $NPROC CPUs"
+ROWS=()
+for config in $CONFIGS; do
+    for scenario in $SCENARIOS; do
+        note "$config $scenario"
+        if ((HAVE_MOONGATE)); then
+            measure moongate "$scenario" "$config"
+            m_rps=$RPS m_p99=$P99 m_err=$ERRORS
+        else
+            m_rps=n/a m_p99=n/a m_err=missing
+        fi
+        measure nginx "$scenario" "$config"
+        n_rps=$RPS n_p99=$P99 n_err=$ERRORS
+        ratio=$(awk -v m="$m_rps" -v n="$n_rps" 'BEGIN { if (m + 0 > 0 && n + 0 > 0) printf "%.2f", m / n; else print "n/a" }')
+        notes=""
+        [[ $m_err != 0 ]] && notes+="moongate:$m_err "
+        [[ $n_err != 0 ]] && notes+="nginx:$n_err"
+        ROWS+=("$(printf '%-9s %-8s %14s %14s %7s %13s %13s  %s' "$config" "$scenario" "$m_rps" "$n_rps" \
+            "$ratio" "$m_p99" "$n_p99" "${notes:--}")")
+    done
+done
+
+printf '\n%-9s %-8s %14s %14s %7s %13s %13s  %s\n' config scenario "moongate rps" "nginx rps" ratio \
+    "moongate p99" "nginx p99" "errors"
+printf '%-9s %-8s %14s %14s %7s %13s %13s  %s\n' "" "" "" "" "m/n" "(ms)" "(ms)" ""
+printf '%s\n' "${ROWS[@]}"
