@@ -80,12 +80,10 @@ fn split_lua_error(name: &str, text: &str) -> (Option<u32>, String) {
     let text = text.strip_prefix("syntax error: ").unwrap_or(text);
     let text = text.lines().next().unwrap_or(text);
     let rest = text.strip_prefix(name).and_then(|r| r.strip_prefix(':'));
-    if let Some(rest) = rest {
-        if let Some((line, msg)) = rest.split_once(": ") {
-            if let Ok(line) = line.parse() {
-                return (Some(line), msg.to_string());
-            }
-        }
+    if let Some((line, msg)) = rest.and_then(|r| r.split_once(": "))
+        && let Ok(line) = line.parse()
+    {
+        return (Some(line), msg.to_string());
     }
     (None, text.to_string())
 }

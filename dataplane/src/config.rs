@@ -177,7 +177,7 @@ impl TryFrom<&pb::Snapshot> for Config {
             }
         }
         for s in by_host.values_mut().chain(std::iter::once(&mut any_host)) {
-            s.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            s.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         }
         Ok(Config {
             version: snapshot.version,
@@ -241,7 +241,7 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
             modules.push((m.name.clone(), Chunk::verified(&id, c)?));
         }
     }
-    let limits = r.limits.clone().unwrap_or_default();
+    let limits = r.limits.unwrap_or_default();
     Ok(Route {
         id: id.clone(),
         namespace: r.namespace.clone(),

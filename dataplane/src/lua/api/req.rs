@@ -39,12 +39,10 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
             let raw = raw.unwrap_or(false);
             request::with("ngx.req.get_headers", |r| {
                 let t = lua.create_table()?;
-                let mut count = 0;
-                for (name, value) in &r.headers {
-                    if max > 0 && count >= max {
+                for (count, (name, value)) in r.headers.iter().enumerate() {
+                    if max > 0 && count as i64 >= max {
                         return Ok((t, Some("truncated")));
                     }
-                    count += 1;
                     let key = if raw {
                         title_case(name.as_str())
                     } else {

@@ -1,0 +1,345 @@
+//! Test harness: runs the real `moongate-dataplane` binary on a free port with a
+//! routes file in a temp dir, keeps every stderr line it logs, and talks to it
+//! over plain sockets (HTTP/1.x by hand, so tests see exactly what goes on the wire).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The dataplane binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_moongate-dataplane");
+
+/// Generous: the tests run on loaded CI machines.
+pub const STARTUP: Duration = Duration::from_secs(60);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A LuaRoute document named `name` in namespace `default` with `spec` (YAML, indented by 2).
+pub fn route(name: &str, spec: &str) -> String {
+    format!("apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}")
+}
+
+/// Removes ANSI colour sequences (the log formatter may colour even when not on a tty).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `moongate-dataplane --check --routes PATH`.
+pub fn check(path: &Path) -> Output {
+    Command::new(BIN)
+        .arg("--check")
+        .arg("--routes")
+        .arg(path)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run moongate-dataplane --check")
+}
+
+/// A running dataplane. Killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    logs: Arc<Mutex<Vec<String>>>,
+    routes: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Builder {
+    yaml: String,
+    workers: usize,
+    extra: Vec<String>,
+}
+
+impl Builder {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.to_string());
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let routes = dir.path().join("routes.yaml");
+        std::fs::write(&routes, &self.yaml).expect("write routes");
+        let mut child = Command::new(BIN)
+            .arg("--routes")
+            .arg(&routes)
+            .args(["--listen", "127.0.0.1:0", "--workers", &self.workers.to_string()])
+            .args(&self.extra)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn moongate-dataplane");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(strip_ansi(&line));
+            }
+        });
+        let mut server = Server { child: Some(child), port: 0, logs, routes, _dir: dir };
+        let port = wait_for(STARTUP, || {
+            if let Some(status) = server.try_wait() {
+                panic!("dataplane exited early with {status}; stderr:\n{}", server.logs());
+            }
+            server.find_log_map(|l| {
+                let rest = &l[l.find("serving http://127.0.0.1:")? + "serving http://127.0.0.1:".len()..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u16>().ok()
+            })
+        });
+        server.port = port.unwrap_or_else(|| panic!("dataplane never said it was serving; stderr:\n{}", server.logs()));
+        server
+    }
+}
+
+impl Server {
+    /// Starts a one-worker dataplane serving `yaml`.
+    pub fn start(yaml: &str) -> Server {
+        Server::builder(yaml).start()
+    }
+
+    pub fn builder(yaml: &str) -> Builder {
+        Builder { yaml: yaml.to_string(), workers: 1, extra: Vec::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Everything logged so far, one line per line.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn log_count(&self) -> usize {
+        self.logs.lock().unwrap().len()
+    }
+
+    /// Lines logged after the first `from`.
+    pub fn logs_since(&self, from: usize) -> String {
+        self.logs.lock().unwrap().iter().skip(from).cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    fn find_log_map<T>(&self, f: impl Fn(&str) -> Option<T>) -> Option<T> {
+        self.logs.lock().unwrap().iter().find_map(|l| f(l))
+    }
+
+    /// Waits until a line logged after the first `from` contains `needle`; returns that line.
+    pub fn wait_log_since(&self, from: usize, needle: &str, timeout: Duration) -> Option<String> {
+        wait_for(timeout, || {
+            self.logs.lock().unwrap().iter().skip(from).find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_log_since(0, needle, timeout)
+    }
+
+    /// Replaces the routes file atomically (write a sibling, then rename), as editors do.
+    pub fn write_routes(&self, yaml: &str) {
+        let tmp = self.routes.with_extension("tmp");
+        std::fs::write(&tmp, yaml).expect("write routes");
+        std::fs::rename(&tmp, &self.routes).expect("rename routes");
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, || self.try_wait())
+    }
+
+    /// Open file descriptors of the process (Linux).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("read /proc/PID/fd").count()
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr()).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// Sends `raw` on a new connection and reads one response.
+    pub fn raw(&self, raw: &[u8]) -> Response {
+        let mut s = self.connect();
+        s.write_all(raw).expect("send request");
+        read_response(&mut BufReader::new(s)).expect("read response")
+    }
+
+    /// `GET path` over HTTP/1.1 with `Connection: close`.
+    pub fn get(&self, path: &str) -> Response {
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+    }
+
+    /// Requests `path` on a background thread.
+    pub fn get_async(&self, path: &str) -> std::thread::JoinHandle<Response> {
+        let addr = self.addr();
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+                .expect("send");
+            read_response(&mut BufReader::new(s)).expect("read response")
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.x response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub version: String,
+    pub status: u16,
+    /// Names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads the status line and headers of one response.
+pub fn read_head(r: &mut impl BufRead) -> std::io::Result<(String, u16, Vec<(String, String)>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+    }
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let version = parts.next().unwrap_or_default().to_string();
+    let status = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (n, v) = h.split_once(':').ok_or_else(|| std::io::Error::other(format!("bad header {h:?}")))?;
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    Ok((version, status, headers))
+}
+
+/// Reads one chunk of a chunked body; `None` at the last (empty) chunk.
+pub fn read_chunk(r: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    let mut size = String::new();
+    r.read_line(&mut size)?;
+    let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or_default(), 16)
+        .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
+    if size == 0 {
+        // Trailers, then the empty line.
+        loop {
+            let mut t = String::new();
+            r.read_line(&mut t)?;
+            if t.trim_end().is_empty() {
+                return Ok(None);
+            }
+        }
+    }
+    let mut data = vec![0; size + 2];
+    r.read_exact(&mut data)?;
+    data.truncate(size);
+    Ok(Some(data))
+}
+
+/// Reads one whole response (Content-Length, chunked, or until close).
+pub fn read_response(r: &mut impl BufRead) -> std::io::Result<Response> {
+    read_response_to(r, false)
+}
+
+/// As `read_response`; `head_only` for responses to HEAD.
+pub fn read_response_to(r: &mut impl BufRead, head_only: bool) -> std::io::Result<Response> {
+    let (version, status, headers) = read_head(r)?;
+    let mut resp = Response { version, status, headers, body: Vec::new() };
+    if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Ok(resp);
+    }
+    if resp.header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        while let Some(chunk) = read_chunk(r)? {
+            resp.body.extend(chunk);
+        }
+    } else if let Some(len) = resp.header("content-length") {
+        let len: usize = len.parse().map_err(|_| std::io::Error::other("bad content-length"))?;
+        resp.body = vec![0; len];
+        r.read_exact(&mut resp.body)?;
+    } else {
+        r.read_to_end(&mut resp.body)?;
+    }
+    Ok(resp)
+}
