@@ -35,5 +35,8 @@ fn every_spec_field_is_described() {
     }
     let mut missing = Vec::new();
     walk("spec", spec, &mut missing);
-    assert!(missing.is_empty(), "fields without a description (kubectl explain shows nothing): {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a description (kubectl explain shows nothing): {missing:?}"
+    );
 }

@@ -3,6 +3,7 @@
 //! snapshot is rejected before any worker sees it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use moongate_proto::v1 as pb;
 use pcre2::bytes::{Regex, RegexBuilder};
@@ -76,6 +77,8 @@ pub enum MatchKind {
 
 #[derive(Debug)]
 pub struct Location {
+    /// "route default/hello, location /hello", for log lines.
+    pub site: Arc<str>,
     pub path: String,
     pub kind: MatchKind,
     regex: Option<Regex>,
@@ -215,6 +218,7 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
             None
         };
         locations.push(Location {
+            site: Arc::from(format!("route {id}, location {}", l.path)),
             path: l.path.clone(),
             kind,
             regex,
@@ -283,6 +287,11 @@ impl Server {
 }
 
 impl Config {
+    /// Whether any route names hostnames (else the Host header needs no parsing).
+    pub fn has_hostnames(&self) -> bool {
+        !self.by_host.is_empty()
+    }
+
     /// Selects the location for `host` (lowercase, no port) and the normalized
     /// URI path, by nginx's rules: exact; else the longest prefix, final if `^~`;
     /// else the first matching regex; else that longest prefix.

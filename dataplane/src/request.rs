@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
@@ -54,7 +55,7 @@ pub struct RequestState {
 
     pub location: LocationRef,
     /// "route default/hello, location /hello", for log lines.
-    pub site: Rc<str>,
+    pub site: Arc<str>,
     pub phase: Phase,
     /// `set` variables of the location, and ones Lua created with `ngx.var.x = …`
     /// for declared names.
@@ -79,6 +80,8 @@ pub struct RequestState {
     pub ctx: Option<mlua::Table>,
     /// `ngx.arg[1]`, `ngx.arg[2]` in body_filter: the chunk and whether it is the last.
     pub filter_arg: (Bytes, bool),
+    /// Close the connection without a response (`ngx.exit(444)`).
+    pub close: bool,
     /// Internal redirects so far (`ngx.exec`), bounded like nginx's 10.
     pub redirects: u8,
 }
@@ -184,6 +187,10 @@ pub fn check_phase(state: &RequestState, api: &str, allowed: &[Phase]) -> mlua::
 pub fn normalize_path(raw: &[u8]) -> Option<Vec<u8>> {
     if raw.first() != Some(&b'/') {
         return None;
+    }
+    let plain = !raw.contains(&b'%') && !raw.windows(2).any(|w| w == b"//" || w == b"/.");
+    if plain {
+        return Some(raw.to_vec());
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
     let mut out: Vec<u8> = Vec::with_capacity(decoded.len());

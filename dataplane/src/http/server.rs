@@ -122,7 +122,12 @@ fn worker_main(
         loop {
             tokio::select! {
                 msg = control.recv() => match msg {
-                    Some(msg) => worker.handle(msg),
+                    Some(msg) => {
+                        worker.handle(msg);
+                        // Let work the new config started (0 ms timers from
+                        // init_worker) run before the next connection.
+                        tokio::task::yield_now().await;
+                    }
                     None => break,
                 },
                 // Accept only once the first config is committed.
@@ -210,9 +215,19 @@ async fn serve_connection(
     let service = service_fn(move |req: http::Request<Incoming>| {
         let worker = worker.clone();
         async move {
-            let (tx, rx) = oneshot::channel::<Response>();
-            tokio::task::spawn_local(phase::run(worker, req, conn, tx));
-            rx.await.map_err(|_| Closed)
+            // The lifecycle runs inline until the response head is ready; if it
+            // still has work then (streaming, the log phase), the rest of it
+            // moves to its own task so the head can go out now.
+            let (tx, mut rx) = oneshot::channel::<Response>();
+            let mut lifecycle = Box::pin(phase::run(worker, req, conn, tx));
+            tokio::select! {
+                biased;
+                () = &mut lifecycle => rx.try_recv().map_err(|_| Closed),
+                head = &mut rx => {
+                    tokio::task::spawn_local(lifecycle);
+                    head.map_err(|_| Closed)
+                }
+            }
         }
     });
     let mut builder = auto::Builder::new(LocalExec);

@@ -8,18 +8,18 @@ use super::{Lifecycle, call_plain};
 use crate::config::Phase;
 
 /// Filters `chunks` (and the final empty chunk when `eof`) into one buffer.
-pub(super) fn run(lc: &mut Lifecycle, chunks: Vec<Bytes>, eof: bool) -> BytesMut {
-    let mut out = BytesMut::new();
+pub(super) fn run(lc: &mut Lifecycle, mut chunks: Vec<Bytes>, eof: bool) -> Bytes {
     let at = lc.req.borrow().location;
     let Some(f) = lc.loaded.handler(at, Phase::BodyFilter).cloned() else {
-        for c in chunks {
-            out.extend_from_slice(&c);
+        if chunks.len() == 1 {
+            return chunks.pop().unwrap_or_default();
         }
-        return out;
+        return chunks.concat().into();
     };
+    let mut out = BytesMut::new();
     if lc.req.borrow().filter_arg.1 {
         // An earlier call set ngx.arg[2]: the body already ended.
-        return out;
+        return Bytes::new();
     }
     let n = chunks.len();
     let calls = chunks.into_iter().enumerate().map(|(i, c)| (c, eof && i + 1 == n));
@@ -38,5 +38,5 @@ pub(super) fn run(lc: &mut Lifecycle, chunks: Vec<Bytes>, eof: bool) -> BytesMut
             break;
         }
     }
-    out
+    out.freeze()
 }

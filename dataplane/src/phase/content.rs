@@ -12,6 +12,16 @@ pub(super) async fn run(lc: &mut Lifecycle, at: LocationRef) -> Flow {
         let sent = lc.req.borrow().headers_sent;
         return Flow::Finish(if sent { Finish::Output } else { Finish::Status(404) });
     };
+    {
+        // Like nginx's ngx_http_set_content_type before a content handler runs.
+        let mut r = lc.req.borrow_mut();
+        if !r.resp_headers.contains_key(http::header::CONTENT_TYPE) {
+            let ty = r.default_type.as_deref().unwrap_or("text/plain");
+            if let Ok(v) = http::HeaderValue::from_str(ty) {
+                r.resp_headers.insert(http::header::CONTENT_TYPE, v);
+            }
+        }
+    }
     let end = lc.run_handler(Phase::Content, &f).await;
     let sent = lc.req.borrow().headers_sent;
     match end {

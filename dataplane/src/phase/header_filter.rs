@@ -2,5 +2,96 @@
 //! the first output, `ngx.send_headers()`, or the end of the content phase —
 //! with `ngx.status` and `ngx.header` still writable. The handler is put on
 //! the request when the location is entered (`RequestState::header_filter`)
-//! and run by `lua::api::output::send_header`, so it runs at the same moment
-//! nginx runs it, even in the middle of a content handler.
+//! and run here, at the same moment nginx runs it, even in the middle of a
+//! content handler. nginx's not_modified filter (304/412 for conditional
+//! requests against `Last-Modified`/`ETag`) runs after it.
+
+use http::header::{ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED};
+
+use crate::config::Phase;
+use crate::lua::api::time::parse_http_time;
+use crate::request::{self, Exit, RequestState, SharedRequest};
+
+/// Marks the response head sent and runs the header filter, once.
+pub fn send_header(req: &SharedRequest) {
+    let filter = {
+        let mut r = req.borrow_mut();
+        if r.headers_sent {
+            return;
+        }
+        r.headers_sent = true;
+        r.header_filter.take()
+    };
+    if let Some(filter) = filter {
+        let phase = std::mem::replace(&mut req.borrow_mut().phase, Phase::HeaderFilter);
+        let result = {
+            let _current = request::Current::enter(req);
+            filter.call::<()>(())
+        };
+        let mut r = req.borrow_mut();
+        r.phase = phase;
+        match result {
+            Err(e) => {
+                crate::phase::log_lua_error(&r.site, Phase::HeaderFilter, &e);
+                r.status = 500;
+            }
+            Ok(()) if r.exit == Some(Exit::Status(444)) => r.close = true,
+            Ok(()) => {}
+        }
+    }
+    not_modified(&mut req.borrow_mut());
+}
+
+/// nginx's not_modified filter, for 200 responses that carry validators.
+fn not_modified(r: &mut RequestState) {
+    if r.effective_status() != 200 {
+        return;
+    }
+    let header_time = |v: Option<&http::HeaderValue>| v.and_then(|v| parse_http_time(v.as_bytes()));
+    let last_modified = header_time(r.resp_headers.get(LAST_MODIFIED));
+    let etag = r.resp_headers.get(ETAG).map(|v| v.as_bytes().to_vec());
+    if let (Some(lm), Some(ius)) = (last_modified, header_time(r.headers.get(IF_UNMODIFIED_SINCE)))
+        && lm > ius
+    {
+        r.status = 412;
+        return;
+    }
+    if let Some(im) = r.headers.get(IF_MATCH)
+        && !etag_matches(im.as_bytes(), etag.as_deref(), false)
+    {
+        r.status = 412;
+        return;
+    }
+    let ims = r.headers.get(IF_MODIFIED_SINCE);
+    let inm = r.headers.get(IF_NONE_MATCH);
+    if ims.is_none() && inm.is_none() {
+        return;
+    }
+    // `if_modified_since exact` (nginx's default): the dates must be equal.
+    if ims.is_some() && (last_modified.is_none() || header_time(ims) != last_modified) {
+        return;
+    }
+    if let Some(inm) = inm
+        && !etag_matches(inm.as_bytes(), etag.as_deref(), true)
+    {
+        return;
+    }
+    r.status = 304;
+    r.output.clear();
+}
+
+/// Whether an `If-Match`/`If-None-Match` list names `etag` (`*` matches any).
+fn etag_matches(list: &[u8], etag: Option<&[u8]>, weak: bool) -> bool {
+    let Some(etag) = etag else { return false };
+    let strip = |t: &[u8]| -> Vec<u8> {
+        let t = t.trim_ascii();
+        if weak {
+            t.strip_prefix(b"W/").unwrap_or(t).to_vec()
+        } else {
+            t.to_vec()
+        }
+    };
+    let etag = strip(etag);
+    list.split(|&b| b == b',')
+        .any(|t| t.trim_ascii() == b"*" || strip(t) == etag)
+}

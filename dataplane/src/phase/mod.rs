@@ -11,12 +11,13 @@
 mod access;
 mod body_filter;
 mod content;
-mod header_filter;
+pub mod header_filter;
 mod log;
 mod rewrite;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -119,7 +120,7 @@ pub async fn run(
         start_time: crate::lua::api::time::cached_now(),
         internal: false,
         location: LocationRef { route: 0, location: 0 },
-        site: Rc::from(""),
+        site: Arc::from(""),
         phase: Phase::Rewrite,
         vars: Vec::new(),
         captures: Vec::new(),
@@ -134,6 +135,7 @@ pub async fn run(
         ctx: None,
         filter_arg: (Bytes::new(), false),
         redirects: 0,
+        close: false,
     };
     let mut lc = Lifecycle {
         worker,
@@ -156,10 +158,17 @@ pub async fn run(
 impl Lifecycle {
     async fn main(&mut self) -> Finish {
         loop {
-            let host = api::var::host(&self.req.borrow());
-            let uri = self.req.borrow().uri.clone();
-            let host = String::from_utf8_lossy(&host).into_owned();
-            let Some(at) = self.loaded.config.find_location(&host, &uri) else {
+            let found = {
+                let r = self.req.borrow();
+                let config = &self.loaded.config;
+                if config.has_hostnames() {
+                    let host = api::var::host(&r);
+                    config.find_location(&String::from_utf8_lossy(&host), &r.uri)
+                } else {
+                    config.find_location("", &r.uri)
+                }
+            };
+            let Some(at) = found else {
                 return Finish::Status(404);
             };
             if let Some(status) = self.enter_location(at) {
@@ -204,7 +213,7 @@ impl Lifecycle {
         };
         let mut r = self.req.borrow_mut();
         r.location = at;
-        r.site = Rc::from(format!("route {}, location {}", route.id, loc.path));
+        r.site = loc.site.clone();
         r.vars = loc.vars.iter().map(|(n, v)| (n.clone(), Some(v.clone()))).collect();
         r.captures = config.captures(at, &r.uri);
         r.header_filter = self.loaded.handler(at, Phase::HeaderFilter).cloned();
@@ -337,20 +346,29 @@ impl Lifecycle {
     /// Sends the head (running the header filter) if no handler did yet.
     fn filter_headers(&mut self) {
         self.header_filtered = true;
-        api::output::send_header(&self.req);
+        header_filter::send_header(&self.req);
     }
 
     /// Hands the output so far to the client; with `eof`, ends the response.
     async fn flush(&mut self, eof: bool) {
+        if !eof && !self.req.borrow().headers_sent && self.req.borrow().output.is_empty() {
+            // nginx sends nothing for a flush before any output.
+            return;
+        }
         self.filter_headers();
+        if self.req.borrow().close {
+            self.head_tx = None;
+            self.stream_tx = None;
+            return;
+        }
         let chunks = std::mem::take(&mut self.req.borrow_mut().output);
-        let mut body = body_filter::run(self, chunks, eof);
+        let body = body_filter::run(self, chunks, eof);
         if eof {
             self.req.borrow_mut().eof = true;
         }
         if let Some(tx) = self.head_tx.take() {
             if eof {
-                let resp = self.response(ResponseBody::without_length(body.freeze()));
+                let resp = self.response(ResponseBody::without_length(body));
                 let _ = tx.send(resp);
                 return;
             }
@@ -361,7 +379,7 @@ impl Lifecycle {
         if let Some(stx) = &self.stream_tx {
             if !body.is_empty() {
                 // A gone client makes send fail; the handler goes on, as in nginx.
-                let _ = stx.send(std::mem::take(&mut body).freeze()).await;
+                let _ = stx.send(body).await;
             }
             if eof {
                 self.stream_tx = None;
@@ -391,8 +409,10 @@ impl Lifecycle {
                         r.output.push(page);
                     }
                     r.resp_headers.remove(http::header::CONTENT_LENGTH);
-                    let len = r.output.iter().map(|b| b.len()).sum::<usize>();
-                    r.resp_headers.insert(http::header::CONTENT_LENGTH, len.into());
+                    if status >= 300 {
+                        let len = r.output.iter().map(|b| b.len()).sum::<usize>();
+                        r.resp_headers.insert(http::header::CONTENT_LENGTH, len.into());
+                    }
                 }
             }
         }
@@ -407,7 +427,15 @@ impl Lifecycle {
         let r = self.req.borrow();
         let mut resp = http::Response::new(body);
         *resp.status_mut() = http::StatusCode::from_u16(r.effective_status()).unwrap_or(http::StatusCode::OK);
-        let mut headers = r.resp_headers.clone();
+        // The log phase may still read ngx.header; otherwise the headers move out.
+        let mut headers = if self.loaded.handler(r.location, Phase::Log).is_some() {
+            r.resp_headers.clone()
+        } else {
+            drop(r);
+            let mut r = self.req.borrow_mut();
+            std::mem::take(&mut r.resp_headers)
+        };
+        let r = self.req.borrow();
         if !headers.contains_key(http::header::CONTENT_TYPE) && r.effective_status() != 304 {
             let ty = r.default_type.as_deref().unwrap_or("text/plain");
             if let Ok(v) = http::HeaderValue::from_str(ty) {

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -20,7 +20,9 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A LuaRoute document named `name` in namespace `default` with `spec` (YAML, indented by 2).
 pub fn route(name: &str, spec: &str) -> String {
-    format!("apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}")
+    format!(
+        "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}"
+    )
 }
 
 /// Removes ANSI colour sequences (the log formatter may colour even when not on a tty).
@@ -118,7 +120,13 @@ impl Builder {
                 sink.lock().unwrap().push(strip_ansi(&line));
             }
         });
-        let mut server = Server { child: Some(child), port: 0, logs, routes, _dir: dir };
+        let mut server = Server {
+            child: Some(child),
+            port: 0,
+            logs,
+            routes,
+            _dir: dir,
+        };
         let port = wait_for(STARTUP, || {
             if let Some(status) = server.try_wait() {
                 panic!("dataplane exited early with {status}; stderr:\n{}", server.logs());
@@ -141,7 +149,11 @@ impl Server {
     }
 
     pub fn builder(yaml: &str) -> Builder {
-        Builder { yaml: yaml.to_string(), workers: 1, extra: Vec::new() }
+        Builder {
+            yaml: yaml.to_string(),
+            workers: 1,
+            extra: Vec::new(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -163,7 +175,14 @@ impl Server {
 
     /// Lines logged after the first `from`.
     pub fn logs_since(&self, from: usize) -> String {
-        self.logs.lock().unwrap().iter().skip(from).cloned().collect::<Vec<_>>().join("\n")
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(from)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn find_log_map<T>(&self, f: impl Fn(&str) -> Option<T>) -> Option<T> {
@@ -173,7 +192,13 @@ impl Server {
     /// Waits until a line logged after the first `from` contains `needle`; returns that line.
     pub fn wait_log_since(&self, from: usize, needle: &str, timeout: Duration) -> Option<String> {
         wait_for(timeout, || {
-            self.logs.lock().unwrap().iter().skip(from).find(|l| l.contains(needle)).cloned()
+            self.logs
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(from)
+                .find(|l| l.contains(needle))
+                .cloned()
         })
     }
 
@@ -204,7 +229,9 @@ impl Server {
 
     /// Open file descriptors of the process (Linux).
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("read /proc/PID/fd").count()
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -262,7 +289,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -270,11 +300,17 @@ impl Response {
     }
 }
 
+/// A status line and headers: (version, status, headers with lowercased names).
+pub type Head = (String, u16, Vec<(String, String)>);
+
 /// Reads the status line and headers of one response.
-pub fn read_head(r: &mut impl BufRead) -> std::io::Result<(String, u16, Vec<(String, String)>)> {
+pub fn read_head(r: &mut impl BufRead) -> std::io::Result<Head> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
     }
     let mut parts = line.trim_end().splitn(3, ' ');
     let version = parts.next().unwrap_or_default().to_string();
@@ -290,7 +326,9 @@ pub fn read_head(r: &mut impl BufRead) -> std::io::Result<(String, u16, Vec<(Str
         if h.is_empty() {
             break;
         }
-        let (n, v) = h.split_once(':').ok_or_else(|| std::io::Error::other(format!("bad header {h:?}")))?;
+        let (n, v) = h
+            .split_once(':')
+            .ok_or_else(|| std::io::Error::other(format!("bad header {h:?}")))?;
         headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
     Ok((version, status, headers))
@@ -326,11 +364,19 @@ pub fn read_response(r: &mut impl BufRead) -> std::io::Result<Response> {
 /// As `read_response`; `head_only` for responses to HEAD.
 pub fn read_response_to(r: &mut impl BufRead, head_only: bool) -> std::io::Result<Response> {
     let (version, status, headers) = read_head(r)?;
-    let mut resp = Response { version, status, headers, body: Vec::new() };
+    let mut resp = Response {
+        version,
+        status,
+        headers,
+        body: Vec::new(),
+    };
     if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok(resp);
     }
-    if resp.header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+    if resp
+        .header("transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+    {
         while let Some(chunk) = read_chunk(r)? {
             resp.body.extend(chunk);
         }

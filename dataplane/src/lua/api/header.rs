@@ -96,6 +96,24 @@ pub fn lookup_metatable(lua: &Lua) -> mlua::Result<Table> {
     Ok(mt)
 }
 
+/// Percent-escapes bytes that may not appear in a header name, as nginx does
+/// for unsafe names (`"a: b"` → `a%3A%20b`), so Lua cannot inject headers.
+pub fn escape_name(name: &str) -> String {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b);
+    if name.bytes().all(token) {
+        return name.to_string();
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for b in name.bytes() {
+        if token(b) {
+            out.push(b as char)
+        } else {
+            out.push_str(&format!("%{b:02X}"))
+        }
+    }
+    out
+}
+
 /// Lowercases and, when `underscores`, turns `_` into `-`.
 pub fn normalize_name(name: &[u8], underscores: bool) -> String {
     name.iter()
@@ -180,7 +198,7 @@ pub fn set(r: &mut RequestState, name: &[u8], value: Value, underscores: bool) -
         "ngx.header",
         &[Phase::Rewrite, Phase::Access, Phase::Content, Phase::HeaderFilter],
     )?;
-    let norm = normalize_name(name, underscores);
+    let norm = escape_name(&normalize_name(name, underscores));
     let header = HeaderName::from_bytes(norm.as_bytes())
         .map_err(|_| mlua::Error::runtime(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
     let values = header_values(&value)?;

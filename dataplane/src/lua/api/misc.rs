@@ -36,6 +36,7 @@ const STATUS: &[(&str, i64)] = &[
     ("HTTP_ILLEGAL", 451),
     ("HTTP_INTERNAL_SERVER_ERROR", 500),
     ("HTTP_METHOD_NOT_IMPLEMENTED", 501),
+    ("HTTP_NOT_IMPLEMENTED", 501),
     ("HTTP_BAD_GATEWAY", 502),
     ("HTTP_SERVICE_UNAVAILABLE", 503),
     ("HTTP_GATEWAY_TIMEOUT", 504),
@@ -60,6 +61,11 @@ pub fn register(lua: &Lua, ngx: &Table, worker_id: usize, worker_count: usize) -
     worker.set("id", lua.create_function(move |_, ()| Ok(worker_id))?)?;
     worker.set("count", lua.create_function(move |_, ()| Ok(worker_count))?)?;
     worker.set("pid", lua.create_function(|_, ()| Ok(std::process::id()))?)?;
+    // All workers are threads of one process.
+    worker.set(
+        "pids",
+        lua.create_function(move |_, ()| Ok(vec![std::process::id(); worker_count]))?,
+    )?;
     worker.set("exiting", lua.create_function(|_, ()| Ok(crate::lua::exiting()))?)?;
     ngx.set("worker", worker)?;
 

@@ -60,7 +60,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                 return Ok(None);
             }
             request::check_phase(&req.borrow(), "ngx.send_headers", OUTPUT_PHASES)?;
-            send_header(&req);
+            crate::phase::header_filter::send_header(&req);
             Ok(Some(1))
         })?,
     )?;
@@ -125,41 +125,16 @@ fn emit(api: &str, args: mlua::MultiValue, newline: bool) -> mlua::Result<(Optio
     let req = request::current(api)?;
     {
         let r = req.borrow();
-        request::check_phase(&r, &format!("ngx.{api}"), OUTPUT_PHASES)?;
+        request::check_phase(&r, if newline { "ngx.say" } else { "ngx.print" }, OUTPUT_PHASES)?;
         if r.eof {
             return Ok((None, Some("seen eof")));
         }
     }
-    send_header(&req);
+    crate::phase::header_filter::send_header(&req);
     if !buf.is_empty() {
         req.borrow_mut().output.push(buf.freeze());
     }
     Ok((Some(1), None))
-}
-
-/// Marks the response head sent and runs the header filter, once, right now:
-/// as in nginx, the first output or `ngx.send_headers()` sends the head.
-pub fn send_header(req: &request::SharedRequest) {
-    let filter = {
-        let mut r = req.borrow_mut();
-        if r.headers_sent {
-            return;
-        }
-        r.headers_sent = true;
-        r.header_filter.take()
-    };
-    let Some(filter) = filter else { return };
-    let phase = std::mem::replace(&mut req.borrow_mut().phase, Phase::HeaderFilter);
-    let result = {
-        let _current = request::Current::enter(req);
-        filter.call::<()>(())
-    };
-    let mut r = req.borrow_mut();
-    r.phase = phase;
-    if let Err(e) = result {
-        crate::phase::log_lua_error(&r.site, Phase::HeaderFilter, &e);
-        r.status = 500;
-    }
 }
 
 /// `ngx.arg` in body_filter: `[1]` is the chunk, `[2]` whether it is the last.

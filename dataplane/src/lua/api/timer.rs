@@ -122,11 +122,18 @@ impl Timer {
     async fn run(self, delay: Duration, every: bool) {
         let shutdown = SHUTDOWN.with(Rc::clone);
         loop {
-            let premature = crate::lua::exiting()
-                || tokio::select! {
+            let premature = if crate::lua::exiting() {
+                true
+            } else if delay.is_zero() {
+                // Like nginx's 0 ms timer: run on the next turn of the event loop.
+                tokio::task::yield_now().await;
+                false
+            } else {
+                tokio::select! {
                     _ = tokio::time::sleep(delay) => false,
                     _ = shutdown.notified() => true,
-                };
+                }
+            };
             PENDING.with(|p| p.set(p.get() - 1));
             if RUNNING.with(Cell::get) >= MAX_RUNNING {
                 tracing::error!("{}lua_max_running_timers are not enough", self.site);

@@ -56,11 +56,9 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
 
 fn capture(lua: &Lua, n: i64) -> mlua::Result<Value> {
     request::with("ngx.var", |r| {
-        match usize::try_from(n)
-            .ok()
-            .and_then(|n| r.captures.get(n))
-            .and_then(|c| c.as_deref())
-        {
+        // nginx has no $0.
+        let n = usize::try_from(n).ok().filter(|&n| n > 0);
+        match n.and_then(|n| r.captures.get(n)).and_then(|c| c.as_deref()) {
             Some(c) => Ok(Value::String(lua.create_string(c)?)),
             None => Ok(Value::Nil),
         }
@@ -131,7 +129,13 @@ pub fn lookup(r: &RequestState, name: &str) -> Option<Vec<u8>> {
     }
     if let Some(h) = name.strip_prefix("sent_http_") {
         let header = h.replace('_', "-");
-        return r.resp_headers.get(header.as_str()).map(|v| v.as_bytes().to_vec());
+        let values: Vec<&[u8]> = r
+            .resp_headers
+            .get_all(header.as_str())
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        return (!values.is_empty()).then(|| values.join(&b", "[..]));
     }
     if let Some(c) = name.strip_prefix("cookie_") {
         return cookie_value(r, c.as_bytes());

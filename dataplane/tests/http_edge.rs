@@ -1,0 +1,187 @@
+//! Bad input at the HTTP edge: malformed request lines, oversized heads and
+//! bodies (Content-Length and chunked, server-wide and per-route limits), and
+//! clients that vanish mid-body without leaking file descriptors.
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::time::Duration;
+
+use common::{Response, Server, read_response, route, wait_for};
+
+fn server(extra: &[&str]) -> Server {
+    let yaml = route(
+        "edge",
+        r#"  locations:
+  - path: /
+    content: ngx.say("ok ", ngx.var.uri)
+  - path: /need
+    needRequestBody: true
+    content: |
+      local body = ngx.req.get_body_data() or ""
+      ngx.say("need ", #body)
+  - path: /read
+    content: |
+      ngx.req.read_body()
+      local body = ngx.req.get_body_data() or ""
+      ngx.say("read ", #body)
+"#,
+    );
+    let mut b = Server::builder(&yaml);
+    for a in extra {
+        b = b.arg(a);
+    }
+    b.start()
+}
+
+/// Sends `raw` in one write (ignoring a reset: the server may answer and
+/// close before reading everything) and reads the response.
+fn send(s: &Server, raw: &[u8]) -> Response {
+    let mut stream = s.connect();
+    let _ = stream.write_all(raw);
+    read_response(&mut BufReader::new(stream)).unwrap_or_else(|e| panic!("no response: {e}; logs:\n{}", s.logs()))
+}
+
+#[test]
+fn malformed_request_line_is_400() {
+    let s = server(&[]);
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/9.9 extra\r\n\r\n",
+        b"GET\x01/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let r = send(&s, bad);
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(bad));
+    }
+    assert_eq!(s.get("/still").text(), "ok /still\n", "the server keeps serving");
+}
+
+#[test]
+fn request_head_over_max_header_size_is_431() {
+    let s = server(&["--max-header-size", "16Ki"]);
+    let head = |n: usize| {
+        format!(
+            "GET /h HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(n)
+        )
+    };
+    let r = send(&s, head(12 * 1024).as_bytes());
+    assert_eq!(r.status, 200, "a head under the limit is served");
+    let r = send(&s, head(32 * 1024).as_bytes());
+    assert_eq!(r.status, 431, "a head over the limit: {r:?}");
+    assert_eq!(s.get("/after").status, 200);
+}
+
+#[test]
+fn content_length_over_the_limit_is_413() {
+    let s = server(&["--max-body-size", "1Ki"]);
+    for path in ["/need", "/read"] {
+        // Only the head: the server must refuse on Content-Length alone.
+        let r = send(
+            &s,
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(r.status, 413, "{path}: {r:?}");
+        // Under the limit is read and seen by the handler.
+        let body = "x".repeat(1000);
+        let r = send(
+            &s,
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.text(), format!("{} 1000\n", &path[1..]));
+    }
+    assert!(
+        s.logs().contains("client intended to send too large body"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn chunked_body_over_the_limit_is_413() {
+    let s = server(&["--max-body-size", "1Ki"]);
+    for path in ["/need", "/read"] {
+        let mut raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        for _ in 0..4 {
+            raw.extend_from_slice(format!("200\r\n{}\r\n", "y".repeat(512)).as_bytes());
+        }
+        raw.extend_from_slice(b"0\r\n\r\n");
+        let r = send(&s, &raw);
+        assert_eq!(r.status, 413, "{path}: 2 KiB chunked over a 1 KiB limit: {r:?}");
+
+        let small = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        );
+        let r = send(&s, small.as_bytes());
+        assert_eq!((r.status, r.text()), (200, format!("{} 11\n", &path[1..])), "{path}");
+    }
+}
+
+#[test]
+fn route_limit_overrides_the_server_default() {
+    let s = Server::start(&route(
+        "limited",
+        r#"  limits: {maxBodySize: "16"}
+  locations:
+  - path: /
+    needRequestBody: true
+    content: ngx.say(#(ngx.req.get_body_data() or ""))
+"#,
+    ));
+    let post = |n: usize| {
+        format!(
+            "POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n{}",
+            "z".repeat(n)
+        )
+    };
+    assert_eq!(send(&s, post(16).as_bytes()).text(), "16\n");
+    assert_eq!(
+        send(&s, post(17).as_bytes()).status,
+        413,
+        "the route's 16-byte limit, not the 1Mi default"
+    );
+}
+
+#[test]
+fn half_sent_bodies_do_not_leak_descriptors() {
+    let mut s = server(&[]);
+    assert_eq!(s.get("/warm").status, 200);
+    let baseline = s.fd_count();
+    for i in 0..200 {
+        let path = if i % 2 == 0 { "/need" } else { "/read" };
+        let mut c = s.connect();
+        c.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{}",
+                "h".repeat(500)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        drop(c);
+    }
+    let r = s.get("/alive");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok /alive\n"),
+        "still serving after 200 aborted uploads"
+    );
+    let settled = wait_for(Duration::from_secs(30), || {
+        let n = s.fd_count();
+        (n <= baseline + 4).then_some(n)
+    });
+    assert!(
+        settled.is_some(),
+        "fds stayed at {} (baseline {baseline})",
+        s.fd_count()
+    );
+    assert!(s.try_wait().is_none(), "the process is still running");
+}

@@ -1,0 +1,246 @@
+//! Standalone mode end to end: reloading the routes file (by polling and on
+//! SIGHUP), keeping the last good config when a new one is bad, requests in
+//! flight finishing on their old version, `--check`, and graceful SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, check, route, wait_for};
+
+const RELOAD: Duration = Duration::from_secs(30);
+
+/// Routes whose `/v` says `version`; `/slow` logs, sleeps `slow` seconds, then says it.
+fn versioned(version: &str, slow: f64) -> String {
+    route(
+        "reload",
+        &format!(
+            r#"  locations:
+  - path: /v
+    content: ngx.say("{version}")
+  - path: /slow
+    content: |
+      ngx.log(ngx.ERR, "slow request started on {version}")
+      ngx.sleep({slow})
+      ngx.say("slow {version}")
+"#
+        ),
+    )
+}
+
+fn wait_body(s: &Server, path: &str, want: &str) -> bool {
+    wait_for(RELOAD, || (s.get(path).text() == want).then_some(())).is_some()
+}
+
+#[test]
+fn file_change_is_picked_up_and_bad_lua_keeps_the_last_good_config() {
+    let s = Server::start(&versioned("A", 0.0));
+    assert_eq!(s.get("/v").text(), "A\n");
+
+    // No signal: the once-a-second poll sees the new content.
+    s.write_routes(&versioned("B", 0.0));
+    assert!(wait_body(&s, "/v", "B\n"), "B never served; logs:\n{}", s.logs());
+    s.wait_log("config reloaded", RELOAD).expect("reload logged");
+
+    let before = s.log_count();
+    let bad = route(
+        "reload",
+        r#"  locations:
+  - path: /v
+    content: |
+      local ok = true
+      ngx.say("C"
+"#,
+    );
+    s.write_routes(&bad);
+    let line = s
+        .wait_log_since(before, "config rejected, still serving the last good one", RELOAD)
+        .unwrap_or_else(|| panic!("rejection not logged:\n{}", s.logs()));
+    for part in [
+        "routes.yaml",
+        "route default/reload",
+        "location /v",
+        "content",
+        "line 2",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
+    for _ in 0..3 {
+        assert_eq!(s.get("/v").text(), "B\n", "the last good config keeps serving");
+    }
+
+    // Fixing the file recovers.
+    s.write_routes(&versioned("D", 0.0));
+    assert!(wait_body(&s, "/v", "D\n"), "D never served; logs:\n{}", s.logs());
+}
+
+#[test]
+fn malformed_yaml_on_reload_is_rejected() {
+    let s = Server::start(&versioned("A", 0.0));
+    let before = s.log_count();
+    s.write_routes("apiVersion: [\n");
+    s.signal(libc::SIGHUP);
+    let line = s.wait_log_since(before, "config rejected", RELOAD).expect("rejected");
+    assert!(line.contains("routes.yaml"), "{line}");
+    assert_eq!(s.get("/v").text(), "A\n");
+}
+
+#[test]
+fn request_in_flight_during_reload_finishes_on_its_version() {
+    let s = Server::builder(&versioned("old", 1.0)).workers(2).start();
+    let slow = s.get_async("/slow");
+    s.wait_log("slow request started on old", RELOAD)
+        .expect("slow request started");
+    let before = s.log_count();
+    s.write_routes(&versioned("new", 1.0));
+    s.signal(libc::SIGHUP);
+    s.wait_log_since(before, "config reloaded", RELOAD)
+        .unwrap_or_else(|| panic!("no reload:\n{}", s.logs()));
+    assert_eq!(s.get("/v").text(), "new\n", "new requests see the new version");
+    let r = slow.join().unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "slow old\n"),
+        "the in-flight request kept its version"
+    );
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
+    let mut s = Server::builder(&versioned("A", 1.0)).workers(2).start();
+    let slow = s.get_async("/slow");
+    s.wait_log("slow request started on A", RELOAD)
+        .expect("slow request started");
+    s.signal(libc::SIGTERM);
+    let r = slow.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "slow A\n"), "logs:\n{}", s.logs());
+    let status = s
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("did not exit:\n{}", s.logs()));
+    assert_eq!(status.code(), Some(0), "logs:\n{}", s.logs());
+    assert!(std::net::TcpStream::connect(s.addr()).is_err(), "no longer accepting");
+}
+
+#[test]
+fn sigterm_when_idle_exits_0() {
+    let mut s = Server::start(&versioned("A", 0.0));
+    assert_eq!(s.get("/v").status, 200);
+    s.signal(libc::SIGINT);
+    let status = s.wait_exit(Duration::from_secs(30)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Writes `yaml` to DIR/`name` and runs `--check` on it; returns (exit code, stdout + stderr).
+fn run_check(name: &str, yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn check_accepts_a_valid_file() {
+    let (code, out) = run_check("good.yaml", &versioned("A", 0.0));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("good.yaml") && out.contains("is ok"), "{out}");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello.yaml");
+    let out = check(std::path::Path::new(example));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "examples/hello.yaml: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn check_reports_lua_syntax_errors_with_their_site() {
+    let yaml = route(
+        "broken",
+        r#"  locations:
+  - path: /fine
+    content: ngx.say("ok")
+  - path: /broken
+    access: |
+      local a = 1
+      local b = 2
+      if a then
+"#,
+    );
+    let (code, out) = run_check("syntax.yaml", &yaml);
+    assert_eq!(code, Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("/broken"))
+        .unwrap_or_else(|| panic!("no problem line:\n{out}"));
+    for part in [
+        "syntax.yaml",
+        "route default/broken",
+        "location /broken",
+        "access",
+        "line ",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
+    assert!(
+        !out.contains("location /fine"),
+        "only the broken location is reported:\n{out}"
+    );
+}
+
+#[test]
+fn check_reports_each_problem_on_its_own_line() {
+    let yaml = route(
+        "two",
+        r#"  locations:
+  - path: /x
+    content: ngx.say(
+  - path: /y
+    rewrite: "local = 1"
+"#,
+    );
+    let (code, out) = run_check("two.yaml", &yaml);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("location /x") && l.contains("content") && l.contains("line 1")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("location /y") && l.contains("rewrite") && l.contains("line 1")),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_reports_malformed_yaml_with_the_file() {
+    let (code, out) = run_check("mangled.yaml", "apiVersion: moongate.dev/v1alpha1\nkind: [LuaRoute\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("mangled.yaml"), "{out}");
+}
+
+#[test]
+fn check_names_an_unknown_field() {
+    let yaml = route("typo", "  locations:\n  - path: /\n    contnet: ngx.say(1)\n");
+    let (code, out) = run_check("typo.yaml", &yaml);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("typo.yaml") && out.contains("contnet"), "{out}");
+}
+
+#[test]
+fn check_rejects_an_invalid_regex_location() {
+    let yaml = route(
+        "re",
+        "  locations:\n  - path: '^/(unclosed'\n    match: Regex\n    content: ngx.say(1)\n",
+    );
+    let (code, out) = run_check("regex.yaml", &yaml);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("^/(unclosed"), "the bad regex is named:\n{out}");
+}
