@@ -120,6 +120,14 @@ pub struct LocationRef {
     pub location: usize,
 }
 
+impl LocationRef {
+    /// A request that matched no location.
+    pub const NONE: LocationRef = LocationRef {
+        route: usize::MAX,
+        location: usize::MAX,
+    };
+}
+
 /// The locations of one virtual server, indexed for nginx's selection rules.
 #[derive(Debug, Default)]
 struct Server {

@@ -26,6 +26,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A worker refused a config; the message names the route.
+    #[error("{0}")]
+    Rejected(String),
     #[error("worker {0} is gone")]
     WorkerGone(usize),
 }
@@ -37,6 +40,7 @@ impl Error {
             Error::Load { .. } => "load",
             Error::Listen { .. } => "listen",
             Error::Io { .. } => "io",
+            Error::Rejected(_) => "load",
             Error::WorkerGone(_) => "worker",
         }
     }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 
 use crate::config::{LocationRef, Phase};
@@ -72,7 +72,7 @@ pub struct RequestState {
     /// Set at the first output: headers can no longer change.
     pub headers_sent: bool,
     /// Output not yet handed to the body filters / the connection.
-    pub output: Vec<Bytes>,
+    pub output: Output,
     /// `ngx.eof()` was called or the content phase finished.
     pub eof: bool,
     pub exit: Option<Exit>,
@@ -117,6 +117,72 @@ impl RequestState {
         for v in values {
             self.resp_headers.append(name.clone(), v);
         }
+    }
+}
+
+/// Output not yet handed on: one buffer (a single allocation for a typical
+/// response), plus where each `ngx.print` ended when a body filter needs the
+/// chunks one by one.
+#[derive(Debug, Default)]
+pub struct Output {
+    buf: BytesMut,
+    ends: Vec<usize>,
+    /// Whether the location has a body filter (which sees each print's chunk).
+    pub keep_chunks: bool,
+}
+
+impl Output {
+    pub fn buf(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(512);
+        }
+        &mut self.buf
+    }
+
+    /// Ends the current chunk (one `ngx.print` call).
+    pub fn end_chunk(&mut self) {
+        if self.keep_chunks && self.ends.last().copied().unwrap_or(0) != self.buf.len() {
+            self.ends.push(self.buf.len());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf().extend_from_slice(data);
+        self.end_chunk();
+    }
+
+    /// Everything, as one buffer.
+    pub fn take(&mut self) -> Bytes {
+        self.ends.clear();
+        self.buf.split().freeze()
+    }
+
+    /// The chunks as they were printed.
+    pub fn take_chunks(&mut self) -> Vec<Bytes> {
+        let mut all = self.buf.split();
+        let mut chunks = Vec::with_capacity(self.ends.len().max(1));
+        let mut start = 0;
+        for end in self.ends.drain(..) {
+            chunks.push(all.split_to(end - start).freeze());
+            start = end;
+        }
+        if !all.is_empty() {
+            chunks.push(all.freeze());
+        }
+        chunks
     }
 }
 

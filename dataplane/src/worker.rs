@@ -138,12 +138,7 @@ impl Workers {
         for (id, rx) in replies.into_iter().enumerate() {
             match rx.await {
                 Ok(Ok(())) => {}
-                Ok(Err(message)) => {
-                    failure = failure.or(Some(crate::Error::Load {
-                        route: format!("worker {id}"),
-                        message,
-                    }))
-                }
+                Ok(Err(message)) => failure = failure.or(Some(crate::Error::Rejected(message))),
                 Err(_) => failure = failure.or(Some(crate::Error::WorkerGone(id))),
             }
         }

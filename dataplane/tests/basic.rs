@@ -249,3 +249,43 @@ fn h2c_prior_knowledge_multiplexes_two_streams() {
     assert_eq!(String::from_utf8_lossy(&bodies[&1]), "h2 /one HTTP/2.0\n");
     assert_eq!(String::from_utf8_lossy(&bodies[&3]), "h2 /two HTTP/2.0\n");
 }
+
+#[test]
+fn unmatched_uri_is_a_plain_404_that_runs_no_handler() {
+    let s = Server::start(&route(
+        "nomatch",
+        r#"  locations:
+  - path: /a
+    content: ngx.say("a")
+    headerFilter: ngx.header["X-Filtered"] = "by /a"
+    bodyFilter: ngx.arg[1] = string.upper(ngx.arg[1])
+    log: ngx.log(ngx.ERR, "log of /a ran for ", ngx.var.uri)
+"#,
+    ));
+    let r = s.get("/zzz");
+    assert_eq!(r.status, 404);
+    assert!(
+        r.text().contains("<title>404 Not Found</title>"),
+        "no body filter on a 404 page: {}",
+        r.text()
+    );
+    assert_eq!(r.header("x-filtered"), None);
+    assert_eq!(s.get("/a").text(), "A\n");
+    s.wait_log("log of /a ran for /a", std::time::Duration::from_secs(10))
+        .expect("log phase of /a ran");
+    assert!(
+        !s.logs().contains("log of /a ran for /zzz"),
+        "/a's log handler ran for an unmatched URI:\n{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn empty_config_answers_404() {
+    // An empty file is a valid config with no routes.
+    let s = Server::start("");
+    let r = s.raw_bytes(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8_lossy(&r);
+    assert!(text.starts_with("HTTP/1.1 404 "), "got {text:?}; logs:\n{}", s.logs());
+    assert!(!s.logs().contains("panicked"), "{}", s.logs());
+}

@@ -95,11 +95,8 @@ fn content_length_over_the_limit_is_413() {
         assert_eq!(r.status, 200, "{path}: {r:?}");
         assert_eq!(r.text(), format!("{} 1000\n", &path[1..]));
     }
-    assert!(
-        s.logs().contains("client intended to send too large body"),
-        "{}",
-        s.logs()
-    );
+    let logged = s.wait_log("client intended to send too large body", Duration::from_secs(10));
+    assert!(logged.is_some(), "{}", s.logs());
 }
 
 #[test]
@@ -184,4 +181,39 @@ fn half_sent_bodies_do_not_leak_descriptors() {
         s.fd_count()
     );
     assert!(s.try_wait().is_none(), "the process is still running");
+}
+
+#[test]
+fn paths_are_normalized_and_escaping_the_root_is_400() {
+    let s = server(&[]);
+    assert_eq!(s.get("/a/../b/./c").text(), "ok /b/c\n", "dot segments are merged");
+    assert_eq!(s.get("/x%20y/%2e%2e/z").text(), "ok /z\n", "after percent-decoding");
+    assert_eq!(s.get("//double//slash").text(), "ok /double/slash\n", "merge_slashes");
+    assert_eq!(s.get("/../etc/passwd").status, 400, "above the root");
+}
+
+#[test]
+fn head_gets_headers_without_a_body() {
+    let s = server(&[]);
+    let mut stream = s.connect();
+    stream
+        .write_all(b"HEAD /h HTTP/1.1\r\nHost: localhost\r\n\r\nGET /after-head HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(stream);
+    let head = common::read_response_to(&mut r, true).unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/plain"));
+    // The next response on the connection starts right after the head: no body bytes in between.
+    let next = read_response(&mut r).unwrap();
+    assert_eq!(next.text(), "ok /after-head\n");
+}
+
+#[test]
+fn exit_444_closes_the_connection_without_a_response() {
+    let s = Server::start(&route(
+        "close",
+        "  locations:\n  - path: /\n    content: ngx.exit(444)\n",
+    ));
+    let got = s.raw_bytes(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
 }

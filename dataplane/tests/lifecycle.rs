@@ -57,6 +57,11 @@ fn server() -> Server {
       ngx.header["X-Added"] = ngx.get_phase()
       ngx.header.content_length = nil
     bodyFilter: ngx.arg[1] = string.upper(ngx.arg[1])
+  - path: /filter-error
+    content: ngx.say("secret-token")
+    bodyFilter: |
+      local chunk = ngx.arg[1]
+      if chunk:find("secret", 1, true) then error("redaction failed") end
   - path: /logged
     content: ngx.say("logged")
     log: ngx.shared.stats:incr("logged", 1, 0)
@@ -105,6 +110,10 @@ fn server() -> Server {
       local t = nil
       return t.field
     content: ngx.say("unreachable")
+  - path: /mark
+    content: |
+      ngx.log(ngx.ERR, "mark ", ngx.var.arg_n)
+      ngx.say("marked")
   - path: /
     content: ngx.say("fine")
 "#,
@@ -129,6 +138,9 @@ fn exit_in_access_stops_or_continues() {
     assert!(!r.text().contains("content ran"), "{}", r.text());
     s.wait_log("access ran for deny", Duration::from_secs(10))
         .expect("access handler ran");
+    // Everything /deny logged precedes this mark (one worker, requests in sequence).
+    assert_eq!(s.get("/mark?n=deny").text(), "marked\n");
+    s.wait_log("mark deny", Duration::from_secs(10)).expect("mark logged");
     assert!(
         !s.logs().contains("content ran for deny"),
         "content must not run after ngx.exit(403)"
@@ -286,4 +298,22 @@ fn user_coroutines_survive_ngx_sleep() {
         "logs:\n{}",
         s.logs()
     );
+}
+
+#[test]
+fn body_filter_error_never_sends_the_unfiltered_chunk() {
+    let s = server();
+    let raw = s.raw_bytes(b"GET /filter-error HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw);
+    s.wait_log(
+        "body_filter_by_lua(default/life /filter-error):2:",
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("body filter error logged with its site:\n{}", s.logs()));
+    // nginx aborts the response when a body filter fails; the chunk it failed on must not go out as is.
+    assert!(
+        !text.contains("secret-token"),
+        "unfiltered output leaked after a body_filter error: {text:?}"
+    );
+    assert_eq!(s.get("/after").text(), "fine\n", "the server keeps serving");
 }

@@ -244,3 +244,74 @@ fn check_rejects_an_invalid_regex_location() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("^/(unclosed"), "the bad regex is named:\n{out}");
 }
+
+#[test]
+fn init_error_on_reload_is_rejected_on_every_worker() {
+    let with_init = |init: &str| {
+        route(
+            "init",
+            &format!("  init: {init}\n  locations:\n  - path: /\n    content: ngx.say(v)\n"),
+        )
+    };
+    let s = Server::builder(&with_init(r#"v = "A""#)).workers(2).start();
+    assert_eq!(s.get("/").text(), "A\n");
+    let before = s.log_count();
+    s.write_routes(&with_init(r#"error("init blew up")"#));
+    s.signal(libc::SIGHUP);
+    let line = s
+        .wait_log_since(before, "config rejected", RELOAD)
+        .unwrap_or_else(|| panic!("{}", s.logs()));
+    assert!(
+        line.contains("init_by_lua(default/init):1:") && line.contains("init blew up"),
+        "{line}"
+    );
+    for _ in 0..4 {
+        assert_eq!(s.get("/").text(), "A\n", "no worker switched to the failed version");
+    }
+    s.write_routes(&with_init(r#"v = "C""#));
+    assert!(wait_body(&s, "/", "C\n"), "{}", s.logs());
+}
+
+#[test]
+fn shutdown_timeout_bounds_the_wait_for_requests_in_flight() {
+    let mut s = Server::builder(&versioned("A", 120.0))
+        .arg("--shutdown-timeout")
+        .arg("1")
+        .start();
+    let slow = s.get_async_raw("/slow");
+    s.wait_log("slow request started on A", RELOAD)
+        .expect("slow request started");
+    s.signal(libc::SIGTERM);
+    // The handler sleeps two minutes; the process must not wait for it.
+    let status = s
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("did not exit:\n{}", s.logs()));
+    assert_eq!(status.code(), Some(0), "logs:\n{}", s.logs());
+    let got = slow.join().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&got).contains("slow A"),
+        "the cut-off request did not complete"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
+    let mut s = Server::builder(&versioned("A", 0.0))
+        .arg("--shutdown-timeout")
+        .arg("300")
+        .start();
+    let idle = s.connect();
+    let mut w = idle.try_clone().unwrap();
+    std::io::Write::write_all(&mut w, b"GET /v HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut r = std::io::BufReader::new(idle);
+    assert_eq!(common::read_response(&mut r).unwrap().text(), "A\n");
+    s.signal(libc::SIGTERM);
+    // Far less than the 300 s shutdown timeout: idle connections are closed at once.
+    let status = s
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("did not exit:\n{}", s.logs()));
+    assert_eq!(status.code(), Some(0));
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut r, &mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+}

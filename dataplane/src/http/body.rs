@@ -4,7 +4,10 @@
 //! it: without a Content-Length (so chunked on HTTP/1.1) unless the handler
 //! set one, because nginx sends headers at the first output, before the length
 //! is known. Special pages (error pages, redirects) carry a Content-Length.
-//! `Streaming` receives chunks from a handler that called `ngx.flush`.
+//! `Streaming` receives chunks from a handler that called `ngx.flush`; an
+//! empty chunk ends it, and a sender dropped without one aborts the response
+//! (the client sees a truncated body, not a complete one), as nginx does
+//! when a filter fails mid-response.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,6 +15,18 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
+
+/// The response was aborted mid-body.
+#[derive(Debug)]
+pub struct Aborted;
+
+impl std::fmt::Display for Aborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("response aborted")
+    }
+}
+
+impl std::error::Error for Aborted {}
 
 pub enum ResponseBody {
     Buffered { data: Option<Bytes>, known_length: bool },
@@ -43,14 +58,18 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = Aborted;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut *self {
             ResponseBody::Buffered { data, .. } => {
                 Poll::Ready(data.take().filter(|d| !d.is_empty()).map(|d| Ok(Frame::data(d))))
             }
-            ResponseBody::Streaming(rx) => rx.poll_recv(cx).map(|c| c.map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Streaming(rx) => rx.poll_recv(cx).map(|c| match c {
+                Some(d) if d.is_empty() => None,
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => Some(Err(Aborted)),
+            }),
         }
     }
 

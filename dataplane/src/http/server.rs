@@ -15,7 +15,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::task::Poll;
+
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
 use crate::phase::{self, ConnInfo, Response};
@@ -216,17 +218,26 @@ async fn serve_connection(
         let worker = worker.clone();
         async move {
             // The lifecycle runs inline until the response head is ready; if it
-            // still has work then (streaming, the log phase), the rest of it
-            // moves to its own task so the head can go out now.
-            let (tx, mut rx) = oneshot::channel::<Response>();
-            let mut lifecycle = Box::pin(phase::run(worker, req, conn, tx));
-            tokio::select! {
-                biased;
-                () = &mut lifecycle => rx.try_recv().map_err(|_| Closed),
-                head = &mut rx => {
-                    tokio::task::spawn_local(lifecycle);
-                    head.map_err(|_| Closed)
+            // still has work then (streaming a body), the rest of it moves to
+            // its own task so the head can go out now.
+            let mut lifecycle = Box::pin(phase::run(worker, req, conn));
+            let head = std::future::poll_fn(|cx| {
+                let done = lifecycle.as_mut().poll(cx).is_ready();
+                match phase::take_head() {
+                    Some(head) => Poll::Ready(Some((head, done))),
+                    None if done => Poll::Ready(None),
+                    None => Poll::Pending,
                 }
+            })
+            .await;
+            match head {
+                Some((head, done)) => {
+                    if !done {
+                        tokio::task::spawn_local(lifecycle);
+                    }
+                    Ok::<Response, Closed>(head)
+                }
+                None => Err(Closed),
             }
         }
     });

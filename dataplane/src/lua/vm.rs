@@ -50,7 +50,8 @@ pub struct LoadedRoute {
 
 impl LoadedConfig {
     pub fn handler(&self, at: crate::config::LocationRef, phase: Phase) -> Option<&Function> {
-        self.routes[at.route].handlers[at.location][phase as usize].as_ref()
+        // `LocationRef::NONE` (no location matched) has no handlers.
+        self.routes.get(at.route)?.handlers.get(at.location)?[phase as usize].as_ref()
     }
 }
 

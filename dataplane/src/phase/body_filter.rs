@@ -7,15 +7,13 @@ use bytes::{Bytes, BytesMut};
 use super::{Lifecycle, call_plain};
 use crate::config::Phase;
 
-/// Filters `chunks` (and the final empty chunk when `eof`) into one buffer.
-pub(super) fn run(lc: &mut Lifecycle, mut chunks: Vec<Bytes>, eof: bool) -> Bytes {
+/// Filters the pending output (and the final empty chunk when `eof`) into one buffer.
+pub(super) fn run(lc: &mut Lifecycle, eof: bool) -> Bytes {
     let at = lc.req.borrow().location;
     let Some(f) = lc.loaded.handler(at, Phase::BodyFilter).cloned() else {
-        if chunks.len() == 1 {
-            return chunks.pop().unwrap_or_default();
-        }
-        return chunks.concat().into();
+        return lc.req.borrow_mut().output.take();
     };
+    let chunks = lc.req.borrow_mut().output.take_chunks();
     let mut out = BytesMut::new();
     if lc.req.borrow().filter_arg.1 {
         // An earlier call set ngx.arg[2]: the body already ended.
@@ -30,7 +28,11 @@ pub(super) fn run(lc: &mut Lifecycle, mut chunks: Vec<Bytes>, eof: bool) -> Byte
     };
     for (chunk, last) in calls {
         lc.req.borrow_mut().filter_arg = (chunk, last);
-        call_plain(lc, Phase::BodyFilter, &f);
+        if !call_plain(lc, Phase::BodyFilter, &f) {
+            // nginx aborts the response when a body filter fails.
+            lc.req.borrow_mut().close = true;
+            return Bytes::new();
+        }
         let (chunk, ended) = lc.req.borrow().filter_arg.clone();
         out.extend_from_slice(&chunk);
         if ended {

@@ -32,8 +32,10 @@ pub fn send_header(req: &SharedRequest) {
         r.phase = phase;
         match result {
             Err(e) => {
+                // nginx finalizes the request with an error: no response goes out.
                 crate::phase::log_lua_error(&r.site, Phase::HeaderFilter, &e);
                 r.status = 500;
+                r.close = true;
             }
             Ok(()) if r.exit == Some(Exit::Status(444)) => r.close = true,
             Ok(()) => {}
@@ -44,7 +46,8 @@ pub fn send_header(req: &SharedRequest) {
 
 /// nginx's not_modified filter, for 200 responses that carry validators.
 fn not_modified(r: &mut RequestState) {
-    if r.effective_status() != 200 {
+    // Most requests carry no conditional header: one pass over the names.
+    if r.effective_status() != 200 || !r.headers.keys().any(|k| k.as_str().starts_with("if-")) {
         return;
     }
     let header_time = |v: Option<&http::HeaderValue>| v.and_then(|v| parse_http_time(v.as_bytes()));

@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use mlua::thread::ThreadStatus;
 use mlua::{Function, MultiValue, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::{LocationRef, Phase};
 use crate::http::body::ResponseBody;
@@ -82,19 +82,29 @@ pub struct Lifecycle {
     loaded: Rc<LoadedConfig>,
     req: SharedRequest,
     body_stream: Option<Incoming>,
-    head_tx: Option<oneshot::Sender<Response>>,
+    /// The response head has not been handed to the connection yet.
+    head_pending: bool,
     stream_tx: Option<mpsc::Sender<Bytes>>,
     header_filtered: bool,
 }
 
-/// Serves one request; the response head is sent on `head_tx` as soon as it
-/// is known, and the task goes on to stream the body and run the log phase.
-pub async fn run(
-    worker: Rc<Worker>,
-    request: http::Request<Incoming>,
-    conn: ConnInfo,
-    head_tx: oneshot::Sender<Response>,
-) {
+thread_local! {
+    /// The response head a lifecycle produced during its latest poll.
+    /// Invariant: a lifecycle deposits its head only while it is being polled
+    /// by its connection's service (`take_head` right after that poll), and at
+    /// most once; so one slot per thread suffices and no channel is needed.
+    static HEAD: std::cell::RefCell<Option<Response>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The head deposited by the lifecycle polled just now, if any.
+pub fn take_head() -> Option<Response> {
+    HEAD.with(|h| h.borrow_mut().take())
+}
+
+/// Serves one request. The response head is deposited (`take_head`) as soon
+/// as it is known; the future then goes on to stream the body and run the log
+/// phase. Finishing without a head means: close the connection.
+pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: ConnInfo) {
     crate::lua::api::time::update_cached_time();
     let loaded = worker.config();
     let (parts, body) = request.into_parts();
@@ -119,7 +129,7 @@ pub async fn run(
         body: Body::Unread,
         start_time: crate::lua::api::time::cached_now(),
         internal: false,
-        location: LocationRef { route: 0, location: 0 },
+        location: LocationRef::NONE,
         site: Arc::from(""),
         phase: Phase::Rewrite,
         vars: Vec::new(),
@@ -129,7 +139,7 @@ pub async fn run(
         status: 0,
         resp_headers: http::HeaderMap::new(),
         headers_sent: false,
-        output: Vec::new(),
+        output: Default::default(),
         eof: false,
         exit: None,
         ctx: None,
@@ -142,7 +152,7 @@ pub async fn run(
         loaded,
         req: Rc::new(std::cell::RefCell::new(state)),
         body_stream: Some(body),
-        head_tx: Some(head_tx),
+        head_pending: true,
         stream_tx: None,
         header_filtered: false,
     };
@@ -218,6 +228,7 @@ impl Lifecycle {
         r.captures = config.captures(at, &r.uri);
         r.header_filter = self.loaded.handler(at, Phase::HeaderFilter).cloned();
         r.default_type = loc.default_type.clone();
+        r.output.keep_chunks = self.loaded.handler(at, Phase::BodyFilter).is_some();
         let too_large = r
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -357,23 +368,30 @@ impl Lifecycle {
         }
         self.filter_headers();
         if self.req.borrow().close {
-            self.head_tx = None;
+            self.head_pending = false;
             self.stream_tx = None;
             return;
         }
-        let chunks = std::mem::take(&mut self.req.borrow_mut().output);
-        let body = body_filter::run(self, chunks, eof);
+        let body = body_filter::run(self, eof);
+        if self.req.borrow().close {
+            // A filter failed: abort instead of sending what it refused.
+            self.head_pending = false;
+            self.stream_tx = None;
+            return;
+        }
         if eof {
             self.req.borrow_mut().eof = true;
         }
-        if let Some(tx) = self.head_tx.take() {
+        if self.head_pending {
+            self.head_pending = false;
             if eof {
                 let resp = self.response(ResponseBody::without_length(body));
-                let _ = tx.send(resp);
+                HEAD.with(|h| *h.borrow_mut() = Some(resp));
                 return;
             }
             let (stx, srx) = mpsc::channel(16);
-            let _ = tx.send(self.response(ResponseBody::Streaming(srx)));
+            let resp = self.response(ResponseBody::Streaming(srx));
+            HEAD.with(|h| *h.borrow_mut() = Some(resp));
             self.stream_tx = Some(stx);
         }
         if let Some(stx) = &self.stream_tx {
@@ -382,6 +400,8 @@ impl Lifecycle {
                 let _ = stx.send(body).await;
             }
             if eof {
+                // The empty chunk ends the body cleanly.
+                let _ = stx.send(Bytes::new()).await;
                 self.stream_tx = None;
             }
         }
@@ -391,8 +411,8 @@ impl Lifecycle {
         match finish {
             Finish::Output => {}
             Finish::Close => {
-                // Dropping the sender makes the connection task close the connection.
-                self.head_tx = None;
+                // No head makes the connection task close the connection.
+                self.head_pending = false;
                 self.stream_tx = None;
                 return;
             }
@@ -406,17 +426,17 @@ impl Lifecycle {
                     if let Some(page) = special::page(status) {
                         r.resp_headers
                             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html"));
-                        r.output.push(page);
+                        r.output.push(&page);
                     }
                     r.resp_headers.remove(http::header::CONTENT_LENGTH);
                     if status >= 300 {
-                        let len = r.output.iter().map(|b| b.len()).sum::<usize>();
+                        let len = r.output.len();
                         r.resp_headers.insert(http::header::CONTENT_LENGTH, len.into());
                     }
                 }
             }
         }
-        if self.req.borrow().eof && self.head_tx.is_none() && self.stream_tx.is_none() {
+        if self.req.borrow().eof && !self.head_pending && self.stream_tx.is_none() {
             return;
         }
         self.flush(true).await;

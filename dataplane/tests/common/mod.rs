@@ -249,9 +249,38 @@ impl Server {
         read_response(&mut BufReader::new(s)).expect("read response")
     }
 
+    /// Sends `raw` on a new connection and returns every byte received until
+    /// the server closes it (or resets it, or the read times out).
+    pub fn raw_bytes(&self, raw: &[u8]) -> Vec<u8> {
+        let mut s = self.connect();
+        s.write_all(raw).expect("send request");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
     /// `GET path` over HTTP/1.1 with `Connection: close`.
     pub fn get(&self, path: &str) -> Response {
         self.raw(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+    }
+
+    /// Requests `path` on a background thread; returns the raw bytes received until close or error.
+    pub fn get_async_raw(&self, path: &str) -> std::thread::JoinHandle<Vec<u8>> {
+        let addr = self.addr();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+            s.write_all(req.as_bytes()).expect("send");
+            let mut out = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut out);
+            out
+        })
     }
 
     /// Requests `path` on a background thread.

@@ -115,13 +115,6 @@ pub fn append_value(out: &mut BytesMut, v: &Value, api: &str, arg: usize) -> mlu
 }
 
 fn emit(api: &str, args: mlua::MultiValue, newline: bool) -> mlua::Result<(Option<i64>, Option<&'static str>)> {
-    let mut buf = BytesMut::new();
-    for (i, v) in args.iter().enumerate() {
-        append_value(&mut buf, v, api, i + 1)?;
-    }
-    if newline {
-        buf.put_u8(b'\n');
-    }
     let req = request::current(api)?;
     {
         let r = req.borrow();
@@ -131,9 +124,21 @@ fn emit(api: &str, args: mlua::MultiValue, newline: bool) -> mlua::Result<(Optio
         }
     }
     crate::phase::header_filter::send_header(&req);
-    if !buf.is_empty() {
-        req.borrow_mut().output.push(buf.freeze());
+    let mut r = req.borrow_mut();
+    let output = &mut r.output;
+    let mark = output.len();
+    let buf = output.buf();
+    for (i, v) in args.iter().enumerate() {
+        if let Err(e) = append_value(buf, v, api, i + 1) {
+            // Bad arguments print nothing, as in nginx.
+            buf.truncate(mark);
+            return Err(e);
+        }
     }
+    if newline {
+        buf.put_u8(b'\n');
+    }
+    output.end_chunk();
     Ok((Some(1), None))
 }
 
