@@ -10,6 +10,7 @@
 #                  pinned:   1 server worker on CPU 0, wrk -t1 on CPU 1
 #                  unpinned: nproc server workers, wrk -t2, no pinning
 #   DURATION     seconds per measurement     (default 10)
+#   ROUNDS       alternating runs per side; the table shows medians (default 3)
 #   WARMUP       seconds of warm-up before   (default 2)
 #   CONNECTIONS  wrk connections, both sides (default 64)
 #   DATAPLANE    moongate-dataplane binary   (default target/release/moongate-dataplane)
@@ -20,6 +21,7 @@ set -euo pipefail
 SCENARIOS=${SCENARIOS:-"hello headers dict"}
 CONFIGS=${CONFIGS:-"pinned unpinned"}
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,7 +31,7 @@ NGINX_MODULES=${NGINX_MODULES:-/usr/lib/nginx/modules}
 die() { echo "error: $*" >&2; exit 2; }
 note() { echo "# $*" >&2; }
 
-for v in DURATION WARMUP CONNECTIONS; do
+for v in DURATION WARMUP CONNECTIONS ROUNDS; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 for s in $SCENARIOS; do
@@ -290,19 +292,33 @@ measure() {
     RPS=$rps P99=$(latency_ms "$p99")
 }
 
-note "duration ${DURATION}s, warm-up ${WARMUP}s, $CONNECTIONS connections, $NPROC CPUs"
+# median VALUES...: the middle value (n/a when there is none).
+median() {
+    printf '%s\n' "$@" | grep -v '^n/a$' | sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else print v[int((NR + 1) / 2)] }'
+}
+
+note "duration ${DURATION}s, warm-up ${WARMUP}s, $CONNECTIONS connections, $NPROC CPUs, $ROUNDS rounds (medians)"
 ROWS=()
 for config in $CONFIGS; do
     for scenario in $SCENARIOS; do
         note "$config $scenario"
-        if ((HAVE_MOONGATE)); then
-            measure moongate "$scenario" "$config"
-            m_rps=$RPS m_p99=$P99 m_err=$ERRORS
-        else
-            m_rps=n/a m_p99=n/a m_err=missing
-        fi
-        measure nginx "$scenario" "$config"
-        n_rps=$RPS n_p99=$P99 n_err=$ERRORS
+        # Alternate the two servers ROUNDS times and keep the medians, so a
+        # burst of load from elsewhere on a shared machine hits both sides.
+        m_rpss=() m_p99s=() n_rpss=() n_p99s=() m_err=0 n_err=0
+        for ((round = 1; round <= ROUNDS; round++)); do
+            if ((HAVE_MOONGATE)); then
+                measure moongate "$scenario" "$config"
+                m_rpss+=("$RPS") m_p99s+=("$P99")
+                [[ $ERRORS != 0 ]] && m_err=$ERRORS
+            else
+                m_err=missing
+            fi
+            measure nginx "$scenario" "$config"
+            n_rpss+=("$RPS") n_p99s+=("$P99")
+            [[ $ERRORS != 0 ]] && n_err=$ERRORS
+        done
+        m_rps=$(median "${m_rpss[@]}") m_p99=$(median "${m_p99s[@]}")
+        n_rps=$(median "${n_rpss[@]}") n_p99=$(median "${n_p99s[@]}")
         ratio=$(awk -v m="$m_rps" -v n="$n_rps" 'BEGIN { if (m + 0 > 0 && n + 0 > 0) printf "%.2f", m / n; else print "n/a" }')
         notes=""
         [[ $m_err != 0 ]] && notes+="moongate:$m_err "
