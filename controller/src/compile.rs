@@ -225,7 +225,6 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
             }
         }
         limits.instruction_budget = l.instruction_budget.unwrap_or(0);
-        limits.jit = l.jit;
     }
 
     if !problems.is_empty() {

@@ -161,12 +161,10 @@ pub struct RouteLimits {
     /// `client_max_body_size`, as a quantity. Larger bodies get 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_size: Option<String>,
-    /// Lua VM instructions one handler may run before it is aborted with a 500.
+    /// Lua VM instructions one handler may run before it is aborted with a 500
+    /// (default: the dataplane's `--instruction-budget`, 100 million).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instruction_budget: Option<u64>,
-    /// Run this route's Lua with the LuaJIT compiler on (no instruction budget then).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub jit: bool,
 }
 
 /// What the controller observed of a LuaRoute.

@@ -110,7 +110,6 @@ pub struct Route {
     /// Bytes; 0 means the server default.
     pub max_body: u64,
     pub instruction_budget: u64,
-    pub jit: bool,
 }
 
 /// A location as (route index, location index) into `Config::routes`.
@@ -272,7 +271,6 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
             .collect(),
         max_body: limits.max_body_bytes,
         instruction_budget: limits.instruction_budget,
-        jit: limits.jit,
     })
 }
 

@@ -40,6 +40,10 @@ struct Cli {
     /// Largest request head; larger gets 431.
     #[arg(long, default_value = "16Ki", value_parser = parse_size)]
     max_header_size: u64,
+    /// Lua VM instructions one handler may run before it is aborted with a 500
+    /// (a route's `limits.instructionBudget` overrides it).
+    #[arg(long, default_value_t = moongate_dataplane::worker::DEFAULT_INSTRUCTION_BUDGET)]
+    instruction_budget: u64,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 10.0)]
     shutdown_timeout: f64,
@@ -105,6 +109,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         max_header: cli.max_header_size as usize,
         shutdown_timeout: Duration::from_secs_f64(cli.shutdown_timeout.max(0.0)),
         workers,
+        instruction_budget: cli
+            .instruction_budget
+            .max(u64::from(moongate_dataplane::lua::budget::HOOK_INTERVAL)),
     });
     let admin_state = Arc::new(admin::AdminState::default());
     if let Some(addr) = cli.admin {

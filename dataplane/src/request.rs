@@ -80,6 +80,8 @@ pub struct RequestState {
     pub ctx: Option<mlua::Table>,
     /// `ngx.arg[1]`, `ngx.arg[2]` in body_filter: the chunk and whether it is the last.
     pub filter_arg: (Bytes, bool),
+    /// Lua instructions the current handler may still run (`lua::budget`).
+    pub budget: u64,
     /// Close the connection without a response (`ngx.exit(444)`).
     pub close: bool,
     /// Internal redirects so far (`ngx.exec`), bounded like nginx's 10.

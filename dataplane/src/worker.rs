@@ -15,6 +15,10 @@ use crate::config::Config;
 use crate::lua::vm::{LoadedConfig, Vm};
 use crate::shdict::DictStore;
 
+/// The default instruction budget of a handler: about a tenth of a second of
+/// interpreted Lua, far beyond what a gateway handler needs.
+pub const DEFAULT_INSTRUCTION_BUDGET: u64 = 100_000_000;
+
 /// Server-wide settings, fixed at start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -25,6 +29,8 @@ pub struct Settings {
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     pub workers: usize,
+    /// Lua instructions one handler may run when its route sets no budget.
+    pub instruction_budget: u64,
 }
 
 pub enum Control {
@@ -50,7 +56,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(id: usize, settings: Arc<Settings>, dicts: Arc<DictStore>) -> crate::Result<Worker> {
-        let vm = Vm::new(id, settings.workers, dicts).map_err(|e| crate::Error::Load {
+        let vm = Vm::new(id, settings.workers, settings.instruction_budget, dicts).map_err(|e| crate::Error::Load {
             route: "-".into(),
             message: format!("creating the Lua VM: {e}"),
         })?;
@@ -175,9 +181,10 @@ impl Workers {
 /// Loads `config` into a throwaway VM, as `--check` does: bytecode, `init`
 /// chunks and shared dict declarations are all exercised.
 pub fn check_loads(config: Arc<Config>) -> crate::Result<()> {
-    let vm = Vm::new(0, 1, Arc::new(DictStore::default())).map_err(|e| crate::Error::Load {
-        route: "-".into(),
-        message: format!("creating the Lua VM: {e}"),
-    })?;
+    let vm =
+        Vm::new(0, 1, DEFAULT_INSTRUCTION_BUDGET, Arc::new(DictStore::default())).map_err(|e| crate::Error::Load {
+            route: "-".into(),
+            message: format!("creating the Lua VM: {e}"),
+        })?;
     vm.load(config).map(|_| ())
 }

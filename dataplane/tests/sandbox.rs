@@ -109,3 +109,25 @@ fn routes_have_separate_globals_and_require_spaces() {
 fn indent(lua: &str) -> String {
     lua.lines().map(|l| format!("      {l}\n")).collect()
 }
+
+#[test]
+fn runaway_handlers_are_preempted_even_inside_pcall() {
+    let s = Server::builder(&route(
+        "spin",
+        "  locations:\n  - path: /spin\n    content: |\n      local n = 0\n      while true do n = n + 1 end\n  - path: /sneaky\n    content: |\n      while true do pcall(function() while true do end end) end\n  - path: /ok\n    content: ngx.say('still serving')\n",
+    ))
+    .arg("--instruction-budget")
+    .arg("2000000")
+    .start();
+    assert_eq!(s.get("/spin").status, 500);
+    let line = s
+        .wait_log("instruction budget exceeded", std::time::Duration::from_secs(10))
+        .expect("logged");
+    assert!(
+        line.contains("route default/spin, location /spin") && line.contains("content_by_lua(default/spin /spin):2"),
+        "{line}"
+    );
+    assert_eq!(s.get("/sneaky").status, 500, "pcall must not swallow the budget error");
+    let r = s.get("/ok");
+    assert_eq!((r.status, r.text().as_str()), (200, "still serving\n"));
+}

@@ -5,7 +5,7 @@
 --   * no string.dump, ffi, debug, io, package.loadlib, dofile/loadfile; `os`
 --     reduced to its time functions; load/loadstring accept text only;
 --   * its own `require` space over the route's compiled modules.
-local G, errmsg = ...
+local G, errmsg, BUDGET_EXCEEDED = ...
 
 local pairs, type, setmetatable, getmetatable, rawget, rawset, error, load, select =
     pairs, type, setmetatable, getmetatable, rawget, rawset, error, load, select
@@ -37,6 +37,10 @@ local function copy(t, seen)
     return c
 end
 
+local function out_of_budget(e)
+    return type(e) == "string" and e:sub(1, #BUDGET_EXCEEDED) == BUDGET_EXCEEDED
+end
+
 local SAFE = {
     "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget", "rawset",
     "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type", "unpack",
@@ -59,19 +63,28 @@ return function(route_ngx, modules, load_module)
 
     -- Errors raised by the Rust side of `ngx` reach Lua as plain strings, as
     -- lua-nginx-module's C functions raise them.
+    -- A handler past its instruction budget must die, even inside pcall.
     local function caught(ok, ...)
         if ok then
             return ok, ...
         end
-        return false, errmsg((...))
+        local e = errmsg((...))
+        if out_of_budget(e) then
+            error(e, 0)
+        end
+        return false, e
     end
     env.pcall = function(f, ...)
         return caught(pcall(f, ...))
     end
     env.xpcall = function(f, handler, ...)
-        return xpcall(f, function(e)
-            return handler(errmsg(e))
-        end, ...)
+        return caught(xpcall(f, function(e)
+            e = errmsg(e)
+            if out_of_budget(e) then
+                return e
+            end
+            return handler(e)
+        end, ...))
     end
 
     env.load = function(chunk, name, _mode, fenv)

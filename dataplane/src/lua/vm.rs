@@ -34,6 +34,8 @@ pub struct Vm {
     ngx_metatable: Table,
     threads: RefCell<Vec<Thread>>,
     dicts: Arc<DictStore>,
+    /// Instruction budget of `init`, `init_worker` and timer callbacks.
+    budget: u64,
 }
 
 /// A config version loaded into one VM.
@@ -56,7 +58,7 @@ impl LoadedConfig {
 }
 
 impl Vm {
-    pub fn new(worker_id: usize, worker_count: usize, dicts: Arc<DictStore>) -> mlua::Result<Vm> {
+    pub fn new(worker_id: usize, worker_count: usize, budget: u64, dicts: Arc<DictStore>) -> mlua::Result<Vm> {
         let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::BIT | StdLib::OS | StdLib::JIT;
         let lua = Lua::new_with(libs, LuaOptions::new())?;
         let yield_marker = lua.create_table()?;
@@ -65,10 +67,10 @@ impl Vm {
         lua.load(PRELUDE)
             .set_name("=moongate.prelude")
             .call::<()>((base_ngx.clone(), raw))?;
-        let new_env: Function = lua
-            .load(SANDBOX)
-            .set_name("=moongate.sandbox")
-            .call((lua.globals(), errmsg))?;
+        let new_env: Function =
+            lua.load(SANDBOX)
+                .set_name("=moongate.sandbox")
+                .call((lua.globals(), errmsg, super::budget::EXCEEDED))?;
         let load_module = lua.create_function(|lua, (bytecode, env): (mlua::LuaString, Table)| {
             lua.load(&*bytecode.as_bytes())
                 .set_mode(ChunkMode::Binary)
@@ -76,6 +78,7 @@ impl Vm {
                 .into_function()
         })?;
         let ngx_metatable = ngx_metatable(&lua)?;
+        super::budget::install(&lua)?;
         Ok(Vm {
             lua,
             yield_marker,
@@ -85,6 +88,7 @@ impl Vm {
             ngx_metatable,
             threads: RefCell::new(Vec::new()),
             dicts,
+            budget,
         })
     }
 
@@ -149,7 +153,10 @@ impl Vm {
             }
             if let Some(init) = &route.init {
                 let f = load(init)?;
-                super::with_vm_phase("init", || f.call::<()>(())).map_err(|e| Error::Load {
+                super::with_vm_phase("init", || {
+                    super::budget::with_vm_budget(self.budget, || f.call::<()>(()))
+                })
+                .map_err(|e| Error::Load {
                     route: route.id.clone(),
                     message: format!("init: {e}"),
                 })?;
@@ -165,7 +172,9 @@ impl Vm {
     pub fn run_init_worker(&self, loaded: &LoadedConfig) {
         for (route, rt) in loaded.config.routes.iter().zip(&loaded.routes) {
             if let Some(f) = &rt.init_worker
-                && let Err(e) = super::with_vm_phase("init_worker", || f.call::<()>(()))
+                && let Err(e) = super::with_vm_phase("init_worker", || {
+                    super::budget::with_vm_budget(self.budget, || f.call::<()>(()))
+                })
             {
                 tracing::error!(route = %route.id, "init_worker failed: {e}");
             }

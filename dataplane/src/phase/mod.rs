@@ -146,6 +146,7 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         filter_arg: (Bytes::new(), false),
         redirects: 0,
         close: false,
+        budget: 0,
     };
     let mut lc = Lifecycle {
         worker,
@@ -242,6 +243,15 @@ impl Lifecycle {
         None
     }
 
+    /// The instruction budget of one handler of the current location's route.
+    fn budget(&self) -> u64 {
+        let at = self.req.borrow().location;
+        match self.loaded.config.routes.get(at.route) {
+            Some(route) if route.instruction_budget > 0 => route.instruction_budget,
+            _ => self.worker.settings.instruction_budget,
+        }
+    }
+
     fn max_body(&self) -> u64 {
         let at = self.req.borrow().location;
         let route = &self.loaded.config.routes[at.route];
@@ -280,10 +290,12 @@ impl Lifecycle {
     async fn run_handler(&mut self, phase: Phase, f: &Function) -> HandlerEnd {
         let worker = self.worker.clone();
         let vm = &worker.vm;
+        let budget = self.budget();
         {
             let mut r = self.req.borrow_mut();
             r.phase = phase;
             r.exit = None;
+            r.budget = budget;
         }
         let thread = match vm.thread(f) {
             Ok(t) => t,
@@ -475,7 +487,12 @@ pub fn log_lua_error(site: &str, phase: Phase, e: &mlua::Error) {
 
 /// Calls a filter or log handler (no yields allowed) with the request current.
 fn call_plain(lc: &Lifecycle, phase: Phase, f: &Function) -> bool {
-    lc.req.borrow_mut().phase = phase;
+    let budget = lc.budget();
+    {
+        let mut r = lc.req.borrow_mut();
+        r.phase = phase;
+        r.budget = budget;
+    }
     let _current = Current::enter(&lc.req);
     match f.call::<()>(()) {
         Ok(()) => true,

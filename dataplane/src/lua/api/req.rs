@@ -67,7 +67,9 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         "get_uri_args",
         lua.create_function(|lua, max: Option<i64>| {
             let args = request::with("ngx.req.get_uri_args", |r| Ok(r.args.clone()))?;
-            decode_limited(lua, args.as_deref().unwrap_or_default(), max)
+            let (table, truncated) =
+                super::codec::decode_uri_args(lua, args.as_deref().unwrap_or_default(), limit(max))?;
+            Ok((table, truncated.then_some("truncated")))
         })?,
     )?;
     req.set(
@@ -80,8 +82,8 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
             })?;
             match body {
                 Some(b) => {
-                    let (t, truncated) = decode_limited(lua, &b, max)?;
-                    Ok((Some(t), truncated))
+                    let (t, truncated) = super::codec::decode_args_with_truncation(lua, &b, limit(max))?;
+                    Ok((Some(t), truncated.then_some("truncated")))
                 }
                 None => Err(mlua::Error::runtime(
                     "request body not read yet (call ngx.req.read_body() first)",
@@ -262,12 +264,12 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     Ok(())
 }
 
-fn decode_limited(lua: &Lua, args: &[u8], max: Option<i64>) -> mlua::Result<(Table, Option<&'static str>)> {
-    let max = max.unwrap_or(100);
-    let limit = if max <= 0 { usize::MAX } else { max as usize };
-    let table = super::codec::decode_args(lua, args, limit)?;
-    let total = args.split(|&b| b == b'&').filter(|p| !p.is_empty()).count();
-    Ok((table, (total > limit).then_some("truncated")))
+/// The `max_args` argument: default 100, 0 (or less) for no limit.
+fn limit(max: Option<i64>) -> usize {
+    match max.unwrap_or(super::codec::DEFAULT_MAX_ARGS as i64) {
+        n if n <= 0 => 0,
+        n => n as usize,
+    }
 }
 
 /// `ngx.req.set_header` / `clear_header`: `_` in names becomes `-`, as in lua-nginx-module.

@@ -18,6 +18,9 @@ use super::OP_SLEEP;
 pub const MAX_PENDING: usize = 1024;
 pub const MAX_RUNNING: usize = 256;
 
+/// Instructions a timer callback may run per resume (it may sleep between).
+const TIMER_BUDGET: u64 = crate::worker::DEFAULT_INSTRUCTION_BUDGET;
+
 thread_local! {
     static PENDING: Cell<usize> = const { Cell::new(0) };
     static RUNNING: Cell<usize> = const { Cell::new(0) };
@@ -159,7 +162,9 @@ impl Timer {
             .chain(self.extra.iter().cloned())
             .collect();
         loop {
-            let result = crate::lua::with_vm_phase("timer", || thread.resume::<MultiValue>(args));
+            let result = crate::lua::with_vm_phase("timer", || {
+                crate::lua::budget::with_vm_budget(TIMER_BUDGET, || thread.resume::<MultiValue>(args))
+            });
             let values = match result {
                 Ok(v) => v,
                 Err(e) => {
