@@ -51,7 +51,7 @@ pub fn with_vm_budget<R>(budget: u64, f: impl FnOnce() -> R) -> R {
 /// Charges one hook interval; `true` when the budget is spent.
 fn charge() -> bool {
     let step = u64::from(HOOK_INTERVAL);
-    let exhausted = match crate::request::current("budget") {
+    match crate::request::current("budget") {
         Ok(req) => match req.try_borrow_mut() {
             Ok(mut r) => {
                 let left = r.budget.saturating_sub(step);
@@ -65,6 +65,5 @@ fn charge() -> bool {
             b.set(left);
             left == 0
         }),
-    };
-    exhausted
+    }
 }
