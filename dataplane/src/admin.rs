@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (a config is
-//! loaded) and `/config` (its version and content hash).
+//! loaded), `/config` (its version and content hash) and `/metrics` (Prometheus).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ impl AdminState {
             *h = content_hash.iter().map(|b| format!("{b:02x}")).collect();
         }
         self.ready.store(true, Ordering::Relaxed);
+        crate::metrics::config_version(version);
     }
 }
 
@@ -67,6 +68,7 @@ pub async fn start(addr: SocketAddr, state: Arc<AdminState>) -> Result<SocketAdd
 fn respond(state: &AdminState, path: &str) -> http::Response<Full<Bytes>> {
     let (status, body) = match path {
         "/healthz" => (200, "ok\n".to_string()),
+        "/metrics" => (200, crate::metrics::encode()),
         "/readyz" if state.ready.load(Ordering::Relaxed) => (200, "ready\n".to_string()),
         "/readyz" => (503, "no config loaded\n".to_string()),
         "/config" => {

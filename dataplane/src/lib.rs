@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod lua;
+pub mod metrics;
 pub mod phase;
 pub mod request;
 pub mod shdict;

@@ -74,10 +74,12 @@ pub async fn watch(path: PathBuf, workers: &Workers, mut version: u64, admin: &A
         version += 1;
         match reload(&path, workers, version).await {
             Ok(hash) => {
+                crate::metrics::reload(true);
                 admin.set_config(version, &hash);
                 tracing::info!(version, path = %path.display(), "config reloaded");
             }
             Err(e) => {
+                crate::metrics::reload(false);
                 for line in e.to_string().lines() {
                     tracing::error!("config rejected, still serving the last good one: {line}");
                 }

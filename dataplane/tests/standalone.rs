@@ -315,3 +315,61 @@ fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
     let _ = std::io::Read::read_to_end(&mut r, &mut rest);
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+/// Reads `/metrics` from the admin listener the server logged at start.
+fn scrape(s: &Server) -> String {
+    let line = s
+        .wait_log("admin on http://", Duration::from_secs(10))
+        .expect("admin address logged");
+    let addr = line[line.find("admin on http://").unwrap() + "admin on http://".len()..]
+        .trim()
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).expect("connect admin");
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_responses_errors_and_reloads() {
+    let s = Server::builder(&route(
+        "metrics",
+        "  locations:\n  - path: /ok\n    content: ngx.say('ok')\n  - path: /boom\n    content: error('boom')\n",
+    ))
+    .arg("--admin")
+    .arg("127.0.0.1:0")
+    .start();
+    for _ in 0..3 {
+        assert_eq!(s.get("/ok").status, 200);
+    }
+    assert_eq!(s.get("/boom").status, 500);
+    assert_eq!(s.get("/missing").status, 404);
+    let text = scrape(&s);
+    assert_eq!(metric(&text, "moongate_responses_total{class=\"2xx\"}"), 3.0, "{text}");
+    assert_eq!(metric(&text, "moongate_responses_total{class=\"5xx\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "moongate_responses_total{class=\"4xx\"}"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "moongate_lua_errors_total{phase=\"content\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "moongate_config_version"), 1.0, "{text}");
+
+    s.write_routes("apiVersion: [\n");
+    s.signal(libc::SIGHUP);
+    let rejected = wait_for(Duration::from_secs(10), || {
+        (metric(&scrape(&s), "moongate_config_reloads_total{result=\"rejected\"}") == 1.0).then_some(())
+    });
+    assert!(rejected.is_some(), "{}", scrape(&s));
+}

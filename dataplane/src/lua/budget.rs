@@ -28,6 +28,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.load("jit.off()").set_name("=moongate.budget").exec()?;
     lua.set_global_hook(HookTriggers::new().every_nth_instruction(HOOK_INTERVAL), |_, debug| {
         if charge() {
+            crate::metrics::budget_exceeded();
             // Name where the script was when it ran out, as a Lua error would.
             let source = debug.source();
             let at = match (source.short_src, debug.current_line()) {

@@ -163,6 +163,8 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         lc.main().await
     };
     lc.finish(finish).await;
+    let status = { (!lc.req.borrow().close).then(|| lc.req.borrow().effective_status()) };
+    crate::metrics::response(status);
     log::run(&lc);
 }
 
@@ -481,6 +483,7 @@ impl Lifecycle {
 
 /// Logs a Lua error with its route, location, phase and line.
 pub fn log_lua_error(site: &str, phase: Phase, e: &mlua::Error) {
+    crate::metrics::lua_error(phase);
     let msg = crate::lua::error_message(e);
     tracing::error!("{site}, phase {}: lua error: {msg}", phase.name());
 }

@@ -1,0 +1,116 @@
+//! Prometheus metrics of the dataplane, served on the admin listener's `/metrics`.
+//!
+//! Counters are process-wide atomics; the per-status-class request counters are
+//! resolved once, so the request path does one atomic add and no label lookup.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::config::Phase;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+struct Metrics {
+    registry: Registry,
+    /// Responses by status class: 1xx … 5xx, and "closed" (no response, 444).
+    responses: [Counter; 6],
+    lua_errors: Family<PhaseLabel, Counter>,
+    budget_exceeded: Counter,
+    reloads: Family<ResultLabel, Counter>,
+    config_version: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::with_prefix("moongate");
+    let by_class = Family::<ClassLabel, Counter>::default();
+    let responses = ["1xx", "2xx", "3xx", "4xx", "5xx", "closed"]
+        .map(|class| by_class.get_or_create(&ClassLabel { class }).clone());
+    registry.register("responses", "HTTP responses sent, by status class", by_class);
+    let lua_errors = Family::<PhaseLabel, Counter>::default();
+    registry.register(
+        "lua_errors",
+        "Lua errors in request handlers, by phase",
+        lua_errors.clone(),
+    );
+    let budget_exceeded = Counter::default();
+    registry.register(
+        "lua_instruction_budget_exceeded",
+        "Lua handlers aborted for running past their instruction budget",
+        budget_exceeded.clone(),
+    );
+    let reloads = Family::<ResultLabel, Counter>::default();
+    registry.register(
+        "config_reloads",
+        "Config reloads, by result (applied or rejected)",
+        reloads.clone(),
+    );
+    let config_version = Gauge::default();
+    registry.register(
+        "config_version",
+        "Version of the config being served",
+        config_version.clone(),
+    );
+    Metrics {
+        registry,
+        responses,
+        lua_errors,
+        budget_exceeded,
+        reloads,
+        config_version,
+    }
+});
+
+/// Counts a response with `status`, or a connection closed without one.
+pub fn response(status: Option<u16>) {
+    let i = match status {
+        Some(s) if (100..600).contains(&s) => usize::from(s / 100 - 1),
+        _ => 5,
+    };
+    METRICS.responses[i].inc();
+}
+
+pub fn lua_error(phase: Phase) {
+    METRICS
+        .lua_errors
+        .get_or_create(&PhaseLabel { phase: phase.name() })
+        .inc();
+}
+
+pub fn budget_exceeded() {
+    METRICS.budget_exceeded.inc();
+}
+
+pub fn reload(applied: bool) {
+    let result = if applied { "applied" } else { "rejected" };
+    METRICS.reloads.get_or_create(&ResultLabel { result }).inc();
+}
+
+pub fn config_version(version: u64) {
+    METRICS.config_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+}
+
+/// The text exposition format.
+pub fn encode() -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry);
+    out
+}
