@@ -84,11 +84,64 @@ pub struct RequestState {
     pub budget: u64,
     /// Close the connection without a response (`ngx.exit(444)`).
     pub close: bool,
+    /// How deep this subrequest is (0 for a main request).
+    pub subrequest_depth: u8,
+    /// Variables a subrequest was given (`vars`, `copy_all_vars`), applied when
+    /// it enters its location.
+    pub preset_vars: Vec<(String, Vec<u8>)>,
     /// Internal redirects so far (`ngx.exec`), bounded like nginx's 10.
     pub redirects: u8,
 }
 
 impl RequestState {
+    /// A request about to be matched to a location.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        remote_addr: SocketAddr,
+        server_addr: SocketAddr,
+        method: Method,
+        version: Version,
+        request_uri: Vec<u8>,
+        uri: Vec<u8>,
+        args: Option<Vec<u8>>,
+        headers: HeaderMap,
+    ) -> RequestState {
+        RequestState {
+            remote_addr,
+            server_addr,
+            scheme: "http",
+            method,
+            version,
+            request_uri,
+            uri,
+            args,
+            headers,
+            body: Body::Unread,
+            start_time: 0.0,
+            internal: false,
+            location: LocationRef::NONE,
+            site: Arc::from(""),
+            phase: Phase::Rewrite,
+            vars: Vec::new(),
+            captures: Vec::new(),
+            header_filter: None,
+            default_type: None,
+            status: 0,
+            resp_headers: HeaderMap::new(),
+            headers_sent: false,
+            output: Output::default(),
+            eof: false,
+            exit: None,
+            ctx: None,
+            filter_arg: (Bytes::new(), false),
+            close: false,
+            budget: 0,
+            subrequest_depth: 0,
+            preset_vars: Vec::new(),
+            redirects: 0,
+        }
+    }
+
     pub fn set_var(&mut self, name: &str, value: Option<Vec<u8>>) -> bool {
         match self.vars.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => {

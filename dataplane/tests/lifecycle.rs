@@ -317,3 +317,29 @@ fn body_filter_error_never_sends_the_unfiltered_chunk() {
     );
     assert_eq!(s.get("/after").text(), "fine\n", "the server keeps serving");
 }
+
+#[test]
+fn subrequests_capture_status_headers_and_body() {
+    let s = Server::start(&route(
+        "sub",
+        r#"  locations:
+  - path: /sub
+    content: |
+      ngx.header["X-Sub"] = ngx.var.arg_n
+      ngx.status = 201
+      ngx.say("sub ", ngx.var.arg_n, " ", ngx.req.get_method(), " ", tostring(ngx.is_subrequest), " ", ngx.ctx.tag or "-")
+  - path: /main
+    content: |
+      local res = ngx.location.capture("/sub?n=1", { ctx = { tag = "shared" } })
+      ngx.say(res.status, " ", res.header["X-Sub"], " ", res.body)
+      local a, b = ngx.location.capture_multi{ {"/sub", { args = { n = 2 }, method = ngx.HTTP_POST, body = "x" }}, {"/sub?n=3"} }
+      ngx.say(a.body, b.body, tostring(ngx.is_subrequest))
+"#,
+    ));
+    let r = s.get("/main");
+    assert_eq!(r.status, 200, "{}", s.logs());
+    assert_eq!(
+        r.text(),
+        "201 1 sub 1 GET true shared\n\nsub 2 POST true -\nsub 3 GET true -\nfalse\n"
+    );
+}

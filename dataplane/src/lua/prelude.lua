@@ -99,6 +99,28 @@ end
 
 coroutine.running = co_running
 
+-- Subrequests: the driver runs them and resumes us with the result tables,
+-- or with (false, message) when they could not be started.
+local function captured(first, ...)
+    if first == false then
+        error((...), 2)
+    end
+    return first, ...
+end
+
+ngx.location.capture = function(uri, opts)
+    check_yieldable("ngx.location.capture", 0)
+    return captured(driver_yield(raw.OP_CAPTURE, { { uri, opts } }))
+end
+
+ngx.location.capture_multi = function(list)
+    check_yieldable("ngx.location.capture_multi", 0)
+    if type(list) ~= "table" then
+        error("bad argument #1 to 'capture_multi' (table expected, got " .. type(list) .. ")", 2)
+    end
+    return captured(driver_yield(raw.OP_CAPTURE, list))
+end
+
 ngx.req.set_uri = function(uri, jump, binary)
     if raw.set_uri(uri, jump, binary) then
         return driver_yield(OP_EXIT)

@@ -239,6 +239,7 @@ fn ngx_metatable(lua: &Lua) -> mlua::Result<Table> {
             match &*key.as_bytes() {
                 b"status" => request::with("ngx.status", |r| Ok(Value::Integer(api::output::get_status(r)))),
                 b"headers_sent" => request::with("ngx.headers_sent", |r| Ok(Value::Boolean(r.headers_sent))),
+                b"is_subrequest" => request::with("ngx.is_subrequest", |r| Ok(Value::Boolean(r.subrequest_depth > 0))),
                 b"ctx" => {
                     let req = request::current("ngx.ctx")?;
                     let existing = req.borrow().ctx.clone();

@@ -14,10 +14,10 @@ mod content;
 pub mod header_filter;
 mod log;
 mod rewrite;
+mod subrequest;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -86,6 +86,8 @@ pub struct Lifecycle {
     head_pending: bool,
     stream_tx: Option<mpsc::Sender<Bytes>>,
     header_filtered: bool,
+    /// Set for a subrequest: the response is captured here instead of sent.
+    captured: Option<subrequest::Captured>,
 }
 
 thread_local! {
@@ -116,38 +118,17 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         .as_bytes()
         .to_vec();
     let uri = request::normalize_path(parts.uri.path().as_bytes());
-    let state = RequestState {
-        remote_addr: conn.remote,
-        server_addr: conn.local,
-        scheme: "http",
-        method: parts.method,
-        version: parts.version,
+    let mut state = RequestState::new(
+        conn.remote,
+        conn.local,
+        parts.method,
+        parts.version,
         request_uri,
-        uri: uri.clone().unwrap_or_default(),
-        args: parts.uri.query().map(|q| q.as_bytes().to_vec()),
-        headers: parts.headers,
-        body: Body::Unread,
-        start_time: crate::lua::api::time::cached_now(),
-        internal: false,
-        location: LocationRef::NONE,
-        site: Arc::from(""),
-        phase: Phase::Rewrite,
-        vars: Vec::new(),
-        captures: Vec::new(),
-        header_filter: None,
-        default_type: None,
-        status: 0,
-        resp_headers: http::HeaderMap::new(),
-        headers_sent: false,
-        output: Default::default(),
-        eof: false,
-        exit: None,
-        ctx: None,
-        filter_arg: (Bytes::new(), false),
-        redirects: 0,
-        close: false,
-        budget: 0,
-    };
+        uri.clone().unwrap_or_default(),
+        parts.uri.query().map(|q| q.as_bytes().to_vec()),
+        parts.headers,
+    );
+    state.start_time = crate::lua::api::time::cached_now();
     let mut lc = Lifecycle {
         worker,
         loaded,
@@ -156,6 +137,7 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         head_pending: true,
         stream_tx: None,
         header_filtered: false,
+        captured: None,
     };
     let finish = if uri.is_none() {
         Finish::Status(400)
@@ -228,6 +210,12 @@ impl Lifecycle {
         r.location = at;
         r.site = loc.site.clone();
         r.vars = loc.vars.iter().map(|(n, v)| (n.clone(), Some(v.clone()))).collect();
+        // A subrequest's `vars` option overrides or adds variables.
+        for (name, value) in std::mem::take(&mut r.preset_vars) {
+            if !r.set_var(&name, Some(value.clone())) {
+                r.vars.push((name, Some(value)));
+            }
+        }
         r.captures = config.captures(at, &r.uri);
         r.header_filter = self.loaded.handler(at, Phase::HeaderFilter).cloned();
         r.default_type = loc.default_type.clone();
@@ -353,6 +341,25 @@ impl Lifecycle {
                     self.flush(true).await;
                     args.push_back(Value::Integer(1));
                 }
+                api::OP_CAPTURE => {
+                    let list = match values.next() {
+                        Some(Value::Table(t)) => t,
+                        _ => return self.lua_error(phase, &mlua::Error::runtime("bad capture request")),
+                    };
+                    let lua = worker.vm.lua();
+                    match self.capture(lua, list).await {
+                        Ok(results) => args = results,
+                        Err(e) => {
+                            // The prelude raises it inside the handler, as nginx does.
+                            let msg = match lua.create_string(crate::lua::error_message(&e)) {
+                                Ok(s) => s,
+                                Err(e) => return self.lua_error(phase, &e),
+                            };
+                            args.push_back(Value::Boolean(false));
+                            args.push_back(Value::String(msg));
+                        }
+                    }
+                }
                 api::OP_READ_BODY => {
                     if let Err(status) = self.read_body().await {
                         return HandlerEnd::Abort(status);
@@ -395,6 +402,14 @@ impl Lifecycle {
         }
         if eof {
             self.req.borrow_mut().eof = true;
+        }
+        if let Some(captured) = &mut self.captured {
+            if self.head_pending {
+                self.head_pending = false;
+                captured.record_head(&self.req.borrow());
+            }
+            captured.append(&body);
+            return;
         }
         if self.head_pending {
             self.head_pending = false;
@@ -521,7 +536,8 @@ fn early_phase_flow(lc: &mut Lifecycle, end: HandlerEnd) -> Flow {
 /// `ngx.exit(status)` after which the request ends.
 fn exit_finish(status: i64, headers_sent: bool) -> Finish {
     match status {
-        444 => Finish::Close,
+        // ngx.ERROR terminates the request: no response, like 444.
+        444 | -1 => Finish::Close,
         _ if headers_sent => Finish::Output,
         0 => Finish::Output,
         s if s < 0 => Finish::Status(500),

@@ -211,3 +211,15 @@ pub fn set(r: &mut RequestState, name: &[u8], value: Value, underscores: bool) -
     r.set_resp_header(header, values);
     Ok(())
 }
+
+/// `content-type` → `Content-Type`, as nginx prints header names.
+pub fn title_case(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper { c.to_ascii_uppercase() } else { c };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}

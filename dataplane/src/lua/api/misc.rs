@@ -55,7 +55,6 @@ pub fn register(lua: &Lua, ngx: &Table, worker_id: usize, worker_count: usize) -
     }
     ngx.set("null", Value::LightUserData(LightUserData(std::ptr::null_mut())))?;
     ngx.set("get_phase", lua.create_function(|_, ()| Ok(crate::lua::phase_name()))?)?;
-    ngx.set("is_subrequest", false)?;
 
     let worker = lua.create_table()?;
     worker.set("id", lua.create_function(move |_, ()| Ok(worker_id))?)?;
@@ -79,14 +78,6 @@ pub fn register(lua: &Lua, ngx: &Table, worker_id: usize, worker_count: usize) -
     config.set("nginx_configure", lua.create_function(|_, ()| Ok(""))?)?;
     ngx.set("config", config)?;
 
-    let location = lua.create_table()?;
-    let unsupported = lua.create_function(|_, _: mlua::MultiValue| -> mlua::Result<()> {
-        Err(mlua::Error::runtime(
-            "ngx.location.capture is not supported by Moongate (no subrequests)",
-        ))
-    })?;
-    location.set("capture", unsupported.clone())?;
-    location.set("capture_multi", unsupported)?;
-    ngx.set("location", location)?;
+    ngx.set("location", lua.create_table()?)?;
     Ok(())
 }

@@ -23,6 +23,7 @@ pub const OP_SLEEP: i64 = 2;
 pub const OP_FLUSH: i64 = 3;
 pub const OP_EOF: i64 = 4;
 pub const OP_READ_BODY: i64 = 5;
+pub const OP_CAPTURE: i64 = 6;
 
 /// Builds the base `ngx` table and the private `raw` table of primitives the
 /// Lua prelude wraps. `yield_marker` is the sentinel the driver recognises.
@@ -44,6 +45,7 @@ pub fn build(lua: &Lua, yield_marker: &Table, worker_id: usize, worker_count: us
     raw.set("OP_FLUSH", OP_FLUSH)?;
     raw.set("OP_EOF", OP_EOF)?;
     raw.set("OP_READ_BODY", OP_READ_BODY)?;
+    raw.set("OP_CAPTURE", OP_CAPTURE)?;
     raw.set(
         "check_yieldable",
         lua.create_function(|_, (api, seconds): (String, mlua::Value)| {

@@ -123,22 +123,24 @@ fn emit(api: &str, args: mlua::MultiValue, newline: bool) -> mlua::Result<(Optio
             return Ok((None, Some("seen eof")));
         }
     }
-    crate::phase::header_filter::send_header(&req);
-    let mut r = req.borrow_mut();
-    let output = &mut r.output;
-    let mark = output.len();
-    let buf = output.buf();
-    for (i, v) in args.iter().enumerate() {
-        if let Err(e) = append_value(buf, v, api, i + 1) {
-            // Bad arguments print nothing, as in nginx.
-            buf.truncate(mark);
-            return Err(e);
+    {
+        let mut r = req.borrow_mut();
+        let output = &mut r.output;
+        let mark = output.len();
+        let buf = output.buf();
+        for (i, v) in args.iter().enumerate() {
+            if let Err(e) = append_value(buf, v, api, i + 1) {
+                // Bad arguments print nothing and send nothing, as in nginx.
+                buf.truncate(mark);
+                return Err(e);
+            }
         }
+        if newline {
+            buf.put_u8(b'\n');
+        }
+        output.end_chunk();
     }
-    if newline {
-        buf.put_u8(b'\n');
-    }
-    output.end_chunk();
+    crate::phase::header_filter::send_header(&req);
     Ok((Some(1), None))
 }
 

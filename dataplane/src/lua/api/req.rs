@@ -44,7 +44,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                         return Ok((t, Some("truncated")));
                     }
                     let key = if raw {
-                        title_case(name.as_str())
+                        super::header::title_case(name.as_str())
                     } else {
                         name.as_str().to_string()
                     };
@@ -285,17 +285,6 @@ fn set_request_header(r: &mut RequestState, name: &[u8], value: &Value) -> mlua:
     Ok(())
 }
 
-fn title_case(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let out = if upper { c.to_ascii_uppercase() } else { c };
-            upper = c == '-';
-            out
-        })
-        .collect()
-}
-
 /// The request head as the client sent it (reconstructed: hyper does not keep
 /// the raw bytes; names are title-cased).
 fn raw_header(r: &RequestState, no_request_line: bool) -> Vec<u8> {
@@ -310,7 +299,7 @@ fn raw_header(r: &RequestState, no_request_line: bool) -> Vec<u8> {
         });
     }
     for (name, value) in &r.headers {
-        out.extend_from_slice(title_case(name.as_str()).as_bytes());
+        out.extend_from_slice(super::header::title_case(name.as_str()).as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
