@@ -6,8 +6,7 @@
 -- travels back down.
 local ngx, raw = ...
 
-local co_create, co_resume, co_yield, co_status, co_running =
-    coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.running
+local co_create, co_resume, co_yield, co_status = coroutine.create, coroutine.resume, coroutine.yield, coroutine.status
 local select, error, type = select, error, type
 
 local YIELD = raw.YIELD
@@ -97,7 +96,6 @@ coroutine.wrap = function(f)
     end
 end
 
-coroutine.running = co_running
 
 -- Subrequests: the driver runs them and resumes us with the result tables,
 -- or with (false, message) when they could not be started.

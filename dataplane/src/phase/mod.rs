@@ -85,7 +85,6 @@ pub struct Lifecycle {
     /// The response head has not been handed to the connection yet.
     head_pending: bool,
     stream_tx: Option<mpsc::Sender<Bytes>>,
-    header_filtered: bool,
     /// Set for a subrequest: the response is captured here instead of sent.
     captured: Option<subrequest::Captured>,
 }
@@ -136,7 +135,6 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         body_stream: Some(body),
         head_pending: true,
         stream_tx: None,
-        header_filtered: false,
         captured: None,
     };
     let finish = if uri.is_none() {
@@ -199,13 +197,8 @@ impl Lifecycle {
     /// Points the request at a location; returns a status if it must stop here.
     fn enter_location(&mut self, at: LocationRef) -> Option<u16> {
         let config = &self.loaded.config;
-        let route = &config.routes[at.route];
         let loc = config.location(at);
-        let max_body = if route.max_body > 0 {
-            route.max_body
-        } else {
-            self.worker.settings.max_body
-        };
+        let max_body = self.max_body(at);
         let mut r = self.req.borrow_mut();
         r.location = at;
         r.site = loc.site.clone();
@@ -242,13 +235,11 @@ impl Lifecycle {
         }
     }
 
-    fn max_body(&self) -> u64 {
-        let at = self.req.borrow().location;
-        let route = &self.loaded.config.routes[at.route];
-        if route.max_body > 0 {
-            route.max_body
-        } else {
-            self.worker.settings.max_body
+    /// `client_max_body_size` of the route of location `at`.
+    fn max_body(&self, at: LocationRef) -> u64 {
+        match self.loaded.config.routes.get(at.route) {
+            Some(route) if route.max_body > 0 => route.max_body,
+            _ => self.worker.settings.max_body,
         }
     }
 
@@ -257,7 +248,7 @@ impl Lifecycle {
         if !matches!(self.req.borrow().body, Body::Unread) {
             return Ok(());
         }
-        let max = self.max_body();
+        let max = self.max_body(self.req.borrow().location);
         let mut buf = BytesMut::new();
         if let Some(mut stream) = self.body_stream.take() {
             while let Some(frame) = stream.frame().await {
@@ -375,19 +366,14 @@ impl Lifecycle {
         HandlerEnd::Error
     }
 
-    /// Sends the head (running the header filter) if no handler did yet.
-    fn filter_headers(&mut self) {
-        self.header_filtered = true;
-        header_filter::send_header(&self.req);
-    }
-
     /// Hands the output so far to the client; with `eof`, ends the response.
     async fn flush(&mut self, eof: bool) {
         if !eof && !self.req.borrow().headers_sent && self.req.borrow().output.is_empty() {
             // nginx sends nothing for a flush before any output.
             return;
         }
-        self.filter_headers();
+        // Sends the head (running the header filter) if no handler did yet.
+        header_filter::send_header(&self.req);
         if self.req.borrow().close {
             self.head_pending = false;
             self.stream_tx = None;

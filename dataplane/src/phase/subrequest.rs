@@ -81,7 +81,6 @@ impl Lifecycle {
             body_stream: None,
             head_pending: true,
             stream_tx: None,
-            header_filtered: false,
             captured: Some(Captured::default()),
         };
         // Boxed: a subrequest's handlers may capture again (async recursion).
