@@ -44,6 +44,13 @@ struct Cli {
     /// (a route's `limits.instructionBudget` overrides it).
     #[arg(long, default_value_t = moongate_dataplane::worker::DEFAULT_INSTRUCTION_BUDGET)]
     instruction_budget: u64,
+    /// Where `persistence: Durable` shared dicts are stored (one redb file).
+    #[arg(long, env = "MOONGATE_DATA_DIR", default_value = "/var/lib/moongate")]
+    data_dir: PathBuf,
+    /// Group-commit window of durable dicts, in milliseconds: a crash loses at
+    /// most the writes of the last window (plus the commit in progress).
+    #[arg(long, default_value_t = 10)]
+    commit_window_ms: u64,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 10.0)]
     shutdown_timeout: f64,
@@ -119,8 +126,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("admin on http://{bound}");
     }
     let config = Arc::new(standalone::load(&cli.routes, 1)?);
-    let dicts = Arc::new(moongate_dataplane::shdict::DictStore::default());
-    let (workers, bound) = server::start(cli.listen, settings, dicts)?;
+    let dicts = Arc::new(moongate_dataplane::shdict::DictStore::with_data_dir(
+        &cli.data_dir,
+        Duration::from_millis(cli.commit_window_ms.max(1)),
+    ));
+    let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
     workers.apply(config.clone()).await?;
     admin_state.set_config(config.version, &config.content_hash);
     tracing::info!(
@@ -131,5 +141,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let result = standalone::watch(cli.routes.clone(), &workers, 1, &admin_state).await;
     tracing::info!("shutting down");
     workers.shutdown();
+    // Commit what the durable dicts still hold before exiting.
+    dicts.flush_and_close();
     Ok(result?)
 }

@@ -36,6 +36,7 @@ struct Metrics {
     budget_exceeded: Counter,
     reloads: Family<ResultLabel, Counter>,
     config_version: Gauge,
+    durable_store_corrupt: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -68,6 +69,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Version of the config being served",
         config_version.clone(),
     );
+    let durable_store_corrupt = Counter::default();
+    registry.register(
+        "shared_dict_store_corrupt",
+        "Durable shared dict files found corrupt or unreadable, moved aside and started empty",
+        durable_store_corrupt.clone(),
+    );
     Metrics {
         registry,
         responses,
@@ -75,6 +82,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         budget_exceeded,
         reloads,
         config_version,
+        durable_store_corrupt,
     }
 });
 
@@ -105,6 +113,11 @@ pub fn reload(applied: bool) {
 
 pub fn config_version(version: u64) {
     METRICS.config_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+}
+
+/// Counts a durable shared dict file that was corrupt or unreadable.
+pub fn durable_store_corrupt() {
+    METRICS.durable_store_corrupt.inc();
 }
 
 /// The text exposition format.

@@ -111,7 +111,7 @@ impl Vm {
             for d in &route.shared_dicts {
                 let dict = self
                     .dicts
-                    .dict(&route.namespace, &d.name, d.capacity)
+                    .declare(&route.namespace, &d.name, d.capacity, d.durable)
                     .map_err(|e| Error::Load {
                         route: route.id.clone(),
                         message: e.to_string(),

@@ -7,10 +7,15 @@
 //! - every `Some` slot is in `map` (under its own key) and in the LRU list
 //!   exactly once; `None` slots are in `free` and in neither;
 //! - `used` is the sum of `cost` over all live slots;
-//! - the LRU list runs from `head` (most recently used) to `tail`.
+//! - the LRU list runs from `head` (most recently used) to `tail`;
+//! - with a journal (durable dicts only), every key whose stored value, flags
+//!   or expiry may have changed since the last `take_dirty` is in it. Keys
+//!   are marked by `insert`, `remove`, `slot_mut` and `expire_all`, the only
+//!   ways to change what a slot holds; LRU relinking and cost changes are not
+//!   persisted and do not mark.
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::{ListItem, Value};
@@ -68,6 +73,9 @@ pub(super) struct Entries {
     tail: u32,
     used: u64,
     usable: u64,
+    /// Keys changed since the durable store last took them; None for memory
+    /// dicts, which then pay nothing for persistence.
+    journal: Option<HashSet<Arc<[u8]>>>,
 }
 
 impl Entries {
@@ -80,6 +88,35 @@ impl Entries {
             tail: NIL,
             used: 0,
             usable,
+            journal: None,
+        }
+    }
+
+    /// Starts recording changed keys (durable dicts).
+    pub fn enable_journal(&mut self) {
+        self.journal.get_or_insert_with(HashSet::new);
+    }
+
+    /// Records `key` as changed; a no-op without a journal.
+    pub fn mark_dirty(&mut self, key: &Arc<[u8]>) {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.insert(key.clone());
+        }
+    }
+
+    /// The keys changed since the last call, leaving the journal empty.
+    pub fn take_dirty(&mut self) -> Vec<Arc<[u8]>> {
+        match self.journal.as_mut() {
+            Some(journal) if !journal.is_empty() => std::mem::take(journal).into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Drops journal entries of keys that are still stored: after a restore
+    /// those match the disk, and only the removals need writing.
+    pub fn keep_dirty_removals(&mut self) {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.retain(|key| !self.map.contains_key(key));
         }
     }
 
@@ -95,7 +132,18 @@ impl Entries {
         self.slots.get(idx as usize).and_then(Option::as_ref)
     }
 
+    /// A slot to change: marks its key in the journal, since the caller may
+    /// change its value, flags or expiry.
     pub fn slot_mut(&mut self, idx: u32) -> Option<&mut Slot> {
+        let slot = self.slots.get_mut(idx as usize).and_then(Option::as_mut)?;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.insert(slot.key.clone());
+        }
+        Some(slot)
+    }
+
+    /// A slot for relinking only; never marks the journal.
+    fn links_mut(&mut self, idx: u32) -> Option<&mut Slot> {
         self.slots.get_mut(idx as usize).and_then(Option::as_mut)
     }
 
@@ -141,6 +189,9 @@ impl Entries {
                 (self.slots.len() - 1) as u32
             }
         };
+        if let Some(journal) = self.journal.as_mut() {
+            journal.insert(key.clone());
+        }
         match self.map.entry(key) {
             MapEntry::Occupied(mut e) => {
                 // Not reachable when callers keep the contract; keep the
@@ -167,6 +218,9 @@ impl Entries {
         self.unlink(idx);
         let slot = self.slots.get_mut(idx as usize).and_then(Option::take)?;
         self.map.remove(&slot.key);
+        if let Some(journal) = self.journal.as_mut() {
+            journal.insert(slot.key.clone());
+        }
         self.free.push(idx);
         self.used = self.used.saturating_sub(slot.cost);
         Some(slot)
@@ -240,6 +294,9 @@ impl Entries {
     pub fn expire_all(&mut self) {
         for slot in self.slots.iter_mut().flatten() {
             slot.expires = 1;
+            if let Some(journal) = self.journal.as_mut() {
+                journal.insert(slot.key.clone());
+            }
         }
     }
 
@@ -248,7 +305,7 @@ impl Entries {
             Some(s) => (s.prev, s.next),
             None => return,
         };
-        match self.slot_mut(prev) {
+        match self.links_mut(prev) {
             Some(p) => p.next = next,
             None => {
                 if self.head == idx {
@@ -256,7 +313,7 @@ impl Entries {
                 }
             }
         }
-        match self.slot_mut(next) {
+        match self.links_mut(next) {
             Some(n) => n.prev = prev,
             None => {
                 if self.tail == idx {
@@ -264,7 +321,7 @@ impl Entries {
                 }
             }
         }
-        if let Some(s) = self.slot_mut(idx) {
+        if let Some(s) = self.links_mut(idx) {
             s.prev = NIL;
             s.next = NIL;
         }
@@ -272,13 +329,13 @@ impl Entries {
 
     fn link_front(&mut self, idx: u32) {
         let old_head = self.head;
-        if let Some(s) = self.slot_mut(idx) {
+        if let Some(s) = self.links_mut(idx) {
             s.prev = NIL;
             s.next = old_head;
         } else {
             return;
         }
-        match self.slot_mut(old_head) {
+        match self.links_mut(old_head) {
             Some(h) => h.prev = idx,
             None => self.tail = idx,
         }

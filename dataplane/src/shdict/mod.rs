@@ -12,16 +12,27 @@
 //! dict declared with the same size holds about as much as in OpenResty and
 //! fills up in the same way: writes evict least recently used entries and
 //! report `forcible`; the `safe_*` variants fail with "no memory" instead.
+//!
+//! Dicts declared `Durable` are also written behind to redb (see `durable`
+//! for the file, the commit window and what a crash can lose); memory dicts
+//! never touch the disk.
 
+mod durable;
+#[cfg(test)]
+mod durable_tests;
 mod entries;
 mod expiry;
 mod list;
+mod record;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use durable::{DEFAULT_COMMIT_WINDOW, FILE_NAME as DURABLE_FILE_NAME};
 
 use entries::{Entries, Found, Stored};
 
@@ -165,6 +176,16 @@ pub enum DictError {
         existing: u64,
         requested: u64,
     },
+    #[error(
+        "shared dict \"{name}\" of namespace \"{namespace}\" already exists as {existing}, \
+         cannot redeclare it as {requested} before a restart"
+    )]
+    PersistenceMismatch {
+        namespace: String,
+        name: String,
+        existing: &'static str,
+        requested: &'static str,
+    },
 }
 
 /// One shared dict. All methods lock once; none panics on any input.
@@ -208,8 +229,9 @@ impl Dict {
 
     /// The single entry point to the entries: takes the lock and the time.
     /// Every operation, reads included (they reorder the LRU list and drop
-    /// expired entries), runs through here, so a write-behind journal for
-    /// persistence hooks in at this one place.
+    /// expired entries), runs through here. Durable dicts journal their
+    /// changed keys inside `Entries` (the only code that changes slots), so
+    /// the write-behind costs the request path a set insert under this lock.
     fn locked<R>(&self, f: impl FnOnce(&mut Entries, u64) -> R) -> R {
         let now = (self.clock)();
         // A panic while locked cannot leave the entries half-updated in a way
@@ -408,21 +430,50 @@ impl Dict {
 /// zones across reloads.
 #[derive(Debug, Default)]
 pub struct DictStore {
-    dicts: Mutex<HashMap<(String, String), Arc<Dict>>>,
+    dicts: Mutex<HashMap<(String, String), Declared>>,
+    /// Where durable dicts are persisted; None: they stay in memory.
+    durable: Option<durable::DurableStore>,
+}
+
+#[derive(Debug)]
+struct Declared {
+    dict: Arc<Dict>,
+    /// As declared, whether or not its store could be used.
+    durable: bool,
 }
 
 impl DictStore {
+    /// A store without persistence: durable dicts stay in memory (warned).
     pub fn new() -> DictStore {
         DictStore::default()
     }
 
-    /// The dict (namespace, name), created with `capacity` bytes if new. A
-    /// redeclaration with another capacity is an error naming both sizes
-    /// (nginx refuses to resize a zone on reload, too).
+    /// A store persisting durable dicts in `dir` (created when the first
+    /// durable dict is declared), committing every `commit_window`
+    /// ([`DEFAULT_COMMIT_WINDOW`] is 10 ms). Never fails: a bad or unusable
+    /// file is handled (logged, counted, moved aside) when first opened.
+    pub fn with_data_dir(dir: &Path, commit_window: Duration) -> DictStore {
+        DictStore {
+            dicts: Mutex::default(),
+            durable: Some(durable::DurableStore::new(dir, commit_window)),
+        }
+    }
+
+    /// The memory dict (namespace, name); see `declare`.
     pub fn dict(&self, namespace: &str, name: &str, capacity: u64) -> Result<Arc<Dict>, DictError> {
+        self.declare(namespace, name, capacity, false)
+    }
+
+    /// The dict (namespace, name), created with `capacity` bytes if new, and
+    /// restored from disk if `durable` (which reads the disk: call it when
+    /// loading config, not per request). A redeclaration with another
+    /// capacity or persistence is an error naming both (nginx refuses to
+    /// resize a zone on reload, too).
+    pub fn declare(&self, namespace: &str, name: &str, capacity: u64, durable: bool) -> Result<Arc<Dict>, DictError> {
         let mut dicts = self.dicts.lock().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.to_string(), name.to_string());
-        if let Some(dict) = dicts.get(&key) {
+        if let Some(found) = dicts.get(&key) {
+            let dict = &found.dict;
             if dict.capacity() != capacity {
                 return Err(DictError::CapacityMismatch {
                     namespace: key.0,
@@ -431,17 +482,61 @@ impl DictStore {
                     requested: capacity,
                 });
             }
+            if found.durable != durable {
+                let word = |d: bool| if d { "Durable" } else { "Memory" };
+                return Err(DictError::PersistenceMismatch {
+                    namespace: key.0,
+                    name: key.1,
+                    existing: word(found.durable),
+                    requested: word(durable),
+                });
+            }
             return Ok(dict.clone());
         }
-        let dict = Arc::new(Dict::new(format!("{namespace}/{name}"), capacity));
-        dicts.insert(key, dict.clone());
+        let dict = match (&self.durable, durable) {
+            (Some(store), true) => store.attach(namespace, name, capacity),
+            (None, true) => {
+                tracing::warn!(
+                    namespace,
+                    dict = name,
+                    "durable shared dict kept in memory only: no data dir configured"
+                );
+                Arc::new(Dict::new(format!("{namespace}/{name}"), capacity))
+            }
+            (_, false) => Arc::new(Dict::new(format!("{namespace}/{name}"), capacity)),
+        };
+        dicts.insert(
+            key,
+            Declared {
+                dict: dict.clone(),
+                durable,
+            },
+        );
         Ok(dict)
     }
 
     /// The dict (namespace, name) if it was ever declared.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Dict>> {
         let dicts = self.dicts.lock().unwrap_or_else(|e| e.into_inner());
-        dicts.get(&(namespace.to_string(), name.to_string())).cloned()
+        dicts
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|d| d.dict.clone())
+    }
+
+    /// For graceful shutdown: commits every pending durable change, stops
+    /// the commit thread and closes the file (blocking for one commit).
+    /// Durable dicts keep working in memory afterwards, unpersisted.
+    /// Idempotent; dropping the store does the same.
+    pub fn flush_and_close(&self) {
+        if let Some(store) = &self.durable {
+            store.close();
+        }
+    }
+}
+
+impl Drop for DictStore {
+    fn drop(&mut self) {
+        self.flush_and_close();
     }
 }
 

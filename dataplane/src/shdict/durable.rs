@@ -1,0 +1,495 @@
+//! Durable shared dicts (`persistence: Durable`): write-behind to redb in
+//! group commits.
+//!
+//! In: dicts declared durable (`DictStore::declare`), and the keys their
+//! operations change (the journal of `Entries`). Out: one redb file,
+//! `<data-dir>/shared_dicts.redb`, with a table `"<namespace>/<dict>"` per
+//! dict whose rows are dict key → `record` bytes; and, at start, dicts
+//! restored from it.
+//!
+//! **Write-behind.** An operation changes the in-memory dict at once and only
+//! adds the key to the dict's journal (a `HashSet` under the lock it already
+//! holds): no disk I/O, no syscall and no waiting on the request path. A
+//! background OS thread (`shdict-commit`) wakes every commit window (default
+//! [`DEFAULT_COMMIT_WINDOW`], 10 ms), takes every dict's journal, reads the
+//! current value of each changed key (in chunks, so a dict's lock is never
+//! held for long), and writes them all in one redb transaction that is
+//! fsynced on commit (`Durability::Immediate`). A key written many times in a
+//! window — a counter — is written once.
+//!
+//! **Guarantee.** A write acknowledged at time t is in the journal at t, so
+//! the first commit round that starts after t takes it, and that round is
+//! durable once its commit returns. Rounds start every window, or right after
+//! the previous one when a commit takes longer than the window. So a crash
+//! (process or machine) loses at most the writes acknowledged in the last
+//! commit window plus the duration of the commit in flight — with the default
+//! 10 ms window, the last 10 ms of writes and one fsync. A failed commit
+//! (disk full, I/O error) is logged and its keys go back in the journal, to
+//! be retried next round; the dicts keep serving from memory meanwhile.
+//!
+//! **One file for all dicts**, not a file per dict: a round is one
+//! transaction and one fsync however many dicts changed, so the guarantee
+//! above holds for every dict and does not degrade with their number, and a
+//! round is atomic across dicts. The price is the blast radius of a corrupt
+//! file: every durable dict then starts empty (redb itself is crash-safe, so
+//! only damage from outside does that).
+//!
+//! **Restore.** The file is opened at the first durable declaration (so a
+//! dataplane with only memory dicts never creates it), with redb's integrity
+//! check, so corruption shows at open rather than mid-serving. Entries keep
+//! their flags, value types and absolute expiry times; those that expired
+//! while the process was down are dropped (and deleted from disk). A file
+//! that is corrupt or unreadable is logged (`tracing::error!` naming the file
+//! and the error), counted (`metrics::durable_store_corrupt`), renamed aside
+//! to `shared_dicts.redb.corrupt-<unix-seconds>` (never overwritten) and
+//! replaced by a new empty file; if even that fails, durable dicts run in
+//! memory only for this process. None of this ever panics or exits, so a bad
+//! file cannot cause a crash loop. A file held by another process (a second
+//! dataplane on the same data dir) is left alone; durable dicts then run in
+//! memory only, with an error log.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+use super::entries::{Stored, expired_for_eviction};
+use super::{Dict, entry_cost, list_entry_cost, list_node_cost, record};
+
+/// The commit window used when none is configured.
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(10);
+
+/// The file's name inside the data dir.
+pub const FILE_NAME: &str = "shared_dicts.redb";
+
+/// Keys encoded per lock acquisition while committing, so a large burst of
+/// changes never holds a dict's lock (and so the workers) for long.
+const SNAPSHOT_CHUNK: usize = 256;
+
+/// redb's page cache. Reads happen once at start; writes are small. redb's
+/// default (1 GiB) is far more than this needs.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// The table of one dict: dict key → `record` bytes.
+fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// The durable half of a `DictStore`: the file, opened lazily, and the
+/// commit thread.
+#[derive(Debug)]
+pub(super) struct DurableStore {
+    path: PathBuf,
+    window: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+enum State {
+    /// No durable dict declared yet.
+    Unopened,
+    /// The file is open and the commit thread runs.
+    Open(Arc<Database>, Committer),
+    /// The file could not be used (logged); durable dicts stay in memory.
+    Unavailable,
+    /// `close` ran; later durable declarations stay in memory.
+    Closed,
+}
+
+impl DurableStore {
+    pub fn new(dir: &Path, window: Duration) -> DurableStore {
+        DurableStore {
+            path: dir.join(FILE_NAME),
+            // A zero window would spin the commit thread.
+            window: window.max(Duration::from_millis(1)),
+            state: Mutex::new(State::Unopened),
+        }
+    }
+
+    /// A dict `namespace/name` restored from disk and registered for commits;
+    /// a plain memory dict when the file is unavailable or closed.
+    pub fn attach(&self, namespace: &str, name: &str, capacity: u64) -> Arc<Dict> {
+        let full = format!("{namespace}/{name}");
+        let mut state = self.lock();
+        if matches!(*state, State::Unopened) {
+            *state = self.open();
+        }
+        let State::Open(db, committer) = &*state else {
+            tracing::warn!(dict = %full, "durable shared dict kept in memory only: its store is not available");
+            return Arc::new(Dict::new(full, capacity));
+        };
+        let dict = Arc::new(Dict::new(full.clone(), capacity));
+        dict.locked(|e, _| e.enable_journal());
+        restore(db, &self.path, &full, &dict);
+        committer.register(full, dict.clone());
+        dict
+    }
+
+    /// Commits everything pending, stops the thread and closes the file.
+    /// Later changes of durable dicts stay in memory. Idempotent.
+    pub fn close(&self) {
+        let old = std::mem::replace(&mut *self.lock(), State::Closed);
+        if let State::Open(db, committer) = old {
+            // Dropping the committer runs the last round and joins the
+            // thread, which held the other reference to the database;
+            // dropping ours then closes the file and releases its lock.
+            drop(committer);
+            drop(db);
+        }
+    }
+
+    /// The open database; for tests that read what was committed.
+    #[cfg(test)]
+    pub fn database(&self) -> Option<Arc<Database>> {
+        match &*self.lock() {
+            State::Open(db, _) => Some(db.clone()),
+            _ => None,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self) -> State {
+        if let Some(dir) = self.path.parent()
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot create the shared dict data dir; durable dicts stay in memory");
+            return State::Unavailable;
+        }
+        let db = match open_db(&self.path) {
+            Ok(db) => db,
+            Err(OpenError::InUse(e)) => {
+                tracing::error!(file = %self.path.display(), error = %e,
+                    "durable shared dict store is in use by another process; durable dicts stay in memory");
+                return State::Unavailable;
+            }
+            Err(OpenError::Bad(e)) => {
+                tracing::error!(file = %self.path.display(), error = %e,
+                    "durable shared dict store is corrupt or unreadable; moving it aside and starting empty");
+                crate::metrics::durable_store_corrupt();
+                let Some(db) = replace_bad_file(&self.path) else {
+                    return State::Unavailable;
+                };
+                db
+            }
+        };
+        let db = Arc::new(db);
+        match Committer::start(db.clone(), self.window) {
+            Ok(committer) => State::Open(db, committer),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the shared dict commit thread; durable dicts stay in memory");
+                State::Unavailable
+            }
+        }
+    }
+}
+
+enum OpenError {
+    /// Another process holds the file: not ours to touch.
+    InUse(DatabaseError),
+    /// Corrupt, unreadable or of an unknown format.
+    Bad(String),
+}
+
+fn open_db(path: &Path) -> Result<Database, OpenError> {
+    // redb documents that opening a file damaged outside redb may panic
+    // unless the integrity check runs, and its debug builds assert on some
+    // corruption; contain both rather than crash-looping on a bad file.
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        Database::builder()
+            .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+    }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e @ (DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch))) => {
+            Err(OpenError::InUse(e))
+        }
+        Ok(Err(e)) => Err(OpenError::Bad(e.to_string())),
+        Err(_) => Err(OpenError::Bad("redb panicked while opening the file".to_string())),
+    }
+}
+
+/// Renames the bad file aside and opens a new one in its place.
+fn replace_bad_file(path: &Path) -> Option<Database> {
+    let aside = aside_path(path);
+    if let Err(e) = std::fs::rename(path, &aside) {
+        tracing::error!(file = %path.display(), error = %e,
+            "cannot move the bad shared dict store aside; durable dicts stay in memory");
+        return None;
+    }
+    tracing::error!(file = %path.display(), moved_to = %aside.display(), "bad shared dict store moved aside");
+    match open_db(path) {
+        Ok(db) => Some(db),
+        Err(OpenError::InUse(e)) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot create a new shared dict store");
+            None
+        }
+        Err(OpenError::Bad(e)) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot create a new shared dict store");
+            None
+        }
+    }
+}
+
+/// `<file>.corrupt-<unix-seconds>`, with `-N` added if that exists already,
+/// so an earlier bad file is never overwritten.
+fn aside_path(path: &Path) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Appended to the OS string, so a non-UTF-8 path keeps its bytes.
+    let with_suffix = |suffix: String| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let mut candidate = with_suffix(format!(".corrupt-{secs}"));
+    let mut n = 1u32;
+    while candidate.exists() && n < u32::MAX {
+        candidate = with_suffix(format!(".corrupt-{secs}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// Loads the table of `dict` into it. A dict that cannot be read starts
+/// empty (logged); records that do not decode or have expired are dropped
+/// and left in the journal, so the next commit deletes them from disk.
+fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
+    let rows = match read_table(db, table) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(file = %path.display(), dict = %table, error = %e,
+                "cannot read a durable shared dict; it starts empty");
+            return;
+        }
+    };
+    let mut malformed = 0usize;
+    dict.locked(|e, now| {
+        for (key, bytes) in rows {
+            let key: Arc<[u8]> = Arc::from(key);
+            let Some(rec) = record::decode(&bytes) else {
+                malformed += 1;
+                e.mark_dirty(&key);
+                continue;
+            };
+            if expired_for_eviction(rec.expires, now) || super::check_key(&key).is_err() {
+                e.mark_dirty(&key);
+                continue;
+            }
+            let cost = match &rec.value {
+                Stored::Scalar(v) => entry_cost(key.len(), v),
+                Stored::List(items) => items.iter().map(list_node_cost).sum::<u64>() + list_entry_cost(key.len()),
+            };
+            // A dict redeclared smaller than before holds what fits; the
+            // rest is evicted as a write would evict it.
+            if let (true, _) = e.make_room(cost, true, now) {
+                e.insert(key, rec.value, rec.flags, rec.expires, cost);
+            } else {
+                e.mark_dirty(&key);
+            }
+        }
+        e.keep_dirty_removals();
+    });
+    if malformed > 0 {
+        tracing::error!(file = %path.display(), dict = %table, malformed,
+            "dropped malformed entries of a durable shared dict");
+    }
+}
+
+/// A row as read from disk: key and record bytes.
+type Row = (Vec<u8>, Vec<u8>);
+
+fn read_table(db: &Database, name: &str) -> Result<Vec<Row>, redb::Error> {
+    let txn = db.begin_read()?;
+    let t = match txn.open_table(table(name)) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut rows = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        rows.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(rows)
+}
+
+impl Dict {
+    /// The keys changed since the last call (the commit thread's take).
+    fn take_dirty(&self) -> Vec<Arc<[u8]>> {
+        self.locked(|e, _| e.take_dirty())
+    }
+
+    /// Puts keys of a failed commit back, to be retried.
+    fn mark_dirty_again(&self, keys: &[Arc<[u8]>]) {
+        self.locked(|e, _| keys.iter().for_each(|k| e.mark_dirty(k)));
+    }
+
+    /// The record to store for each key, or None to delete it: absent or
+    /// expired (expired entries are not restored, so they need no bytes).
+    fn snapshot(&self, keys: &[Arc<[u8]>]) -> Vec<Option<Vec<u8>>> {
+        self.locked(|e, now| {
+            keys.iter()
+                .map(|key| {
+                    let slot = e.peek(key).and_then(|idx| e.slot(idx))?;
+                    if expired_for_eviction(slot.expires, now) {
+                        return None;
+                    }
+                    Some(record::encode(&slot.value, slot.flags, slot.expires))
+                })
+                .collect()
+        })
+    }
+}
+
+/// The commit thread and what it shares with the store.
+#[derive(Debug)]
+struct Committer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    /// Dicts declared since the thread last looked.
+    new: Vec<(String, Arc<Dict>)>,
+    stop: bool,
+}
+
+impl Committer {
+    fn start(db: Arc<Database>, window: Duration) -> std::io::Result<Committer> {
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::Builder::new().name("shdict-commit".to_string()).spawn({
+            let shared = shared.clone();
+            move || run(db, window, &shared)
+        })?;
+        Ok(Committer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn register(&self, table: String, dict: Arc<Dict>) {
+        lock_inbox(&self.shared).new.push((table, dict));
+    }
+}
+
+impl Drop for Committer {
+    /// Asks for a last round and waits for it.
+    fn drop(&mut self) {
+        lock_inbox(&self.shared).stop = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the shared dict commit thread panicked; recent durable writes may be lost");
+        }
+    }
+}
+
+fn lock_inbox(shared: &Shared) -> MutexGuard<'_, Inbox> {
+    shared.inbox.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The commit loop: a round per window until stopped, then a last round.
+fn run(db: Arc<Database>, window: Duration, shared: &Shared) {
+    let mut dicts: Vec<(String, Arc<Dict>)> = Vec::new();
+    let mut failing = false;
+    let mut next = Instant::now() + window;
+    loop {
+        let stop = {
+            let mut inbox = lock_inbox(shared);
+            while !inbox.stop {
+                let left = next.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                inbox = shared
+                    .wake
+                    .wait_timeout(inbox, left)
+                    .map(|(guard, _)| guard)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            dicts.append(&mut inbox.new);
+            inbox.stop
+        };
+        // Schedule from the round's start, so the window is the period.
+        next = Instant::now() + window;
+        match commit_round(&db, &dicts) {
+            Ok(()) if failing => {
+                tracing::info!("durable shared dict commits succeed again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Once per failing streak: a full disk would log every 10 ms.
+                if !failing {
+                    tracing::error!(error = %e, "cannot commit durable shared dicts; retrying every window");
+                }
+                failing = true;
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// One dict's part of a round: its table, the dict and its changed keys.
+type Batch<'a> = (&'a str, &'a Dict, Vec<Arc<[u8]>>);
+
+/// Writes every changed key of every dict in one transaction. On failure the
+/// keys go back into their journals.
+fn commit_round(db: &Database, dicts: &[(String, Arc<Dict>)]) -> Result<(), redb::Error> {
+    let batches: Vec<Batch<'_>> = dicts
+        .iter()
+        .map(|(table, dict)| (table.as_str(), &**dict, dict.take_dirty()))
+        .filter(|(_, _, keys)| !keys.is_empty())
+        .collect();
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let result = write_batches(db, &batches);
+    if result.is_err() {
+        for (_, dict, keys) in &batches {
+            dict.mark_dirty_again(keys);
+        }
+    }
+    result
+}
+
+fn write_batches(db: &Database, batches: &[Batch<'_>]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    for (name, dict, keys) in batches {
+        let mut t = txn.open_table(table(name))?;
+        for chunk in keys.chunks(SNAPSHOT_CHUNK) {
+            for (key, record) in chunk.iter().zip(dict.snapshot(chunk)) {
+                match record {
+                    Some(bytes) => {
+                        t.insert(&**key, bytes.as_slice())?;
+                    }
+                    None => {
+                        t.remove(&**key)?;
+                    }
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
