@@ -5,7 +5,9 @@
 #
 # Usage: e2e/bench/run.sh
 # Environment:
-#   SCENARIOS    scenarios to run            (default "hello headers dict")
+#   SCENARIOS    scenarios to run            (default "hello headers dict dict-get dict-durable")
+#                  dict: incr on a memory dict; dict-get: get; dict-durable: incr on a
+#                  Moongate durable dict (redb write-behind) against nginx's memory dict
 #   CONFIGS      configurations to run       (default "pinned unpinned")
 #                  pinned:   1 server worker on CPU 0, wrk -t1 on CPU 1
 #                  unpinned: nproc server workers, wrk -t2, no pinning
@@ -18,7 +20,7 @@
 #   KEEP=1       keep the work directory (configs, logs, raw wrk output)
 set -euo pipefail
 
-SCENARIOS=${SCENARIOS:-"hello headers dict"}
+SCENARIOS=${SCENARIOS:-"hello headers dict dict-get dict-durable"}
 CONFIGS=${CONFIGS:-"pinned unpinned"}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -35,7 +37,7 @@ for v in DURATION WARMUP CONNECTIONS ROUNDS; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 for s in $SCENARIOS; do
-    case $s in hello | headers | dict) ;; *) die "unknown scenario '$s' (hello, headers, dict)" ;; esac
+    case $s in hello | headers | dict | dict-get | dict-durable) ;; *) die "unknown scenario '$s' (hello, headers, dict, dict-get, dict-durable)" ;; esac
 done
 for c in $CONFIGS; do
     case $c in pinned | unpinned) ;; *) die "unknown config '$c' (pinned, unpinned)" ;; esac
@@ -151,7 +153,8 @@ lua_for() {
     case $1 in
     hello) echo 'ngx.say("hello")' ;;
     headers) echo 'local h = ngx.req.get_headers()["x-test"] or "-" local x = ngx.var.arg_x or "-" ngx.header["X-A"] = h ngx.header["X-B"] = x ngx.say("ok ", h, " ", x)' ;;
-    dict) echo 'local v = ngx.shared.d:incr("k", 1, 0) ngx.say(v)' ;;
+    dict | dict-durable) echo 'local v = ngx.shared.d:incr("k", 1, 0) ngx.say(v)' ;;
+    dict-get) echo 'local v = ngx.shared.d:get("k") if not v then ngx.shared.d:set("k", "value") end ngx.say(v)' ;;
     esac
 }
 
@@ -161,7 +164,7 @@ apiVersion: moongate.dev/v1alpha1
 kind: LuaRoute
 metadata: {name: bench, namespace: default}
 spec:
-  sharedDicts: [{name: d, capacity: 1m}]
+  sharedDicts: [{name: d, capacity: 1m, persistence: $([[ $1 == dict-durable ]] && echo Durable || echo Memory)}]
   locations:
     - path: /t
       match: Exact
@@ -221,7 +224,7 @@ start_server() {
     if [[ $kind == moongate ]]; then
         write_routes "$scenario" "$dir/routes.yaml"
         "${taskset[@]}" "$DATAPLANE" --routes "$dir/routes.yaml" --listen "127.0.0.1:$PORT" \
-            --workers "$workers" >"$dir/server.log" 2>&1 &
+            --workers "$workers" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
     else
         write_nginx_conf "$scenario" "$workers" "$PORT" "$dir"
         "${taskset[@]}" "$NGINX" -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/server.log" 2>&1 &
