@@ -5,10 +5,12 @@
 //! `config` is the dataplane's view of a snapshot; `worker` and `http::server`
 //! run one Lua VM per thread; `phase` drives a request through the phases;
 //! `lua` holds the VM, the sandbox and the `ngx` API; `shdict` the shared
-//! dicts; `standalone` loads LuaRoute files without a cluster.
+//! dicts; `durable_timer` the timers stored with them; `standalone` loads
+//! LuaRoute files without a cluster.
 
 pub mod admin;
 pub mod config;
+pub mod durable_timer;
 pub mod error;
 pub mod http;
 pub mod lua;

@@ -37,6 +37,9 @@ struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     config_version: Gauge,
     durable_store_corrupt: Counter,
+    durable_timers_fired: Counter,
+    durable_timers_dropped: Counter,
+    timer_callback_errors: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -75,6 +78,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Durable shared dict files found corrupt or unreadable, moved aside and started empty",
         durable_store_corrupt.clone(),
     );
+    let durable_timers_fired = Counter::default();
+    registry.register(
+        "durable_timers_fired",
+        "Durable timers whose callback ran (successfully or not)",
+        durable_timers_fired.clone(),
+    );
+    let durable_timers_dropped = Counter::default();
+    registry.register(
+        "durable_timers_dropped",
+        "Durable timers dropped at fire time: route, module or function gone, or record unreadable",
+        durable_timers_dropped.clone(),
+    );
+    let timer_callback_errors = Counter::default();
+    registry.register(
+        "timer_callback_errors",
+        "Timer callbacks (ngx.timer.* and durable) that ended with a Lua error",
+        timer_callback_errors.clone(),
+    );
     Metrics {
         registry,
         responses,
@@ -83,6 +104,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         reloads,
         config_version,
         durable_store_corrupt,
+        durable_timers_fired,
+        durable_timers_dropped,
+        timer_callback_errors,
     }
 });
 
@@ -118,6 +142,27 @@ pub fn config_version(version: u64) {
 /// Counts a durable shared dict file that was corrupt or unreadable.
 pub fn durable_store_corrupt() {
     METRICS.durable_store_corrupt.inc();
+}
+
+pub fn durable_timer_fired() {
+    METRICS.durable_timers_fired.inc();
+}
+
+pub fn durable_timer_dropped() {
+    METRICS.durable_timers_dropped.inc();
+}
+
+pub fn timer_callback_error() {
+    METRICS.timer_callback_errors.inc();
+}
+
+/// (fired, dropped, callback errors) so far; for tests.
+pub fn durable_timer_counts() -> (u64, u64, u64) {
+    (
+        METRICS.durable_timers_fired.get(),
+        METRICS.durable_timers_dropped.get(),
+        METRICS.timer_callback_errors.get(),
+    )
 }
 
 /// The text exposition format.

@@ -96,6 +96,7 @@ impl Worker {
             }
             Control::Commit => {
                 if let Some(loaded) = self.pending.borrow_mut().take() {
+                    crate::durable_timer::commit(self.id, self.settings.workers, &loaded.config);
                     self.vm.run_init_worker(&loaded);
                     *self.current.borrow_mut() = loaded;
                     self.serving.set(true);

@@ -79,6 +79,7 @@ impl Vm {
         })?;
         let ngx_metatable = ngx_metatable(&lua)?;
         super::budget::install(&lua)?;
+        crate::durable_timer::attach(&lua, &yield_marker, &dicts);
         Ok(Vm {
             lua,
             yield_marker,
@@ -131,6 +132,7 @@ impl Vm {
                 .new_env
                 .call((ngx, modules, self.load_module.clone()))
                 .map_err(fail)?;
+            crate::durable_timer::install(&self.lua, &env, route, &config).map_err(fail)?;
             let load = |chunk: &Chunk| -> Result<Function> {
                 self.lua
                     .load(&chunk.bytecode[..])

@@ -47,7 +47,16 @@
 //! file cannot cause a crash loop. A file held by another process (a second
 //! dataplane on the same data dir) is left alone; durable dicts then run in
 //! memory only, with an error log.
+//!
+//! **Durable timers** (`crate::durable_timer`) live in the same file, in the
+//! table [`TIMERS_TABLE`] (timer id → record bytes, opaque here). Their
+//! inserts and deletes are queued in the commit thread's inbox and written
+//! in the same round transaction as the dicts: one file, one fsync per
+//! window. The last operation queued for an id wins, so a timer created and
+//! completed within one window costs nothing on disk. The rows found at open
+//! are kept for the workers to take (`take_restored_timers`) when they re-arm.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -73,6 +82,14 @@ const SNAPSHOT_CHUNK: usize = 256;
 /// default (1 GiB) is far more than this needs.
 const CACHE_BYTES: usize = 16 << 20;
 
+/// The table of durable timers: timer id → timer record bytes. Dict tables
+/// are named `"<namespace>/<dict>"`, always with a slash, so this name never
+/// collides with one.
+pub const TIMERS_TABLE: &str = "moongate.timers";
+
+/// A queued timer change: the record to store, or None to delete it.
+pub type TimerOp = Option<Vec<u8>>;
+
 /// The table of one dict: dict key → `record` bytes.
 fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
@@ -85,6 +102,8 @@ pub(super) struct DurableStore {
     path: PathBuf,
     window: Duration,
     state: Mutex<State>,
+    /// Timer rows found in the file when it was opened, not yet taken.
+    restored_timers: Mutex<Vec<Row>>,
 }
 
 #[derive(Debug)]
@@ -106,7 +125,40 @@ impl DurableStore {
             // A zero window would spin the commit thread.
             window: window.max(Duration::from_millis(1)),
             state: Mutex::new(State::Unopened),
+            restored_timers: Mutex::default(),
         }
+    }
+
+    /// Queues a durable timer change for the next round, opening the file
+    /// first if needed. False when it cannot be persisted (file unavailable
+    /// or closed): the timer then lives in memory only.
+    pub fn queue_timer(&self, id: &str, op: TimerOp) -> bool {
+        let mut state = self.lock();
+        // A delete never needs to create the file: nothing can be stored yet.
+        if matches!(*state, State::Unopened) && op.is_some() {
+            *state = self.open();
+        }
+        let State::Open(_, committer) = &*state else {
+            return false;
+        };
+        lock_inbox(&committer.shared).timers.insert(id.to_string(), op);
+        true
+    }
+
+    /// Takes the timer rows stored by earlier processes for which `keep`
+    /// returns true (each worker takes its share). Opens an existing file
+    /// that no dict opened yet; never creates one.
+    pub fn take_restored_timers(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+        {
+            let mut state = self.lock();
+            if matches!(*state, State::Unopened) && self.path.exists() {
+                *state = self.open();
+            }
+        }
+        let mut restored = self.restored_timers.lock().unwrap_or_else(|e| e.into_inner());
+        let (taken, left) = std::mem::take(&mut *restored).into_iter().partition(|(id, _)| keep(id));
+        *restored = left;
+        taken
     }
 
     /// A dict `namespace/name` restored from disk and registered for commits;
@@ -178,6 +230,11 @@ impl DurableStore {
                 db
             }
         };
+        match read_table(&db, TIMERS_TABLE) {
+            Ok(rows) => *self.restored_timers.lock().unwrap_or_else(|e| e.into_inner()) = rows,
+            Err(e) => tracing::error!(file = %self.path.display(), error = %e,
+                "cannot read the durable timers; they are not re-armed"),
+        }
         let db = Arc::new(db);
         match Committer::start(db.clone(), self.window) {
             Ok(committer) => State::Open(db, committer),
@@ -368,6 +425,8 @@ struct Shared {
 struct Inbox {
     /// Dicts declared since the thread last looked.
     new: Vec<(String, Arc<Dict>)>,
+    /// Durable timer changes since the last round, by timer id.
+    timers: HashMap<String, TimerOp>,
     stop: bool,
 }
 
@@ -412,7 +471,7 @@ fn run(db: Arc<Database>, window: Duration, shared: &Shared) {
     let mut failing = false;
     let mut next = Instant::now() + window;
     loop {
-        let stop = {
+        let (stop, mut timers) = {
             let mut inbox = lock_inbox(shared);
             while !inbox.stop {
                 let left = next.saturating_duration_since(Instant::now());
@@ -426,11 +485,19 @@ fn run(db: Arc<Database>, window: Duration, shared: &Shared) {
                     .unwrap_or_else(|e| e.into_inner().0);
             }
             dicts.append(&mut inbox.new);
-            inbox.stop
+            (inbox.stop, std::mem::take(&mut inbox.timers))
         };
         // Schedule from the round's start, so the window is the period.
         next = Instant::now() + window;
-        match commit_round(&db, &dicts) {
+        let result = commit_round(&db, &dicts, &timers);
+        if result.is_err() {
+            // Retry next round; a change queued meanwhile is newer and wins.
+            let mut inbox = lock_inbox(shared);
+            for (id, op) in timers.drain() {
+                inbox.timers.entry(id).or_insert(op);
+            }
+        }
+        match result {
             Ok(()) if failing => {
                 tracing::info!("durable shared dict commits succeed again");
                 failing = false;
@@ -453,18 +520,23 @@ fn run(db: Arc<Database>, window: Duration, shared: &Shared) {
 /// One dict's part of a round: its table, the dict and its changed keys.
 type Batch<'a> = (&'a str, &'a Dict, Vec<Arc<[u8]>>);
 
-/// Writes every changed key of every dict in one transaction. On failure the
-/// keys go back into their journals.
-fn commit_round(db: &Database, dicts: &[(String, Arc<Dict>)]) -> Result<(), redb::Error> {
+/// Writes every changed key of every dict and the timer changes in one
+/// transaction. On failure the keys go back into their journals (the caller
+/// requeues the timer changes).
+fn commit_round(
+    db: &Database,
+    dicts: &[(String, Arc<Dict>)],
+    timers: &HashMap<String, TimerOp>,
+) -> Result<(), redb::Error> {
     let batches: Vec<Batch<'_>> = dicts
         .iter()
         .map(|(table, dict)| (table.as_str(), &**dict, dict.take_dirty()))
         .filter(|(_, _, keys)| !keys.is_empty())
         .collect();
-    if batches.is_empty() {
+    if batches.is_empty() && timers.is_empty() {
         return Ok(());
     }
-    let result = write_batches(db, &batches);
+    let result = write_batches(db, &batches, timers);
     if result.is_err() {
         for (_, dict, keys) in &batches {
             dict.mark_dirty_again(keys);
@@ -473,8 +545,21 @@ fn commit_round(db: &Database, dicts: &[(String, Arc<Dict>)]) -> Result<(), redb
     result
 }
 
-fn write_batches(db: &Database, batches: &[Batch<'_>]) -> Result<(), redb::Error> {
+fn write_batches(db: &Database, batches: &[Batch<'_>], timers: &HashMap<String, TimerOp>) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
+    if !timers.is_empty() {
+        let mut t = txn.open_table(table(TIMERS_TABLE))?;
+        for (id, op) in timers {
+            match op {
+                Some(bytes) => {
+                    t.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                None => {
+                    t.remove(id.as_bytes())?;
+                }
+            }
+        }
+    }
     for (name, dict, keys) in batches {
         let mut t = txn.open_table(table(name))?;
         for chunk in keys.chunks(SNAPSHOT_CHUNK) {

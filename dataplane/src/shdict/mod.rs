@@ -523,6 +523,30 @@ impl DictStore {
             .map(|d| d.dict.clone())
     }
 
+    /// Queues durable timer `id` with its `record` (opaque bytes) for the
+    /// next group commit, in the same file and transaction as the durable
+    /// dicts. False when it cannot be persisted (no data dir, file
+    /// unavailable or closed): the caller keeps the timer in memory only.
+    pub fn put_timer(&self, id: &str, record: Vec<u8>) -> bool {
+        self.durable.as_ref().is_some_and(|s| s.queue_timer(id, Some(record)))
+    }
+
+    /// Queues the deletion of durable timer `id` (write-behind, as `put_timer`).
+    pub fn delete_timer(&self, id: &str) {
+        if let Some(store) = &self.durable {
+            store.queue_timer(id, None);
+        }
+    }
+
+    /// Takes the (id, record) rows of the durable timers earlier processes
+    /// left in the file, for which `keep(id)` is true; each row is handed
+    /// out once per process. Empty without a data dir or a file.
+    pub fn take_restored_timers(&self, keep: impl FnMut(&[u8]) -> bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.durable
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.take_restored_timers(keep))
+    }
+
     /// For graceful shutdown: commits every pending durable change, stops
     /// the commit thread and closes the file (blocking for one commit).
     /// Durable dicts keep working in memory afterwards, unpersisted.

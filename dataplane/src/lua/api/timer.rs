@@ -154,53 +154,58 @@ impl Timer {
 
     /// Runs the callback in a coroutine, serving `ngx.sleep` yields.
     async fn fire(&self, premature: bool) {
-        let thread = match self.lua.create_thread(self.callback.clone()) {
-            Ok(t) => t,
-            Err(e) => return tracing::error!("{}timer: {e}", self.site),
-        };
-        let mut args: MultiValue = std::iter::once(Value::Boolean(premature))
+        let args = std::iter::once(Value::Boolean(premature))
             .chain(self.extra.iter().cloned())
             .collect();
-        loop {
-            let result = crate::lua::with_vm_phase("timer", || {
-                crate::lua::budget::with_vm_budget(TIMER_BUDGET, || thread.resume::<MultiValue>(args))
-            });
-            let values = match result {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::error!(
-                        "{}timer: lua entry thread aborted: {}",
-                        self.site,
-                        crate::lua::error_message(&e)
-                    );
-                    return;
-                }
-            };
-            if thread.status() != ThreadStatus::Resumable {
-                return;
+        if let Err(e) = drive(&self.lua, &self.marker, &self.callback, args).await {
+            tracing::error!("{}timer: lua entry thread aborted: {e}", self.site);
+        }
+    }
+}
+
+/// Runs `callback(args...)` to completion in its own coroutine, outside any
+/// request, serving `ngx.sleep` yields; shared with durable timers. An error
+/// (returned as its message, with the chunk and line) is counted in
+/// `moongate_timer_callback_errors_total`; the caller logs it with context.
+pub(crate) async fn drive(lua: &Lua, marker: &Table, callback: &Function, mut args: MultiValue) -> Result<(), String> {
+    let thread = lua.create_thread(callback.clone()).map_err(|e| {
+        crate::metrics::timer_callback_error();
+        format!("cannot create a coroutine: {e}")
+    })?;
+    loop {
+        let result = crate::lua::with_vm_phase("timer", || {
+            crate::lua::budget::with_vm_budget(TIMER_BUDGET, || thread.resume::<MultiValue>(args))
+        });
+        let values = match result {
+            Ok(v) => v,
+            Err(e) => {
+                crate::metrics::timer_callback_error();
+                return Err(crate::lua::error_message(&e));
             }
-            let mut values = values.into_iter();
-            let is_marker =
-                matches!(values.next(), Some(Value::Table(t)) if t.to_pointer() == self.marker.to_pointer());
-            let op = match values.next() {
-                Some(Value::Integer(op)) if is_marker => op,
-                _ => 0,
+        };
+        if thread.status() != ThreadStatus::Resumable {
+            return Ok(());
+        }
+        let mut values = values.into_iter();
+        let is_marker = matches!(values.next(), Some(Value::Table(t)) if t.to_pointer() == marker.to_pointer());
+        let op = match values.next() {
+            Some(Value::Integer(op)) if is_marker => op,
+            _ => 0,
+        };
+        args = MultiValue::new();
+        if op == OP_SLEEP {
+            let secs = match values.next() {
+                Some(Value::Integer(i)) => i as f64,
+                Some(Value::Number(n)) => n,
+                _ => 0.0,
             };
-            args = MultiValue::new();
-            if op == OP_SLEEP {
-                let secs = match values.next() {
-                    Some(Value::Integer(i)) => i as f64,
-                    Some(Value::Number(n)) => n,
-                    _ => 0.0,
-                };
-                tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 1e9))).await;
-                super::time::update_cached_time();
-            } else if is_marker {
-                // ngx.exit() and friends end a timer's coroutine.
-                return;
-            } else {
-                tokio::task::yield_now().await;
-            }
+            tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 1e9))).await;
+            super::time::update_cached_time();
+        } else if is_marker {
+            // ngx.exit() and friends end a timer's coroutine.
+            return Ok(());
+        } else {
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -1,0 +1,440 @@
+//! Durable timers, beyond OpenResty:
+//! `moongate.timer.at_durable(delay, "module.function", args...)`.
+//!
+//! In: calls from route code, and the timers earlier processes stored. Out:
+//! the callback `require(module)[function](false, args...)` run once at its
+//! fire time in its own coroutine (it may `ngx.sleep`), in the env of its
+//! route in the config being served then; and the timer's record, stored in
+//! the durable dicts' redb file (`shdict::durable`, table `moongate.timers`)
+//! from creation until the callback finished.
+//!
+//! The callback is named by reference, never stored as a function: a stored
+//! closure could not bring its upvalues back after a restart, and naming a
+//! module function means the code that runs is the code of the route's
+//! config being served at fire time. Arguments are plain data (`codec`).
+//!
+//! **Crash guarantee.** Creation and completion are both write-behind, in
+//! the dicts' group commits. A timer is stored once the first commit round
+//! after `at_durable` returned has committed (one commit window, default
+//! 10 ms, plus the commit in flight); a crash before that loses it. Its
+//! deletion is queued when the callback finishes (success or error), so it
+//! fires again after a crash only if that crash came before the deletion
+//! was committed: within one commit window of completion, or while the
+//! callback ran. Otherwise each stored timer fires exactly once. A graceful
+//! shutdown never runs durable timers prematurely: pending ones stay stored
+//! (the final commit flushes queued changes) and fire after the next start.
+//!
+//! **Where they run.** A timer created by a worker fires on that worker. At
+//! the first commit of a config each worker re-arms its share of the stored
+//! timers — those whose id hashes (FNV-1a) to its index — past fire times
+//! firing at once. A timer whose route, module or function is gone at fire
+//! time, or whose record does not decode, is dropped: logged, counted
+//! (`moongate_durable_timers_dropped_total`) and deleted.
+//!
+//! Without a data dir (or with the file unavailable) timers work the same in
+//! memory only, with one warning per process.
+//!
+//! State is per worker thread (`thread_local!`), like the VM it belongs to;
+//! the glue is `attach` (VM created), `install` (per route env) and `commit`
+//! (config committed).
+
+pub mod codec;
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mlua::{Function, Lua, MultiValue, Table, Value, WeakLua};
+
+use crate::config::{Config, Route};
+use crate::shdict::DictStore;
+use codec::Record;
+
+/// Durable timers waiting on one worker beyond which `at_durable` refuses.
+pub const MAX_PENDING: usize = 4096;
+
+/// Instructions `require` of the callback's module may run (a timer's budget).
+const LOAD_BUDGET: u64 = crate::worker::DEFAULT_INSTRUCTION_BUDGET;
+
+/// The longest delay honoured, as for `ngx.timer.at`.
+const MAX_DELAY_SECS: f64 = 1e9;
+
+const API: &str = "at_durable";
+
+/// What the worker's VM gives the timers.
+struct WorkerState {
+    lua: WeakLua,
+    marker: Table,
+    dicts: Arc<DictStore>,
+}
+
+/// A route's env as loaded into this worker's VM.
+#[derive(Clone)]
+struct RouteEnv {
+    /// The sandbox's own `require` (taken at install: a route may replace its
+    /// global `require`, not this one).
+    require: Function,
+    modules: Vec<String>,
+}
+
+/// The routes of one config version, by route id (`namespace/name`).
+struct Routes {
+    config: Arc<Config>,
+    routes: HashMap<String, RouteEnv>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<WorkerState>> = const { RefCell::new(None) };
+    /// Routes of the config being loaded (`Prepare`), not yet serving.
+    static PREPARED: RefCell<Option<Routes>> = const { RefCell::new(None) };
+    /// Routes of the config being served: where timers fire.
+    static CURRENT: RefCell<Option<Routes>> = const { RefCell::new(None) };
+    static REARMED: Cell<bool> = const { Cell::new(false) };
+    static PENDING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Glue, in `Vm::new`: the VM, its yield marker (for `ngx.sleep` in
+/// callbacks) and the store timers are persisted in.
+pub fn attach(lua: &Lua, yield_marker: &Table, dicts: &Arc<DictStore>) {
+    WORKER.with(|w| {
+        *w.borrow_mut() = Some(WorkerState {
+            lua: lua.weak(),
+            marker: yield_marker.clone(),
+            dicts: dicts.clone(),
+        })
+    });
+}
+
+/// Glue, in `Vm::load` per route, after its env is built: sets
+/// `moongate.timer.at_durable` in `env` and records the env so timers of this
+/// route fire in it once `config` is committed.
+pub fn install(lua: &Lua, env: &Table, route: &Route, config: &Arc<Config>) -> mlua::Result<()> {
+    let require: Function = env.raw_get("require")?;
+    let modules: Vec<String> = route.modules.iter().map(|(name, _)| name.clone()).collect();
+    let namespace = route.namespace.clone();
+    let name = route
+        .id
+        .strip_prefix(&format!("{namespace}/"))
+        .unwrap_or(&route.id)
+        .to_string();
+    let names = modules.clone();
+    let create = lua.create_function(move |_, args: MultiValue| at_durable(&namespace, &name, &names, args))?;
+    // The Lua wrapper passes `require` in: a Rust closure holding a Lua value
+    // that (through the env) holds the closure would be a cycle the GC cannot
+    // see, leaking every config's env.
+    let wrapper: Function = lua
+        .load("local create, require = ...\nreturn function(...) return create(require, ...) end")
+        .set_name("=moongate.timer")
+        .call((create, require.clone()))?;
+    let timer = lua.create_table()?;
+    timer.set("at_durable", wrapper)?;
+    let moongate = lua.create_table()?;
+    moongate.set("timer", timer)?;
+    env.raw_set("moongate", moongate)?;
+    PREPARED.with(|p| {
+        let mut p = p.borrow_mut();
+        if !p.as_ref().is_some_and(|r| Arc::ptr_eq(&r.config, config)) {
+            *p = Some(Routes {
+                config: config.clone(),
+                routes: HashMap::new(),
+            });
+        }
+        if let Some(r) = p.as_mut() {
+            r.routes.insert(route.id.clone(), RouteEnv { require, modules });
+        }
+    });
+    Ok(())
+}
+
+/// Glue, in `Worker::handle(Commit)` once `config` serves: timers fire in its
+/// routes from now on. The first call on a worker also re-arms its share of
+/// the timers stored by earlier processes.
+pub fn commit(worker_id: usize, workers: usize, config: &Arc<Config>) {
+    let prepared = PREPARED.with(|p| p.borrow_mut().take());
+    let routes = match prepared {
+        Some(r) if Arc::ptr_eq(&r.config, config) => r,
+        // A config without routes installs nothing.
+        _ => Routes {
+            config: config.clone(),
+            routes: HashMap::new(),
+        },
+    };
+    CURRENT.with(|c| *c.borrow_mut() = Some(routes));
+    if !REARMED.with(|r| r.replace(true)) {
+        rearm(worker_id, workers);
+    }
+}
+
+/// Durable timers pending (not yet firing) on this worker.
+pub fn pending() -> usize {
+    PENDING.with(Cell::get)
+}
+
+/// The worker that re-arms the stored timer `id`: stable across restarts
+/// with the same worker count.
+pub fn owner(id: &[u8], workers: usize) -> usize {
+    let hash = id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % workers.max(1) as u64) as usize
+}
+
+fn rearm(worker_id: usize, workers: usize) {
+    let Some(dicts) = WORKER.with(|w| w.borrow().as_ref().map(|w| w.dicts.clone())) else {
+        return;
+    };
+    let rows = dicts.take_restored_timers(|id| owner(id, workers) == worker_id);
+    let mut armed = 0usize;
+    for (id, bytes) in rows {
+        let Ok(id) = String::from_utf8(id) else {
+            // Never written by us; cannot be deleted through the &str API either.
+            tracing::error!(
+                worker = worker_id,
+                "ignoring a stored durable timer with a non-UTF-8 id"
+            );
+            crate::metrics::durable_timer_dropped();
+            continue;
+        };
+        match codec::decode(&bytes) {
+            Some(rec) => {
+                schedule(id, rec);
+                armed += 1;
+            }
+            None => {
+                tracing::error!(worker = worker_id, timer = %id, "dropping a durable timer whose record does not decode");
+                crate::metrics::durable_timer_dropped();
+                dicts.delete_timer(&id);
+            }
+        }
+    }
+    if armed > 0 {
+        tracing::info!(worker = worker_id, timers = armed, "re-armed durable timers");
+    }
+}
+
+/// `moongate.timer.at_durable(require, delay, "module.function", args...)`
+/// (the wrapper put `require` first).
+fn at_durable(
+    namespace: &str,
+    route: &str,
+    modules: &[String],
+    args: MultiValue,
+) -> mlua::Result<(Option<String>, Option<String>)> {
+    let mut args = args.into_iter();
+    let Some(Value::Function(require)) = args.next() else {
+        return Err(mlua::Error::runtime("moongate.timer: internal error (no require)"));
+    };
+    if crate::lua::phase_name() == "init" {
+        // A config being prepared may never serve; and every worker runs init.
+        return Err(mlua::Error::runtime("API disabled in the context of init_by_lua*"));
+    }
+    let delay = match args.next() {
+        Some(Value::Integer(i)) => i as f64,
+        Some(Value::Number(n)) => n,
+        other => {
+            return Err(bad_arg(
+                1,
+                format!("number expected, got {}", type_name(other.as_ref())),
+            ));
+        }
+    };
+    if delay.is_nan() || delay < 0.0 {
+        return Err(bad_arg(1, "delay must be >= 0".into()));
+    }
+    let callback = match args.next() {
+        Some(Value::String(s)) => s.to_str()?.to_string(),
+        other => {
+            return Err(bad_arg(
+                2,
+                format!("string expected, got {}", type_name(other.as_ref())),
+            ));
+        }
+    };
+    check_callback(&require, modules, &callback)?;
+    let extra: Vec<Value> = args.collect();
+    let stored = codec::args_from_lua(&extra).map_err(|(i, why)| bad_arg(i + 3, why))?;
+    if crate::lua::exiting() {
+        return Ok((None, Some("process exiting".into())));
+    }
+    if pending() >= MAX_PENDING {
+        return Ok((None, Some("too many pending durable timers".into())));
+    }
+    let Some(dicts) = WORKER.with(|w| w.borrow().as_ref().map(|w| w.dicts.clone())) else {
+        return Ok((None, Some("durable timers are not available here".into())));
+    };
+    let rec = Record {
+        namespace: namespace.to_string(),
+        route: route.to_string(),
+        callback,
+        fire_at_ms: unix_ms().saturating_add((delay.min(MAX_DELAY_SECS) * 1000.0) as u64),
+        args: stored,
+    };
+    let id = new_id();
+    if !dicts.put_timer(&id, codec::encode(&rec)) {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!("durable timers kept in memory only: no usable data dir; they will not survive a restart");
+        }
+    }
+    schedule(id.clone(), rec);
+    Ok((Some(id), None))
+}
+
+/// Raises unless `callback` is `"module.function"` naming a function of one
+/// of the route's modules (loading the module if it was not yet).
+fn check_callback(require: &Function, modules: &[String], callback: &str) -> mlua::Result<()> {
+    let Some((module, function)) = split_callback(callback) else {
+        return Err(bad_arg(2, format!("\"module.function\" expected, got \"{callback}\"")));
+    };
+    if !modules.iter().any(|m| m == module) {
+        return Err(bad_arg(2, format!("no module '{module}' in this LuaRoute")));
+    }
+    let exported: Value = require.call(module)?;
+    let found = match exported {
+        Value::Table(t) => matches!(t.get::<Value>(function)?, Value::Function(_)),
+        _ => false,
+    };
+    if !found {
+        return Err(bad_arg(2, format!("module '{module}' has no function '{function}'")));
+    }
+    Ok(())
+}
+
+/// `"a.b.run"` → `("a.b", "run")`: module names may contain dots.
+pub fn split_callback(callback: &str) -> Option<(&str, &str)> {
+    let (module, function) = callback.rsplit_once('.')?;
+    (!module.is_empty() && !function.is_empty()).then_some((module, function))
+}
+
+fn bad_arg(n: usize, why: String) -> mlua::Error {
+    mlua::Error::runtime(format!("bad argument #{n} to '{API}' ({why})"))
+}
+
+fn type_name(v: Option<&Value>) -> &'static str {
+    v.map_or("no value", Value::type_name)
+}
+
+/// Unique across workers and restarts: time, process and a counter.
+fn new_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:x}-{:x}-{:x}",
+        unix_ms(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Waits for the fire time on this worker, then fires. On shutdown the wait
+/// is simply abandoned: the timer stays stored for the next start.
+fn schedule(id: String, rec: Record) {
+    PENDING.with(|p| p.set(p.get() + 1));
+    tokio::task::spawn_local(async move {
+        let wait = rec.fire_at_ms.saturating_sub(unix_ms());
+        if wait == 0 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        PENDING.with(|p| p.set(p.get().saturating_sub(1)));
+        if crate::lua::exiting() {
+            return;
+        }
+        fire(&id, &rec).await;
+    });
+}
+
+/// How a firing ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The callback ran to its end.
+    Completed,
+    /// The callback (or loading its module) raised this error.
+    Failed(String),
+    /// Not run, for this reason.
+    Dropped(String),
+}
+
+/// Runs timer `id` now, then logs, counts and queues its deletion, whatever
+/// the outcome: a callback that failed once would fail again.
+async fn fire(id: &str, rec: &Record) -> Outcome {
+    let outcome = run(rec).await;
+    let route = rec.route_id();
+    match &outcome {
+        Outcome::Completed => crate::metrics::durable_timer_fired(),
+        Outcome::Failed(e) => {
+            crate::metrics::durable_timer_fired();
+            tracing::error!(route = %route, timer = %id, callback = %rec.callback, "durable timer callback failed: {e}");
+        }
+        Outcome::Dropped(why) => {
+            crate::metrics::durable_timer_dropped();
+            tracing::warn!(route = %route, timer = %id, callback = %rec.callback, "durable timer dropped: {why}");
+        }
+    }
+    if let Some(dicts) = WORKER.with(|w| w.borrow().as_ref().map(|w| w.dicts.clone())) {
+        dicts.delete_timer(id);
+    }
+    outcome
+}
+
+async fn run(rec: &Record) -> Outcome {
+    let Some((lua, marker)) = WORKER.with(|w| {
+        let w = w.borrow();
+        let w = w.as_ref()?;
+        Some((w.lua.try_upgrade()?, w.marker.clone()))
+    }) else {
+        return Outcome::Dropped("the worker's Lua VM is gone".into());
+    };
+    let route_id = rec.route_id();
+    let Some(env) = CURRENT.with(|c| c.borrow().as_ref()?.routes.get(&route_id).cloned()) else {
+        return Outcome::Dropped(format!("route {route_id} is not in the config being served"));
+    };
+    let Some((module, function)) = split_callback(&rec.callback) else {
+        return Outcome::Dropped(format!("malformed callback \"{}\"", rec.callback));
+    };
+    if !env.modules.iter().any(|m| m == module) {
+        return Outcome::Dropped(format!("route {route_id} has no module '{module}'"));
+    }
+    let loaded = crate::lua::with_vm_phase("timer", || {
+        crate::lua::budget::with_vm_budget(LOAD_BUDGET, || env.require.call::<Value>(module))
+    });
+    let exported = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            crate::metrics::timer_callback_error();
+            return Outcome::Failed(crate::lua::error_message(&e));
+        }
+    };
+    let callback = match exported {
+        Value::Table(t) => t.get::<Value>(function).ok(),
+        _ => None,
+    };
+    let Some(Value::Function(callback)) = callback else {
+        return Outcome::Dropped(format!("module '{module}' has no function '{function}'"));
+    };
+    let mut args = MultiValue::new();
+    args.push_back(Value::Boolean(false));
+    for a in &rec.args {
+        match codec::to_lua(&lua, a) {
+            Ok(v) => args.push_back(v),
+            Err(e) => {
+                crate::metrics::timer_callback_error();
+                return Outcome::Failed(format!("cannot build the arguments: {e}"));
+            }
+        }
+    }
+    match crate::lua::api::timer::drive(&lua, &marker, &callback, args).await {
+        Ok(()) => Outcome::Completed,
+        Err(e) => Outcome::Failed(e),
+    }
+}
