@@ -343,3 +343,25 @@ fn subrequests_capture_status_headers_and_body() {
         "201 1 sub 1 GET true shared\n\nsub 2 POST true -\nsub 3 GET true -\nfalse\n"
     );
 }
+
+#[test]
+fn timers_fire_with_args_and_can_be_cancelled() {
+    let s = Server::start(&route(
+        "timers",
+        r#"  sharedDicts: [{name: t, capacity: 1m}]
+  locations:
+  - path: /arm
+    content: |
+      local t = ngx.shared.t
+      local keep = ngx.timer.at(0.05, function(premature, v) t:set("kept", v) end, "ran")
+      local drop = ngx.timer.at(0.05, function() t:set("dropped", "ran") end)
+      ngx.say(ngx.timer.pending_count(), " ", tostring(moongate.timer.cancel(drop)), " ", ngx.timer.pending_count())
+      ngx.say(select(2, moongate.timer.cancel(drop)))
+      ngx.sleep(0.3)
+      ngx.say(t:get("kept"), " ", tostring(t:get("dropped")), " ", tostring(moongate.timer.cancel(keep)))
+"#,
+    ));
+    let r = s.get("/arm");
+    assert_eq!(r.status, 200, "{}", s.logs());
+    assert_eq!(r.text(), "2 true 1\nnot found\nran nil nil\n");
+}

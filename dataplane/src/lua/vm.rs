@@ -36,6 +36,8 @@ pub struct Vm {
     dicts: Arc<DictStore>,
     /// Instruction budget of `init`, `init_worker` and timer callbacks.
     budget: u64,
+    /// `moongate.timer.cancel`, shared by every route.
+    cancel_timer: Function,
 }
 
 /// A config version loaded into one VM.
@@ -80,6 +82,7 @@ impl Vm {
         let ngx_metatable = ngx_metatable(&lua)?;
         super::budget::install(&lua)?;
         crate::durable_timer::attach(&lua, &yield_marker, &dicts);
+        let cancel_timer = api::timer::cancel_function(&lua)?;
         Ok(Vm {
             lua,
             yield_marker,
@@ -90,6 +93,7 @@ impl Vm {
             threads: RefCell::new(Vec::new()),
             dicts,
             budget,
+            cancel_timer,
         })
     }
 
@@ -133,6 +137,11 @@ impl Vm {
                 .call((ngx, modules, self.load_module.clone()))
                 .map_err(fail)?;
             crate::durable_timer::install(&self.lua, &env, route, &config).map_err(fail)?;
+            let moongate_timer: Table = env
+                .raw_get::<Table>("moongate")
+                .and_then(|m| m.get("timer"))
+                .map_err(fail)?;
+            moongate_timer.set("cancel", self.cancel_timer.clone()).map_err(fail)?;
             let load = |chunk: &Chunk| -> Result<Function> {
                 self.lua
                     .load(&chunk.bytecode[..])

@@ -25,6 +25,9 @@ thread_local! {
     static PENDING: Cell<usize> = const { Cell::new(0) };
     static RUNNING: Cell<usize> = const { Cell::new(0) };
     static SHUTDOWN: Rc<Notify> = Rc::new(Notify::new());
+    /// Handles of this worker's pending timers.
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+    static CANCELS: std::cell::RefCell<std::collections::HashMap<u64, Rc<Cancel>>> = Default::default();
 }
 
 /// Fires every pending timer of this worker with `premature = true`.
@@ -101,15 +104,62 @@ fn create(
     let extra: Vec<Value> = args.collect();
     let site = crate::lua::log_context();
     PENDING.with(|p| p.set(p.get() + 1));
+    let id = NEXT_ID.with(|n| n.replace(n.get() + 1));
+    let cancel = Rc::new(Cancel {
+        cancelled: Cell::new(false),
+        pending: Cell::new(true),
+        notify: Notify::new(),
+    });
+    CANCELS.with(|c| c.borrow_mut().insert(id, cancel.clone()));
     let timer = Timer {
         lua: lua.clone(),
         marker: marker.clone(),
         callback,
         extra,
         site,
+        id,
+        cancel,
     };
     tokio::task::spawn_local(timer.run(Duration::from_secs_f64(delay.min(1e9)), every));
-    Ok((Some(1), None))
+    // A truthy handle, as OpenResty's `1`, that `moongate.timer.cancel` takes.
+    Ok((Some(id as i64), None))
+}
+
+/// A pending timer's cancellation signal.
+struct Cancel {
+    cancelled: Cell<bool>,
+    /// Waiting to fire (counted in `PENDING`), as opposed to running.
+    pending: Cell<bool>,
+    notify: Notify,
+}
+
+/// `moongate.timer.cancel(handle)`: stops a pending `ngx.timer.at`/`every`
+/// timer (its callback never runs, not even prematurely). Returns `true`, or
+/// `nil, "not found"` for a timer that already ran, was cancelled or is unknown.
+pub fn cancel_function(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|_, handle: Value| {
+        let id = match handle {
+            Value::Integer(i) => u64::try_from(i).ok(),
+            Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => Some(n as u64),
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "bad argument #1 to 'cancel' (timer handle expected, got {})",
+                    other.type_name()
+                )));
+            }
+        };
+        match id.and_then(|id| CANCELS.with(|c| c.borrow_mut().remove(&id))) {
+            Some(cancel) => {
+                cancel.cancelled.set(true);
+                if cancel.pending.replace(false) {
+                    PENDING.with(|p| p.set(p.get() - 1));
+                }
+                cancel.notify.notify_one();
+                Ok((Some(true), None))
+            }
+            None => Ok((None, Some("not found"))),
+        }
+    })
 }
 
 struct Timer {
@@ -119,6 +169,8 @@ struct Timer {
     extra: Vec<Value>,
     /// Where the timer was created, for log lines.
     site: String,
+    id: u64,
+    cancel: Rc<Cancel>,
 }
 
 impl Timer {
@@ -135,19 +187,28 @@ impl Timer {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => false,
                     _ = shutdown.notified() => true,
+                    _ = self.cancel.notify.notified() => false,
                 }
             };
+            if self.cancel.cancelled.get() {
+                // `cancel` already took it off the pending count.
+                return;
+            }
+            self.cancel.pending.set(false);
             PENDING.with(|p| p.set(p.get() - 1));
             if RUNNING.with(Cell::get) >= MAX_RUNNING {
                 tracing::error!("{}lua_max_running_timers are not enough", self.site);
+                CANCELS.with(|c| c.borrow_mut().remove(&self.id));
                 return;
             }
             RUNNING.with(|r| r.set(r.get() + 1));
             self.fire(premature).await;
             RUNNING.with(|r| r.set(r.get() - 1));
-            if !every || premature || crate::lua::exiting() {
+            if !every || premature || crate::lua::exiting() || self.cancel.cancelled.get() {
+                CANCELS.with(|c| c.borrow_mut().remove(&self.id));
                 return;
             }
+            self.cancel.pending.set(true);
             PENDING.with(|p| p.set(p.get() + 1));
         }
     }
