@@ -489,7 +489,17 @@ fn run(db: Arc<Database>, window: Duration, shared: &Shared) {
         };
         // Schedule from the round's start, so the window is the period.
         next = Instant::now() + window;
+        let started = Instant::now();
         let result = commit_round(&db, &dicts, &timers);
+        let took = started.elapsed();
+        if took > window * 4 {
+            // The crash-loss bound is the window plus this commit: say when it grows.
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                window_ms = window.as_millis() as u64,
+                "slow durable commit (fsync); writes are at risk for this long"
+            );
+        }
         if result.is_err() {
             // Retry next round; a change queued meanwhile is newer and wins.
             let mut inbox = lock_inbox(shared);
