@@ -101,7 +101,7 @@ fn acknowledged_durable_writes_survive_repeated_kill_9() {
         let deadline = Instant::now() + Duration::from_millis(300 + rng.next() % 200);
         let mut conn = BufReader::new(s.connect());
         while Instant::now() < deadline {
-            if next_key % 16 == 0 {
+            if next_key.is_multiple_of(16) {
                 // Now and then a durable timer, due anywhere from now to after the kill.
                 let (id, ms) = (next_key, rng.next() % 300);
                 let req = format!("GET /timer?id={id}&ms={ms} HTTP/1.1\r\nHost: x\r\n\r\n");
