@@ -59,11 +59,7 @@ fn acknowledged_durable_writes_survive_repeated_kill_9() {
     let mut round_timers: Vec<(u64, Instant)> = Vec::new();
     let mut timers: Vec<(u64, bool)> = Vec::new();
     for round in 0..rounds() {
-        let mut s = Server::builder(&yaml)
-            .workers(2)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .start();
+        let mut s = Server::builder(&yaml).durable(&data_dir).start();
         assert!(
             !s.logs().contains("corrupt"),
             "round {round}: the store did not open cleanly:\n{}",
@@ -131,11 +127,7 @@ fn acknowledged_durable_writes_survive_repeated_kill_9() {
     );
 
     // Every durable timer acknowledged well before a kill fires after the restarts.
-    let s = Server::builder(&yaml)
-        .workers(2)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .start();
+    let s = Server::builder(&yaml).durable(&data_dir).start();
     let mut conn = BufReader::new(s.connect());
     let mut fired = |id: u64| -> String {
         let req = format!("GET /g?k=fired:{id} HTTP/1.1\r\nHost: x\r\n\r\n");

@@ -33,13 +33,7 @@ fn durable_timer_survives_kill_9_and_fires_once() {
       ngx.say(tostring(ngx.shared.state:get("fired")), " ", tostring(ngx.shared.state:get("count")))
 "#,
     );
-    let start = || {
-        Server::builder(&yaml)
-            .workers(2)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .start()
-    };
+    let start = || Server::builder(&yaml).durable(&data_dir).start();
 
     let s = start();
     let armed = s.get("/arm");

@@ -382,13 +382,7 @@ fn durable_dicts_survive_restart_and_kill_9() {
         "durable",
         "  sharedDicts:\n  - {name: hits, capacity: 1Mi, persistence: Durable}\n  - {name: scratch, capacity: 1Mi}\n  locations:\n  - path: /hit\n    content: |\n      ngx.shared.scratch:incr('n', 1, 0)\n      ngx.say(ngx.shared.hits:incr('n', 1, 0), ' ', ngx.shared.scratch:get('n'))\n",
     );
-    let start = || {
-        Server::builder(&yaml)
-            .workers(2)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .start()
-    };
+    let start = || Server::builder(&yaml).durable(&data_dir).start();
 
     let mut s = start();
     for i in 1..=3 {

@@ -95,6 +95,11 @@ impl Builder {
         self
     }
 
+    /// Two workers on `dir` for durable dicts and timers, as the restart tests run.
+    pub fn durable(self, dir: &str) -> Self {
+        self.workers(2).arg("--data-dir").arg(dir)
+    }
+
     pub fn start(self) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let routes = dir.path().join("routes.yaml");
