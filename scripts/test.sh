@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Moongate test on a fresh Debian machine with a Rust toolchain:
 # installs what the tests need, checks formatting and lints, runs the
-# conformance suite against the real dataplane, then the unit and
-# integration tests. Everything builds once, in the release profile.
+# conformance suite against the real dataplane, then the unit, integration
+# and Kubernetes e2e tests. Everything builds once, in the release profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +44,11 @@ if [ -d "$cases" ]; then
 else
   echo "==> conformance cases not found at $cases; skipping (set CONFORMANCE_CASES)"
 fi
+
+# The Kubernetes e2e tests run a real kube-apiserver and etcd, built from the
+# pinned upstream Go modules (cached in .cache/e2e-bin; minutes when cold).
+echo "==> kube-apiserver, kubectl and etcd for the e2e tests"
+e2e/kube/build.sh
 
 echo "==> cargo test"
 cargo test --release --workspace

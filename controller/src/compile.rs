@@ -88,6 +88,12 @@ fn split_lua_error(name: &str, text: &str) -> (Option<u32>, String) {
     (None, text.to_string())
 }
 
+/// nginx refuses `location /p` next to `location ^~ /p` as a duplicate location.
+fn same_location_kind(a: MatchKind, b: MatchKind) -> bool {
+    let prefix = |k| matches!(k, MatchKind::Prefix | MatchKind::PrefixPriority);
+    a == b || (prefix(a) && prefix(b))
+}
+
 /// Chunk name for a location's phase handler, in nginx's style:
 /// `content_by_lua(default/hello /hello)`.
 pub fn handler_chunk_name(route: &str, path: &str, phase: &str) -> String {
@@ -130,7 +136,7 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
     for (i, loc) in spec.locations.iter().enumerate() {
         if let Some(earlier) = spec.locations[..i]
             .iter()
-            .find(|l| l.path == loc.path && l.match_kind == loc.match_kind)
+            .find(|l| l.path == loc.path && same_location_kind(l.match_kind, loc.match_kind))
         {
             problems.push(problem(
                 Some(&loc.path),

@@ -18,6 +18,23 @@ pub enum Error {
     /// One or more LuaRoutes are invalid; each problem says where.
     #[error("{}", Problems(.0))]
     Invalid(Vec<Problem>),
+    #[error("{what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The gRPC TLS material is missing or unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// Leader election failed or leadership was lost.
+    #[error(transparent)]
+    Leader(#[from] crate::leader::LeaderError),
 }
 
 impl Error {
@@ -26,6 +43,11 @@ impl Error {
         match self {
             Error::Io { .. } => "io",
             Error::Invalid(_) => "invalid",
+            Error::Listen { .. } => "listen",
+            Error::Kube(_) => "kube",
+            Error::Tls(_) => "tls",
+            Error::Grpc(_) => "grpc",
+            Error::Leader(_) => "leader",
         }
     }
 }

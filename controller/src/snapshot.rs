@@ -11,16 +11,32 @@ use crate::source::SourcedRoute;
 /// Orders routes as the dataplane resolves overlaps (creation time, then
 /// namespace/name) and hashes their content.
 pub fn build(mut routes: Vec<pb::Route>, version: u64) -> pb::Snapshot {
-    routes.sort_by(|a, b| (a.created_at, &a.namespace, &a.name).cmp(&(b.created_at, &b.namespace, &b.name)));
-    let mut hasher = Sha256::new();
-    for route in &routes {
-        hasher.update(route.encode_to_vec());
-    }
+    routes.sort_by(order);
     pb::Snapshot {
         version,
-        content_hash: hasher.finalize().to_vec(),
+        content_hash: content_hash(routes.iter()),
         routes,
     }
+}
+
+/// The order a dataplane resolves overlapping routes in.
+pub fn order(a: &pb::Route, b: &pb::Route) -> std::cmp::Ordering {
+    (a.created_at, &a.namespace, &a.name).cmp(&(b.created_at, &b.namespace, &b.name))
+}
+
+/// SHA-256 over the routes' encodings in dataplane order, whatever order they
+/// come in: the controller and a dataplane applying a delta must agree on it.
+pub fn content_hash<'a>(routes: impl Iterator<Item = &'a pb::Route>) -> Vec<u8> {
+    let mut routes: Vec<&pb::Route> = routes.collect();
+    routes.sort_by(|a, b| order(a, b));
+    let mut hasher = Sha256::new();
+    let mut buf = Vec::new();
+    for route in routes {
+        buf.clear();
+        route.encode(&mut buf).expect("a Vec grows as needed");
+        hasher.update(&buf);
+    }
+    hasher.finalize().to_vec()
 }
 
 /// Validates and compiles routes read from files (standalone mode) into a

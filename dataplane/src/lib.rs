@@ -10,12 +10,14 @@
 
 pub mod admin;
 pub mod config;
+pub mod discovery;
 pub mod durable_timer;
 pub mod error;
 pub mod http;
 pub mod lua;
 pub mod metrics;
 pub mod phase;
+pub mod redb_file;
 pub mod request;
 pub mod shdict;
 pub mod standalone;

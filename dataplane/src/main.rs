@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
+use moongate_dataplane::discovery::store::SnapshotStore;
+use moongate_dataplane::discovery::{Client, ClientTls, ControllerSettings};
 use moongate_dataplane::{admin, http::server, standalone, worker::Settings};
 
 /// A request allocates a dozen small objects (hyper's head and buffers, the
@@ -20,8 +22,38 @@ static GLOBAL: MiMalloc = MiMalloc;
 #[command(version, about)]
 struct Cli {
     /// LuaRoute YAML: a file or a directory of `*.yaml` files (standalone mode).
-    #[arg(long, env = "MOONGATE_ROUTES")]
-    routes: PathBuf,
+    #[arg(
+        long,
+        env = "MOONGATE_ROUTES",
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    routes: Option<PathBuf>,
+    /// Controller addresses (`https://host:port`), comma-separated, tried in
+    /// turn: the config comes from the controller instead of files.
+    #[arg(long, env = "MOONGATE_CONTROLLER", value_delimiter = ',')]
+    controller: Vec<String>,
+    /// CA certificate (PEM) that signed the controller's certificate.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    controller_ca: Option<PathBuf>,
+    /// This dataplane's client certificate (PEM) for mutual TLS.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The name the controller's certificate must carry, if not the address's host.
+    #[arg(long)]
+    controller_server_name: Option<String>,
+    /// Talk to the controller in plaintext (`http://`), unauthenticated.
+    #[arg(long, conflicts_with = "controller_ca")]
+    insecure: bool,
+    /// Unique id of this dataplane. Default: $POD_UID, else hostname-pid.
+    #[arg(long, env = "POD_UID")]
+    node_id: Option<String>,
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    pod_namespace: String,
     /// Validate and compile the routes, print any errors, and exit (like `nginx -t`).
     #[arg(long)]
     check: bool,
@@ -56,6 +88,36 @@ struct Cli {
     shutdown_timeout: f64,
 }
 
+fn controller_settings(cli: &Cli) -> anyhow::Result<ControllerSettings> {
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading the {what} {}: {e}", path.display()))
+    };
+    let tls = match (&cli.controller_ca, &cli.tls_cert, &cli.tls_key) {
+        _ if cli.insecure => None,
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+            ca_pem: read(ca, "controller CA")?,
+            cert_pem: read(cert, "client certificate")?,
+            key_pem: read(key, "client key")?,
+            server_name: cli.controller_server_name.clone(),
+        }),
+        _ => anyhow::bail!(
+            "the config stream needs mutual TLS: pass --controller-ca, --tls-cert and --tls-key, \
+             or --insecure for plaintext"
+        ),
+    };
+    let node_id = cli.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    Ok(ControllerSettings {
+        addresses: cli.controller.clone(),
+        tls,
+        node_id,
+        pod_name: cli.pod_name.clone(),
+        pod_namespace: cli.pod_namespace.clone(),
+    })
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     moongate_controller::quantity::parse_bytes(s)
 }
@@ -87,13 +149,13 @@ fn main() -> ExitCode {
 }
 
 fn check(cli: &Cli) -> ExitCode {
-    match standalone::load(&cli.routes, 1).and_then(|config| moongate_dataplane::worker::check_loads(Arc::new(config)))
-    {
+    let Some(routes) = &cli.routes else {
+        println!("moongate-dataplane: --check needs --routes");
+        return ExitCode::from(2);
+    };
+    match standalone::load(routes, 1).and_then(|config| moongate_dataplane::worker::check_loads(Arc::new(config))) {
         Ok(()) => {
-            println!(
-                "moongate-dataplane: the configuration in {} is ok",
-                cli.routes.display()
-            );
+            println!("moongate-dataplane: the configuration in {} is ok", routes.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -125,20 +187,40 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         let bound = admin::start(addr, admin_state.clone()).await?;
         tracing::info!("admin on http://{bound}");
     }
-    let config = Arc::new(standalone::load(&cli.routes, 1)?);
     let dicts = Arc::new(moongate_dataplane::shdict::DictStore::with_data_dir(
         &cli.data_dir,
         Duration::from_millis(cli.commit_window_ms.max(1)),
     ));
-    let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
-    workers.apply(config.clone()).await?;
-    admin_state.set_config(config.version, &config.content_hash);
-    tracing::info!(
-        workers = workers.len(),
-        routes = config.routes.len(),
-        "serving http://{bound}"
-    );
-    let result = standalone::watch(cli.routes.clone(), &workers, 1, &admin_state).await;
+    let result = match &cli.routes {
+        Some(routes) => {
+            let config = Arc::new(standalone::load(routes, 1)?);
+            let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
+            workers.apply(config.clone()).await?;
+            admin_state.set_config(config.version, &config.content_hash);
+            tracing::info!(
+                workers = workers.len(),
+                routes = config.routes.len(),
+                "serving http://{bound}"
+            );
+            let result = standalone::watch(routes.clone(), &workers, 1, &admin_state).await;
+            (workers, result)
+        }
+        None => {
+            let controller = controller_settings(&cli)?;
+            let store = SnapshotStore::open(&cli.data_dir);
+            let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
+            let mut client = Client::new(controller, &workers, &admin_state, store);
+            client.restore().await;
+            tracing::info!(workers = workers.len(), "serving http://{bound}");
+            let result = tokio::select! {
+                () = client.run() => Ok(()),
+                result = standalone::until_terminated() => result,
+            };
+            drop(client);
+            (workers, result)
+        }
+    };
+    let (workers, result) = result;
     tracing::info!("shutting down");
     workers.shutdown();
     // Commit what the durable dicts still hold before exiting.

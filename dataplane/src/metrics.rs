@@ -36,6 +36,7 @@ struct Metrics {
     budget_exceeded: Counter,
     reloads: Family<ResultLabel, Counter>,
     config_version: Gauge,
+    controller_connected: Gauge,
     durable_store_corrupt: Counter,
     durable_timers_fired: Counter,
     durable_timers_dropped: Counter,
@@ -72,6 +73,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Version of the config being served",
         config_version.clone(),
     );
+    let controller_connected = Gauge::default();
+    registry.register(
+        "controller_connected",
+        "1 while the config stream to the controller is up",
+        controller_connected.clone(),
+    );
     let durable_store_corrupt = Counter::default();
     registry.register(
         "shared_dict_store_corrupt",
@@ -103,6 +110,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         budget_exceeded,
         reloads,
         config_version,
+        controller_connected,
         durable_store_corrupt,
         durable_timers_fired,
         durable_timers_dropped,
@@ -133,6 +141,10 @@ pub fn budget_exceeded() {
 pub fn reload(applied: bool) {
     let result = if applied { "applied" } else { "rejected" };
     METRICS.reloads.get_or_create(&ResultLabel { result }).inc();
+}
+
+pub fn controller_connected(connected: bool) {
+    METRICS.controller_connected.set(i64::from(connected));
 }
 
 pub fn config_version(version: u64) {

@@ -46,6 +46,22 @@ fn fingerprint(path: &Path) -> Option<Vec<u8>> {
     Some(hasher.finalize().to_vec())
 }
 
+/// Returns at SIGTERM or SIGINT.
+pub async fn until_terminated() -> Result<()> {
+    let sig = |kind| {
+        signal(kind).map_err(|source| Error::Io {
+            path: "signal handler".into(),
+            source,
+        })
+    };
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+    }
+}
+
 /// Serves until SIGTERM/SIGINT, reloading on file changes and SIGHUP.
 pub async fn watch(path: PathBuf, workers: &Workers, mut version: u64, admin: &AdminState) -> Result<()> {
     let sig = |kind| {

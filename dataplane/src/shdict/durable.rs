@@ -57,13 +57,13 @@
 //! are kept for the workers to take (`take_restored_timers`) when they re-arm.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use crate::redb_file::{OpenError, open_db, replace_bad_file};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::entries::{Stored, expired_for_eviction};
 use super::{Dict, entry_cost, list_entry_cost, list_node_cost, record};
@@ -77,10 +77,6 @@ pub const FILE_NAME: &str = "shared_dicts.redb";
 /// Keys encoded per lock acquisition while committing, so a large burst of
 /// changes never holds a dict's lock (and so the workers) for long.
 const SNAPSHOT_CHUNK: usize = 256;
-
-/// redb's page cache. Reads happen once at start; writes are small. redb's
-/// default (1 GiB) is far more than this needs.
-const CACHE_BYTES: usize = 16 << 20;
 
 /// The table of durable timers: timer id → timer record bytes. Dict tables
 /// are named `"<namespace>/<dict>"`, always with a slash, so this name never
@@ -224,7 +220,7 @@ impl DurableStore {
                 tracing::error!(file = %self.path.display(), error = %e,
                     "durable shared dict store is corrupt or unreadable; moving it aside and starting empty");
                 crate::metrics::durable_store_corrupt();
-                let Some(db) = replace_bad_file(&self.path) else {
+                let Some(db) = replace_bad_file(&self.path, "shared dict store") else {
                     return State::Unavailable;
                 };
                 db
@@ -244,77 +240,6 @@ impl DurableStore {
             }
         }
     }
-}
-
-enum OpenError {
-    /// Another process holds the file: not ours to touch.
-    InUse(DatabaseError),
-    /// Corrupt, unreadable or of an unknown format.
-    Bad(String),
-}
-
-fn open_db(path: &Path) -> Result<Database, OpenError> {
-    // redb documents that opening a file damaged outside redb may panic
-    // unless the integrity check runs, and its debug builds assert on some
-    // corruption; contain both rather than crash-looping on a bad file.
-    let opened = catch_unwind(AssertUnwindSafe(|| {
-        Database::builder()
-            .set_check_integrity_on_open(true)
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-    }));
-    match opened {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e @ (DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch))) => {
-            Err(OpenError::InUse(e))
-        }
-        Ok(Err(e)) => Err(OpenError::Bad(e.to_string())),
-        Err(_) => Err(OpenError::Bad("redb panicked while opening the file".to_string())),
-    }
-}
-
-/// Renames the bad file aside and opens a new one in its place.
-fn replace_bad_file(path: &Path) -> Option<Database> {
-    let aside = aside_path(path);
-    if let Err(e) = std::fs::rename(path, &aside) {
-        tracing::error!(file = %path.display(), error = %e,
-            "cannot move the bad shared dict store aside; durable dicts stay in memory");
-        return None;
-    }
-    tracing::error!(file = %path.display(), moved_to = %aside.display(), "bad shared dict store moved aside");
-    match open_db(path) {
-        Ok(db) => Some(db),
-        Err(OpenError::InUse(e)) => {
-            tracing::error!(file = %path.display(), error = %e, "cannot create a new shared dict store");
-            None
-        }
-        Err(OpenError::Bad(e)) => {
-            tracing::error!(file = %path.display(), error = %e, "cannot create a new shared dict store");
-            None
-        }
-    }
-}
-
-/// `<file>.corrupt-<unix-seconds>`, with `-N` added if that exists already,
-/// so an earlier bad file is never overwritten.
-fn aside_path(path: &Path) -> PathBuf {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // Appended to the OS string, so a non-UTF-8 path keeps its bytes.
-    let with_suffix = |suffix: String| {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
-    };
-    let mut candidate = with_suffix(format!(".corrupt-{secs}"));
-    let mut n = 1u32;
-    while candidate.exists() && n < u32::MAX {
-        candidate = with_suffix(format!(".corrupt-{secs}-{n}"));
-        n += 1;
-    }
-    candidate
 }
 
 /// Loads the table of `dict` into it. A dict that cannot be read starts

@@ -82,6 +82,8 @@ pub struct Builder {
     yaml: String,
     workers: usize,
     extra: Vec<String>,
+    /// Take the config from a controller at this address instead of a file.
+    controller: Option<String>,
 }
 
 impl Builder {
@@ -95,6 +97,12 @@ impl Builder {
         self
     }
 
+    /// Dials the controller at `address` (plaintext) instead of reading routes.
+    pub fn controller(mut self, address: &str) -> Self {
+        self.controller = Some(address.to_string());
+        self
+    }
+
     /// Two workers on `dir` for durable dicts and timers, as the restart tests run.
     pub fn durable(self, dir: &str) -> Self {
         self.workers(2).arg("--data-dir").arg(dir)
@@ -104,9 +112,16 @@ impl Builder {
         let dir = tempfile::tempdir().expect("temp dir");
         let routes = dir.path().join("routes.yaml");
         std::fs::write(&routes, &self.yaml).expect("write routes");
-        let mut child = Command::new(BIN)
-            .arg("--routes")
-            .arg(&routes)
+        let mut command = Command::new(BIN);
+        match &self.controller {
+            None => command.arg("--routes").arg(&routes),
+            Some(address) => command.args(["--controller", address, "--insecure"]),
+        };
+        if !self.extra.iter().any(|a| a == "--data-dir") {
+            // Never the shared default, /var/lib/moongate.
+            command.arg("--data-dir").arg(dir.path().join("data"));
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--workers", &self.workers.to_string()])
             .args(&self.extra)
             .env("NO_COLOR", "1")
@@ -158,6 +173,7 @@ impl Server {
             yaml: yaml.to_string(),
             workers: 1,
             extra: Vec::new(),
+            controller: None,
         }
     }
 

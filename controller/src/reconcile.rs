@@ -1,0 +1,206 @@
+//! Watches LuaRoutes, EndpointSlices and Services, and publishes a new config
+//! version when what dataplanes should serve changes.
+//!
+//! Bursts are debounced: after a change the loop keeps absorbing changes until
+//! the watch has been quiet for `quiet`, but never longer than `max_delay`, so
+//! `kubectl apply` of 100 routes makes one push, and a lone apply is pushed
+//! after `quiet` (milliseconds). Nothing is published until every watch has
+//! listed its objects once: a dataplane is never sent a partial config.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::crd::LuaRoute;
+use crate::published::Published;
+use crate::routes::{Acceptance, RouteTable, Verdicts, key_of};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    pub quiet: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Debounce {
+            quiet: Duration::from_millis(5),
+            max_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A namespace, or all of them.
+type Scope = Option<String>;
+
+enum Change {
+    Route(Scope, watcher::Event<LuaRoute>),
+    Slice(Scope, watcher::Event<EndpointSlice>),
+    Service(Scope, watcher::Event<Service>),
+}
+
+fn watch_kind<K, F>(client: &Client, scope: &Scope, wrap: F) -> BoxStream<'static, Change>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    F: Fn(Scope, watcher::Event<K>) -> Change + Send + 'static,
+{
+    let api: Api<K> = match scope {
+        None => Api::all(client.clone()),
+        Some(ns) => Api::namespaced(client.clone(), ns),
+    };
+    let scope = scope.clone();
+    let kind = K::kind(&());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |event| {
+            let change = match event {
+                Ok(event) => Some(wrap(scope.clone(), event)),
+                Err(e) => {
+                    tracing::warn!(%kind, namespace = scope.as_deref().unwrap_or("*"), "watch failed, retrying: {e}");
+                    None
+                }
+            };
+            std::future::ready(change)
+        })
+        .boxed()
+}
+
+/// Objects listed since a watch's `Init`, until its `InitDone`.
+#[derive(Default)]
+struct Relists {
+    routes: HashMap<Scope, Vec<LuaRoute>>,
+    slices: HashMap<Scope, Vec<EndpointSlice>>,
+    services: HashMap<Scope, Vec<Service>>,
+    /// Watches that have completed a list at least once.
+    synced: std::collections::HashSet<(u8, Scope)>,
+}
+
+fn apply(table: &mut RouteTable, relists: &mut Relists, change: Change) {
+    use watcher::Event::*;
+    match change {
+        Change::Route(scope, event) => match event {
+            Apply(route) => table.upsert(route),
+            Delete(route) => table.remove(&key_of(&route)),
+            Init => {
+                relists.routes.insert(scope, Vec::new());
+            }
+            InitApply(route) => relists.routes.entry(scope).or_default().push(route),
+            InitDone => {
+                let listed = relists.routes.remove(&scope).unwrap_or_default();
+                table.relist_routes(scope.as_deref(), listed);
+                relists.synced.insert((0, scope));
+            }
+        },
+        Change::Slice(scope, event) => match event {
+            Apply(slice) => table.apply_slice(&slice),
+            Delete(slice) => table.delete_slice(&slice),
+            Init => {
+                relists.slices.insert(scope, Vec::new());
+            }
+            InitApply(slice) => relists.slices.entry(scope).or_default().push(slice),
+            InitDone => {
+                let listed = relists.slices.remove(&scope).unwrap_or_default();
+                table.relist_slices(scope.as_deref(), listed);
+                relists.synced.insert((1, scope));
+            }
+        },
+        Change::Service(scope, event) => match event {
+            Apply(service) => table.apply_service(service),
+            Delete(service) => table.delete_service(&key_of(&service)),
+            Init => {
+                relists.services.insert(scope, Vec::new());
+            }
+            InitApply(service) => relists.services.entry(scope).or_default().push(service),
+            InitDone => {
+                let listed = relists.services.remove(&scope).unwrap_or_default();
+                table.relist_services(scope.as_deref(), listed);
+                relists.synced.insert((2, scope));
+            }
+        },
+    }
+}
+
+/// A version number larger than any an earlier controller process used:
+/// milliseconds since the epoch at start, then one up per publish (pushes
+/// are debounced, so this never catches up with the clock).
+fn first_version() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
+/// Runs until the watches end (they retry forever, so: until cancelled).
+pub async fn run(
+    client: Client,
+    namespaces: Vec<String>,
+    debounce: Debounce,
+    latest: watch::Sender<Option<Arc<Published>>>,
+    verdicts: watch::Sender<Arc<Verdicts>>,
+) {
+    let scopes: Vec<Scope> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let mut streams = Vec::new();
+    for scope in &scopes {
+        streams.push(watch_kind::<LuaRoute, _>(&client, scope, Change::Route));
+        streams.push(watch_kind::<EndpointSlice, _>(&client, scope, Change::Slice));
+        streams.push(watch_kind::<Service, _>(&client, scope, Change::Service));
+    }
+    let watches = streams.len();
+    let mut changes = futures::stream::select_all(streams);
+    let mut table = RouteTable::default();
+    let mut relists = Relists::default();
+    let mut version = first_version();
+    while let Some(change) = changes.next().await {
+        apply(&mut table, &mut relists, change);
+        let deadline = Instant::now() + debounce.max_delay;
+        loop {
+            let until = (Instant::now() + debounce.quiet).min(deadline);
+            match tokio::time::timeout_at(until, changes.next()).await {
+                Ok(Some(change)) => apply(&mut table, &mut relists, change),
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        if relists.synced.len() < watches {
+            continue;
+        }
+        let (routes, route_verdicts) = table.build();
+        record_counts(&route_verdicts);
+        let candidate = Published::new(version + 1, routes);
+        let unchanged = latest
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| p.content_hash == candidate.content_hash);
+        if !unchanged {
+            version += 1;
+            tracing::info!(version, routes = candidate.routes.len(), "publishing");
+            crate::metrics::config_version(version);
+            latest.send_replace(Some(Arc::new(candidate)));
+        }
+        verdicts.send_replace(Arc::new(route_verdicts));
+    }
+}
+
+fn record_counts(verdicts: &Verdicts) {
+    let count = |f: fn(&Acceptance) -> bool| verdicts.values().filter(|v| f(&v.acceptance)).count();
+    crate::metrics::routes("accepted", count(|a| matches!(a, Acceptance::Accepted)));
+    crate::metrics::routes("invalid", count(|a| matches!(a, Acceptance::Invalid(_))));
+    crate::metrics::routes("conflicted", count(|a| matches!(a, Acceptance::Conflicted(_))));
+}

@@ -1,0 +1,411 @@
+//! The controller's table of LuaRoutes: each route's latest object, its
+//! compilation, and the verdicts that become its status.
+//!
+//! Invariants:
+//! - A route is compiled once per generation; status-only updates (our own
+//!   writes) do not recompile.
+//! - A route whose newest generation is invalid keeps its last good generation
+//!   in the published config, so a bad edit never takes a working route down.
+//!   (That memory is per controller process; see `Entry::last_good`.)
+//! - Of two routes claiming the same location on the same host, the older
+//!   keeps it and the newer is left out entirely (`index`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use moongate_proto::v1 as pb;
+
+use crate::compile::{Compiler, compile_route};
+use crate::crd::{LuaRoute, LuaRouteStatus};
+use crate::endpoints::{EndpointIndex, Resolution};
+use crate::error::Problem;
+use crate::published::RouteKey;
+
+/// Why a route (generation) is or isn't in the published config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acceptance {
+    Accepted,
+    /// The Lua or the spec is invalid; each problem names location, phase and line.
+    Invalid(String),
+    /// Another, older route serves one of its locations.
+    Conflicted(String),
+}
+
+/// What the controller concluded about one LuaRoute.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub generation: i64,
+    pub acceptance: Acceptance,
+    /// `Err(message)` when an upstream Service is missing.
+    pub resolved_refs: Result<(), String>,
+    /// The generation in the published config (the current one, or the last
+    /// good one when the current is invalid), if any.
+    pub published_generation: Option<i64>,
+    pub reference: k8s_openapi::api::core::v1::ObjectReference,
+    /// The status as last read from the API server.
+    pub status: Option<LuaRouteStatus>,
+}
+
+pub type Verdicts = BTreeMap<RouteKey, Verdict>;
+
+struct Entry {
+    object: LuaRoute,
+    compiled: Result<Arc<pb::Route>, Vec<Problem>>,
+    /// The newest generation that compiled. Not persisted: after a controller
+    /// restart an invalid route has no good generation until it is fixed.
+    last_good: Option<Arc<pb::Route>>,
+    /// `last_good` or `compiled` with upstream endpoints filled in; kept so an
+    /// unchanged route stays the same allocation across versions.
+    resolved: Option<Arc<pb::Route>>,
+}
+
+#[derive(Default)]
+pub struct RouteTable {
+    compiler: Compiler,
+    routes: BTreeMap<RouteKey, Entry>,
+    endpoints: EndpointIndex,
+    services: HashMap<(String, String), Service>,
+}
+
+fn in_scope(scope: Option<&str>, namespace: &str) -> bool {
+    scope.is_none_or(|s| s == namespace)
+}
+
+pub fn key_of<K: ResourceExt>(object: &K) -> RouteKey {
+    (object.namespace().unwrap_or_default(), object.name_any())
+}
+
+impl RouteTable {
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Replaces every route in `scope` (a namespace, or all) with a fresh list.
+    pub fn relist_routes(&mut self, scope: Option<&str>, objects: Vec<LuaRoute>) {
+        let listed: std::collections::HashSet<RouteKey> = objects.iter().map(key_of).collect();
+        self.routes
+            .retain(|key, _| !in_scope(scope, &key.0) || listed.contains(key));
+        for object in objects {
+            self.upsert(object);
+        }
+    }
+
+    /// Records the newest state of a LuaRoute, compiling it if its spec changed.
+    pub fn upsert(&mut self, object: LuaRoute) {
+        let key = key_of(&object);
+        if let Some(entry) = self.routes.get_mut(&key)
+            && entry.object.spec == object.spec
+            && entry.object.metadata.generation == object.metadata.generation
+            && entry.object.metadata.uid == object.metadata.uid
+        {
+            // A status or metadata update: nothing to compile.
+            entry.object = object;
+            return;
+        }
+        let created_at = object
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
+        let compiled = compile_route(&self.compiler, &object, created_at).map(|mut route| {
+            route.generation = object.metadata.generation.unwrap_or(0);
+            Arc::new(route)
+        });
+        match &compiled {
+            Ok(_) => {
+                tracing::info!(route = %format!("{}/{}", key.0, key.1), generation = ?object.metadata.generation, "compiled")
+            }
+            Err(problems) => {
+                for p in problems {
+                    tracing::warn!("rejected: {p}");
+                }
+            }
+        }
+        let same_object = self
+            .routes
+            .get(&key)
+            .is_some_and(|e| e.object.metadata.uid == object.metadata.uid);
+        let last_good = match &compiled {
+            Ok(route) => Some(route.clone()),
+            Err(_) if same_object => self.routes.get(&key).and_then(|e| e.last_good.clone()),
+            Err(_) => None,
+        };
+        let resolved = self
+            .routes
+            .get(&key)
+            .and_then(|e| e.resolved.clone())
+            .filter(|_| same_object);
+        self.routes.insert(
+            key,
+            Entry {
+                object,
+                compiled,
+                last_good,
+                resolved,
+            },
+        );
+    }
+
+    pub fn remove(&mut self, key: &RouteKey) {
+        self.routes.remove(key);
+    }
+
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
+        self.endpoints.apply(slice);
+    }
+
+    pub fn delete_slice(&mut self, slice: &EndpointSlice) {
+        self.endpoints.delete(slice);
+    }
+
+    pub fn relist_slices(&mut self, scope: Option<&str>, slices: Vec<EndpointSlice>) {
+        self.endpoints.clear(scope);
+        for slice in &slices {
+            self.endpoints.apply(slice);
+        }
+    }
+
+    pub fn apply_service(&mut self, service: Service) {
+        let key = key_of(&service);
+        self.services.insert(key, service);
+    }
+
+    pub fn delete_service(&mut self, key: &RouteKey) {
+        self.services.remove(key);
+    }
+
+    pub fn relist_services(&mut self, scope: Option<&str>, services: Vec<Service>) {
+        self.services.retain(|key, _| !in_scope(scope, &key.0));
+        for service in services {
+            self.apply_service(service);
+        }
+    }
+
+    /// Resolves upstreams, drops conflicting routes, and returns the routes to
+    /// publish with every route's verdict.
+    pub fn build(&mut self) -> (BTreeMap<RouteKey, Arc<pb::Route>>, Verdicts) {
+        let mut verdicts = Verdicts::new();
+        let mut candidates: Vec<(RouteKey, Arc<pb::Route>)> = Vec::new();
+        let keys: Vec<RouteKey> = self.routes.keys().cloned().collect();
+        for key in keys {
+            let (resolved, refs) = self.resolve(&key);
+            let entry = self.routes.get_mut(&key).expect("key taken from the map");
+            entry.resolved = resolved.clone();
+            let acceptance = match &entry.compiled {
+                Ok(_) => Acceptance::Accepted,
+                Err(problems) => {
+                    Acceptance::Invalid(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+                }
+            };
+            if let Some(route) = resolved {
+                candidates.push((key.clone(), route));
+            }
+            verdicts.insert(
+                key,
+                Verdict {
+                    generation: entry.object.metadata.generation.unwrap_or(0),
+                    acceptance,
+                    resolved_refs: refs,
+                    published_generation: None,
+                    reference: object_reference(&entry.object),
+                    status: entry.object.status.clone(),
+                },
+            );
+        }
+        let conflicts = crate::index::conflicts(candidates.iter().map(|(_, r)| r.as_ref()));
+        for conflict in &conflicts {
+            if let Some(v) = verdicts.get_mut(&conflict.route)
+                && !matches!(v.acceptance, Acceptance::Conflicted(_))
+            {
+                // The route's first conflict is enough to act on; it names the owner.
+                v.acceptance = Acceptance::Conflicted(conflict.message());
+            }
+        }
+        let conflicted: std::collections::HashSet<&RouteKey> = conflicts.iter().map(|c| &c.route).collect();
+        let publish: BTreeMap<RouteKey, Arc<pb::Route>> = candidates
+            .into_iter()
+            .filter(|(key, _)| !conflicted.contains(key))
+            .collect();
+        for (key, route) in &publish {
+            if let Some(v) = verdicts.get_mut(key) {
+                v.published_generation = Some(route.generation);
+            }
+        }
+        (publish, verdicts)
+    }
+
+    /// The route to publish for `key` (current or last good generation) with
+    /// its upstream endpoints filled in, and whether all references resolved.
+    fn resolve(&self, key: &RouteKey) -> (Option<Arc<pb::Route>>, Result<(), String>) {
+        let entry = &self.routes[key];
+        let Some(base) = entry.compiled.as_ref().ok().or(entry.last_good.as_ref()) else {
+            return (None, Ok(()));
+        };
+        let mut missing = Vec::new();
+        let mut route: Option<pb::Route> = None;
+        for (i, location) in base.locations.iter().enumerate() {
+            let Some(upstream) = &location.upstream else { continue };
+            let service_key = (key.0.clone(), upstream.service.clone());
+            let endpoints = match self.services.get(&service_key) {
+                None => {
+                    missing.push(format!("Service {}/{} not found", key.0, upstream.service));
+                    Vec::new()
+                }
+                Some(service) => match crate::endpoints::port_name(service, upstream.port as u16) {
+                    None => {
+                        missing.push(format!(
+                            "Service {}/{} has no TCP port {}",
+                            key.0, upstream.service, upstream.port
+                        ));
+                        Vec::new()
+                    }
+                    Some(port_name) => match self.endpoints.resolve(&key.0, &upstream.service, Some(&port_name)) {
+                        Resolution::Endpoints(endpoints) => endpoints,
+                        Resolution::NoSuchService | Resolution::NoReadyEndpoints => Vec::new(),
+                    },
+                },
+            };
+            if endpoints
+                != location
+                    .upstream
+                    .as_ref()
+                    .map(|u| u.endpoints.clone())
+                    .unwrap_or_default()
+            {
+                let r = route.get_or_insert_with(|| base.as_ref().clone());
+                if let Some(u) = r.locations[i].upstream.as_mut() {
+                    u.endpoints = endpoints;
+                }
+            }
+        }
+        let refs = if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join("; "))
+        };
+        let resolved = match route {
+            None => base.clone(),
+            Some(route) => match &entry.resolved {
+                Some(previous) if **previous == route => previous.clone(),
+                _ => Arc::new(route),
+            },
+        };
+        (Some(resolved), refs)
+    }
+}
+
+fn object_reference(route: &LuaRoute) -> k8s_openapi::api::core::v1::ObjectReference {
+    use kube::Resource;
+    route.object_ref(&())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::parse_routes;
+
+    fn route(name: &str, generation: i64, created: i64, content: &str, extra: &str) -> LuaRoute {
+        let yaml = format!(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  hostnames: [h.test]\n  locations:\n    - path: /{name}\n      content: {content:?}\n{extra}"
+        );
+        let mut r = parse_routes(&yaml, None).unwrap().remove(0);
+        r.metadata.generation = Some(generation);
+        r.metadata.uid = Some(format!("uid-{name}"));
+        r.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        r
+    }
+
+    fn key(name: &str) -> RouteKey {
+        ("ns".into(), name.into())
+    }
+
+    #[test]
+    fn an_invalid_generation_keeps_the_last_good_one_published() {
+        let mut table = RouteTable::default();
+        table.upsert(route("a", 1, 100, "ngx.say(1)", ""));
+        let (published, _) = table.build();
+        let first = published[&key("a")].clone();
+        table.upsert(route("a", 2, 100, "ngx.say(", ""));
+        let (published, verdicts) = table.build();
+        assert!(
+            Arc::ptr_eq(&published[&key("a")], &first),
+            "generation 1 stays, the same allocation"
+        );
+        let verdict = &verdicts[&key("a")];
+        assert_eq!(verdict.generation, 2);
+        assert_eq!(verdict.published_generation, Some(1));
+        match &verdict.acceptance {
+            Acceptance::Invalid(m) => assert!(m.contains("line 1") && m.contains("content"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Deleted and re-created (a new uid) with bad Lua: nothing good to keep.
+        table.remove(&key("a"));
+        let mut again = route("a", 1, 200, "ngx.say(", "");
+        again.metadata.uid = Some("uid-other".into());
+        table.upsert(again);
+        let (published, _) = table.build();
+        assert!(!published.contains_key(&key("a")));
+    }
+
+    #[test]
+    fn the_newer_of_two_routes_claiming_a_location_is_left_out() {
+        let mut table = RouteTable::default();
+        table.upsert(route("old", 1, 100, "ngx.say(1)", ""));
+        let mut newer = route("new", 1, 200, "ngx.say(2)", "");
+        newer.spec.locations[0].path = "/old".into();
+        table.upsert(newer);
+        let (published, verdicts) = table.build();
+        assert!(published.contains_key(&key("old")) && !published.contains_key(&key("new")));
+        match &verdicts[&key("new")].acceptance {
+            Acceptance::Conflicted(m) => assert!(m.contains("ns/old"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(verdicts[&key("old")].acceptance, Acceptance::Accepted);
+    }
+
+    #[test]
+    fn a_missing_service_or_port_is_a_resolved_refs_error_but_the_route_is_served() {
+        let mut table = RouteTable::default();
+        let upstream = "    - path: /api\n      upstream: {service: backend, port: 8080}\n";
+        table.upsert(route("a", 1, 100, "ngx.say(1)", upstream));
+        let (published, verdicts) = table.build();
+        assert!(published.contains_key(&key("a")));
+        let refs = verdicts[&key("a")].resolved_refs.clone().unwrap_err();
+        assert!(refs.contains("Service ns/backend not found"), "{refs}");
+
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "backend", "namespace": "ns"},
+            "spec": {"ports": [{"port": 9090, "protocol": "TCP"}]}
+        }))
+        .unwrap();
+        table.apply_service(service);
+        let (_, verdicts) = table.build();
+        let refs = verdicts[&key("a")].resolved_refs.clone().unwrap_err();
+        assert!(refs.contains("has no TCP port 8080"), "{refs}");
+    }
+
+    #[test]
+    fn a_status_only_update_does_not_recompile() {
+        let mut table = RouteTable::default();
+        table.upsert(route("a", 1, 100, "ngx.say(1)", ""));
+        let (before, _) = table.build();
+        let mut same = route("a", 1, 100, "ngx.say(1)", "");
+        same.status = Some(LuaRouteStatus::default());
+        table.upsert(same);
+        let (after, verdicts) = table.build();
+        assert!(Arc::ptr_eq(&before[&key("a")], &after[&key("a")]));
+        assert!(
+            verdicts[&key("a")].status.is_some(),
+            "the newest status is kept for the writer"
+        );
+    }
+}

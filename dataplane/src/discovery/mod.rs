@@ -1,0 +1,324 @@
+//! The controller client: dials `ConfigDiscovery.Stream`, applies what the
+//! controller pushes, and answers each version with an Ack or a Nack.
+//!
+//! Invariants:
+//! - A version is applied to every worker VM or to none (`Workers::apply`);
+//!   a version that fails anywhere is Nacked with the reason and the previous
+//!   config keeps serving.
+//! - A delta applies only on top of the version it names; otherwise, or if
+//!   the result does not hash to what the controller sent, the dataplane
+//!   Nacks and reconnects for a full snapshot.
+//! - Every applied version is persisted (`store`), so a restart while the
+//!   controller is unreachable serves the last good config.
+//! - Connection failures never touch the serving config; the client retries
+//!   with jittered exponential backoff, trying each controller address in turn
+//!   (a standby controller refuses streams, so this finds the leader).
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moongate_proto::v1 as pb;
+use moongate_proto::v1::config_discovery_client::ConfigDiscoveryClient;
+use moongate_proto::v1::controller_message::Kind as Push;
+use moongate_proto::v1::dataplane_message::Kind as Reply;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::admin::AdminState;
+use crate::config::Config;
+use crate::worker::Workers;
+use store::SnapshotStore;
+
+/// How to reach and authenticate to the controller.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    /// `https://host:port` (or `http://` with `insecure`), tried in turn.
+    pub addresses: Vec<String>,
+    pub tls: Option<ClientTls>,
+    pub node_id: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// The name the controller's certificate must carry; default: the address's host.
+    pub server_name: Option<String>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What this dataplane serves: routes by key, and the version they make up.
+#[derive(Default)]
+struct Applied {
+    routes: BTreeMap<(String, String), pb::Route>,
+    version: u64,
+    content_hash: Vec<u8>,
+}
+
+pub struct Client<'a> {
+    settings: ControllerSettings,
+    workers: &'a Workers,
+    admin: &'a AdminState,
+    store: Option<SnapshotStore>,
+    applied: Applied,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl<'a> Client<'a> {
+    pub fn new(
+        settings: ControllerSettings,
+        workers: &'a Workers,
+        admin: &'a AdminState,
+        store: Option<SnapshotStore>,
+    ) -> Client<'a> {
+        Client {
+            settings,
+            workers,
+            admin,
+            store,
+            applied: Applied::default(),
+        }
+    }
+
+    /// Serves the last persisted snapshot, if there is one that loads.
+    pub async fn restore(&mut self) {
+        let Some(snapshot) = self.store.as_ref().and_then(SnapshotStore::load) else {
+            return;
+        };
+        let version = snapshot.version;
+        match self.load(snapshot).await {
+            Ok(()) => tracing::info!(version, "serving the last config applied before the restart"),
+            Err(e) => tracing::error!(version, "the persisted config does not load: {}", e.message),
+        }
+    }
+
+    /// Talks to the controller until the future is dropped.
+    pub async fn run(&mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut next_address = 0;
+        loop {
+            let address = self.settings.addresses[next_address % self.settings.addresses.len()].clone();
+            next_address += 1;
+            let mut connected = false;
+            let outcome = self.session(&address, &mut connected).await;
+            if connected {
+                backoff = BACKOFF_MIN;
+            }
+            match outcome {
+                Ok(()) => tracing::warn!(controller = %address, "the controller ended the config stream"),
+                Err(SessionError::Status(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                    tracing::error!(controller = %address, "the controller refused this dataplane: {}", s.message());
+                }
+                Err(e) => tracing::warn!(controller = %address, "config stream: {e}"),
+            }
+            crate::metrics::controller_connected(false);
+            // Full jitter between half and all of the backoff, so a fleet
+            // that lost its controller does not reconnect in lockstep.
+            let sleep = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+            tracing::info!(retry_in_ms = sleep.as_millis() as u64, "reconnecting");
+            tokio::time::sleep(sleep).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn channel(&self, address: &str) -> Result<Channel, SessionError> {
+        let mut endpoint = Endpoint::from_shared(address.to_string())
+            .map_err(|e| SessionError::Protocol(format!("bad controller address {address:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            // As the controller's: generous, so a busy controller is not taken for a dead one.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.settings.tls {
+            let mut config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            if let Some(name) = &tls.server_name {
+                config = config.domain_name(name.clone());
+            }
+            endpoint = endpoint.tls_config(config)?;
+        }
+        Ok(endpoint.connect().await?)
+    }
+
+    async fn session(&mut self, address: &str, connected: &mut bool) -> Result<(), SessionError> {
+        let channel = self.channel(address).await?;
+        let mut client = ConfigDiscoveryClient::new(channel).max_decoding_message_size(usize::MAX);
+        let (replies, outbound) = mpsc::channel(4);
+        let hello = pb::Hello {
+            node_id: self.settings.node_id.clone(),
+            pod_name: self.settings.pod_name.clone(),
+            pod_namespace: self.settings.pod_namespace.clone(),
+            abi: Some(moongate_controller::compile::Compiler::new().abi()),
+            last_applied_version: self.applied.version,
+            last_applied_hash: self.applied.content_hash.clone(),
+        };
+        send(&replies, Reply::Hello(hello)).await?;
+        let mut inbound = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await?
+            .into_inner();
+        *connected = true;
+        crate::metrics::controller_connected(true);
+        tracing::info!(controller = %address, "connected to the controller");
+        while let Some(message) = inbound.message().await? {
+            let (routes, version, content_hash) = match message.kind {
+                Some(Push::Snapshot(snapshot)) => {
+                    let routes = snapshot
+                        .routes
+                        .into_iter()
+                        .map(|r| ((r.namespace.clone(), r.name.clone()), r))
+                        .collect();
+                    (routes, snapshot.version, snapshot.content_hash)
+                }
+                Some(Push::Delta(delta)) => {
+                    if delta.base_version != self.applied.version {
+                        let message = format!(
+                            "delta {} applies to version {}, but this dataplane serves version {}",
+                            delta.version, delta.base_version, self.applied.version
+                        );
+                        send(&replies, nack(delta.version, message.clone(), Vec::new())).await?;
+                        return Err(SessionError::Protocol(message));
+                    }
+                    let mut routes = self.applied.routes.clone();
+                    for key in delta.removed {
+                        routes.remove(&(key.namespace, key.name));
+                    }
+                    for route in delta.upserted {
+                        routes.insert((route.namespace.clone(), route.name.clone()), route);
+                    }
+                    (routes, delta.version, delta.content_hash)
+                }
+                None => {
+                    return Err(SessionError::Protocol(
+                        "the controller sent a message of a kind this dataplane does not know".into(),
+                    ));
+                }
+            };
+            let snapshot = moongate_controller::snapshot::build(routes.values().cloned().collect(), version);
+            if snapshot.content_hash != content_hash {
+                let message = format!("version {version}: the routes do not match the controller's content hash");
+                send(&replies, nack(version, message.clone(), Vec::new())).await?;
+                return Err(SessionError::Protocol(message));
+            }
+            let reply = match self.apply(snapshot).await {
+                Ok(()) => Reply::Ack(pb::Ack { version, content_hash }),
+                Err(rejection) => {
+                    tracing::error!(
+                        version,
+                        "rejected the controller's config, still serving the last good one: {}",
+                        rejection.message
+                    );
+                    nack(version, rejection.message, rejection.route_errors)
+                }
+            };
+            send(&replies, reply).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, snapshot: pb::Snapshot) -> Result<(), Rejection> {
+        if snapshot.content_hash == self.applied.content_hash {
+            // Same routes under a new version (e.g. the restored config): nothing to load.
+            self.applied.version = snapshot.version;
+            self.admin.set_config(snapshot.version, &snapshot.content_hash);
+            return Ok(());
+        }
+        self.load(snapshot.clone()).await?;
+        if let Some(store) = &self.store
+            && let Err(e) = store.save(&snapshot)
+        {
+            tracing::error!(
+                "cannot persist the applied config; a restart without the controller would serve an older one: {e}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Loads `snapshot` into every worker and makes it what this dataplane serves.
+    async fn load(&mut self, snapshot: pb::Snapshot) -> Result<(), Rejection> {
+        let loaded = match Config::try_from(&snapshot) {
+            Ok(config) => self.workers.apply(Arc::new(config)).await,
+            Err(e) => Err(e),
+        };
+        crate::metrics::reload(loaded.is_ok());
+        loaded.map_err(Rejection::from)?;
+        self.admin.set_config(snapshot.version, &snapshot.content_hash);
+        tracing::info!(
+            version = snapshot.version,
+            routes = snapshot.routes.len(),
+            "config applied"
+        );
+        self.applied = Applied {
+            routes: snapshot
+                .routes
+                .into_iter()
+                .map(|r| ((r.namespace.clone(), r.name.clone()), r))
+                .collect(),
+            version: snapshot.version,
+            content_hash: snapshot.content_hash,
+        };
+        Ok(())
+    }
+}
+
+/// Why a version did not load, with the routes to blame when known.
+struct Rejection {
+    message: String,
+    route_errors: Vec<pb::RouteError>,
+}
+
+impl From<crate::Error> for Rejection {
+    fn from(e: crate::Error) -> Rejection {
+        let message = e.to_string();
+        // Load errors name their route as "route NAMESPACE/NAME: ...".
+        let route_errors = message
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("route ")?;
+                let (id, detail) = rest.split_once(": ")?;
+                let (namespace, name) = id.split_once('/')?;
+                Some(pb::RouteError {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    message: detail.to_string(),
+                })
+            })
+            .collect();
+        Rejection { message, route_errors }
+    }
+}
+
+fn nack(version: u64, message: String, route_errors: Vec<pb::RouteError>) -> Reply {
+    Reply::Nack(pb::Nack {
+        version,
+        message,
+        route_errors,
+    })
+}
+
+async fn send(replies: &mpsc::Sender<pb::DataplaneMessage>, kind: Reply) -> Result<(), SessionError> {
+    replies
+        .send(pb::DataplaneMessage { kind: Some(kind) })
+        .await
+        .map_err(|_| SessionError::Protocol("the stream to the controller closed".into()))
+}

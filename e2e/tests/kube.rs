@@ -1,0 +1,329 @@
+//! Moongate on a real kube-apiserver and etcd: `kubectl apply` a LuaRoute and
+//! see it served by two dataplane processes, with the status the controller
+//! writes back. The controller runs as a ServiceAccount bound to the chart's
+//! ClusterRole, and talks mutual TLS to the dataplanes.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Env, WAIT, condition, free_port, readyz, route_yaml, wait_for};
+
+/// Waits until every dataplane answers `host` with `body`.
+fn wait_body(dataplanes: &[&common::Dataplane], host: &str, body: &str) {
+    for dp in dataplanes {
+        let mut last = None;
+        wait_for(WAIT, || {
+            last = dp.get(host, "/");
+            (last == Some((200, body.to_string()))).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} never served {body:?} for {host}; last: {last:?}", dp.name));
+    }
+}
+
+fn wait_status_code(dataplanes: &[&common::Dataplane], host: &str, code: u16) {
+    for dp in dataplanes {
+        wait_for(WAIT, || (dp.get(host, "/").map(|r| r.0) == Some(code)).then_some(()))
+            .unwrap_or_else(|| panic!("{} never answered {code} for {host}", dp.name));
+    }
+}
+
+fn programmed_on_all(route: &serde_json::Value, n: u64) -> bool {
+    condition(route, "Accepted").is_some_and(|c| c.0 == "True")
+        && condition(route, "Programmed").is_some_and(|c| c.0 == "True")
+        && route["status"]["programmedDataplanes"] == n
+        && route["status"]["totalDataplanes"] == n
+        && route["status"]["observedGeneration"] == route["metadata"]["generation"]
+}
+
+#[test]
+fn apply_update_reject_and_delete_a_route_on_two_dataplanes() {
+    let env = Env::new("lifecycle");
+    let grpc = free_port();
+    let _controller = env.controller("controller-0", grpc, free_port());
+    let a = env.dataplane("dp-a", &[grpc]);
+    let b = env.dataplane("dp-b", &[grpc]);
+    let both = [&a, &b];
+
+    // Apply: served by both, Accepted and Programmed on 2/2.
+    env.apply(&route_yaml("hello", "hello.test", "ngx.say(\"v1\")"))
+        .unwrap();
+    wait_body(&both, "hello.test", "v1\n");
+    let status = env.wait_status("hello", "Programmed 2/2", |r| programmed_on_all(r, 2));
+    assert_eq!(condition(&status, "ResolvedRefs").unwrap().0, "True");
+
+    // Update: the new behaviour on both within a second.
+    env.apply(&route_yaml("hello", "hello.test", "ngx.say(\"v2\")"))
+        .unwrap();
+    let applied = Instant::now();
+    wait_body(&both, "hello.test", "v2\n");
+    let took = applied.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the update took {took:?} to reach both dataplanes"
+    );
+    env.wait_status("hello", "Programmed 2/2 at generation 2", |r| {
+        r["metadata"]["generation"] == 2 && programmed_on_all(r, 2)
+    });
+
+    // Bad Lua, with a client looping through the change: Accepted=False with
+    // the line, and both dataplanes keep serving v2 without a failed request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let ports = [a.port, b.port];
+    let client = {
+        let (stop, failures, requests) = (stop.clone(), failures.clone(), requests.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for port in ports {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    if common::http_get(port, "hello.test", "/") != Some((200, "v2\n".to_string())) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    env.apply(&route_yaml(
+        "hello",
+        "hello.test",
+        "local x = 1\nlocal y = 2\nngx.say(\"v3\"\n",
+    ))
+    .unwrap();
+    let status = env.wait_status("hello", "Accepted=False", |r| {
+        r["status"]["observedGeneration"] == 3 && condition(r, "Accepted").is_some_and(|c| c.0 == "False")
+    });
+    let (_, reason, message) = condition(&status, "Accepted").unwrap();
+    assert_eq!(reason, "Invalid");
+    assert!(message.contains("line 3") || message.contains("line 4"), "{message}");
+    assert!(message.contains("content"), "the message names the phase: {message}");
+    let (programmed, reason, message) = condition(&status, "Programmed").unwrap();
+    assert_eq!((programmed.as_str(), reason.as_str()), ("False", "NotAccepted"));
+    assert!(message.contains("keep serving generation 2"), "{message}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert!(requests.load(Ordering::Relaxed) > 10);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed while the bad version was rejected"
+    );
+    wait_body(&both, "hello.test", "v2\n");
+
+    // An unknown field is refused by the API server, naming the field.
+    let unknown = route_yaml("hello", "hello.test", "ngx.say(\"v4\")")
+        .replace("    - path: /\n", "    - path: /\n      bogus: 1\n");
+    let error = env.apply(&unknown).expect_err("an unknown field is rejected");
+    assert!(error.contains("bogus"), "{error}");
+
+    // Events tell the story in `kubectl describe`.
+    let events = env.kubectl_ok(&["get", "events", "-o", "json"]);
+    assert!(events.contains("\"reason\": \"Invalid\""), "{events}");
+
+    // Delete: 404 on both.
+    env.kubectl_ok(&["delete", "luaroute", "hello"]);
+    wait_status_code(&both, "hello.test", 404);
+}
+
+#[test]
+fn dataplanes_survive_the_controller_and_restart_without_it() {
+    let env = Env::new("outage");
+    let grpc = free_port();
+    let mut controller = env.controller("controller-0", grpc, free_port());
+    let a = env.dataplane("dp-a", &[grpc]);
+    let mut b = env.dataplane("dp-b", &[grpc]);
+    env.apply(&route_yaml("keep", "keep.test", "ngx.say(\"kept\")"))
+        .unwrap();
+    wait_body(&[&a, &b], "keep.test", "kept\n");
+
+    // The controller is killed: both keep serving.
+    controller.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    wait_body(&[&a, &b], "keep.test", "kept\n");
+
+    // A dataplane restarted while the controller is down serves the last good config.
+    b.process.kill();
+    let data_dir = env.path("dp-b-data");
+    let b = common::Dataplane::start(&env, "dp-b", &[grpc], &data_dir);
+    wait_body(&[&b], "keep.test", "kept\n");
+    assert!(
+        b.process
+            .logs()
+            .contains("serving the last config applied before the restart")
+    );
+
+    // The controller returns: both reconnect and take the next change.
+    let _controller = env.controller("controller-1", grpc, free_port());
+    env.apply(&route_yaml("keep", "keep.test", "ngx.say(\"after\")"))
+        .unwrap();
+    wait_body(&[&a, &b], "keep.test", "after\n");
+    env.wait_status("keep", "Programmed 2/2", |r| programmed_on_all(r, 2));
+}
+
+#[test]
+fn the_standby_takes_over_within_the_lease_duration() {
+    let env = Env::new("failover");
+    let (grpc0, admin0, grpc1, admin1) = (free_port(), free_port(), free_port(), free_port());
+    let mut c0 = env.controller("controller-0", grpc0, admin0);
+    wait_for(WAIT, || (readyz(admin0) == Some(200)).then_some(())).expect("controller-0 leads");
+    let mut c1 = env.controller("controller-1", grpc1, admin1);
+    c1.wait_log("standby", WAIT).expect("controller-1 waits as standby");
+    assert_eq!(readyz(admin1), Some(503), "a standby is not ready");
+
+    let a = env.dataplane("dp-a", &[grpc0, grpc1]);
+    let b = env.dataplane("dp-b", &[grpc1, grpc0]);
+    env.apply(&route_yaml("ha", "ha.test", "ngx.say(\"one\")")).unwrap();
+    wait_body(&[&a, &b], "ha.test", "one\n");
+
+    // Kill the leader; the standby must lead within the lease duration (6s).
+    c0.kill();
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(20), || (readyz(admin1) == Some(200)).then_some(()))
+        .unwrap_or_else(|| panic!("the standby never took over:\n{}", c1.logs()));
+    let failover = killed.elapsed();
+    assert!(
+        failover <= Duration::from_secs(6) + Duration::from_secs(2),
+        "failover took {failover:?}, more than the 6s lease (plus one retry period)"
+    );
+    assert!(c1.running());
+
+    env.apply(&route_yaml("ha", "ha.test", "ngx.say(\"two\")")).unwrap();
+    wait_body(&[&a, &b], "ha.test", "two\n");
+    env.wait_status("ha", "Programmed 2/2 by the new leader", |r| {
+        r["metadata"]["generation"] == 2 && programmed_on_all(r, 2)
+    });
+}
+
+#[test]
+fn conflicts_and_missing_services_are_reported_where_users_look() {
+    let env = Env::new("refs");
+    let grpc = free_port();
+    let _controller = env.controller("controller-0", grpc, free_port());
+    let a = env.dataplane("dp-a", &[grpc]);
+
+    env.apply(&route_yaml("older", "shared.test", "ngx.say(\"older\")"))
+        .unwrap();
+    env.wait_status("older", "Programmed", |r| programmed_on_all(r, 1));
+    // creationTimestamp has one-second resolution: make "newer" really newer.
+    std::thread::sleep(Duration::from_millis(1100));
+    env.apply(&route_yaml("newer", "shared.test", "ngx.say(\"newer\")"))
+        .unwrap();
+    let status = env.wait_status("newer", "Conflicted", |r| {
+        condition(r, "Accepted").is_some_and(|c| c.1 == "Conflicted")
+    });
+    let message = condition(&status, "Accepted").unwrap().2;
+    assert!(
+        message.contains("older") && message.contains("shared.test"),
+        "{message}"
+    );
+    wait_body(&[&a], "shared.test", "older\n");
+    assert!(condition(&env.route_json("older"), "Accepted").unwrap().0 == "True");
+
+    // An upstream Service that does not exist: accepted, ResolvedRefs=False.
+    let upstream = "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata:\n  name: proxied\nspec:\n  hostnames: [proxied.test]\n  locations:\n    - path: /api\n      upstream: {service: backend, port: 8080}\n    - path: /\n      content: ngx.say(\"local\")\n";
+    env.apply(upstream).unwrap();
+    let status = env.wait_status("proxied", "ResolvedRefs=False", |r| {
+        condition(r, "ResolvedRefs").is_some_and(|c| c.0 == "False")
+    });
+    let (_, reason, message) = condition(&status, "ResolvedRefs").unwrap();
+    assert_eq!(reason, "BackendNotFound");
+    assert!(message.contains("backend"), "{message}");
+    assert_eq!(condition(&status, "Accepted").unwrap().0, "True");
+    wait_body(&[&a], "proxied.test", "local\n");
+    // Other routes are untouched.
+    wait_body(&[&a], "shared.test", "older\n");
+}
+
+#[test]
+fn a_dataplane_without_a_trusted_client_certificate_gets_nothing() {
+    let env = Env::new("mtls");
+    let grpc = free_port();
+    let _controller = env.controller("controller-0", grpc, free_port());
+    env.apply(&route_yaml(
+        "secret",
+        "secret.test",
+        "ngx.say(\"for trusted dataplanes\")",
+    ))
+    .unwrap();
+
+    // A certificate from another CA.
+    let rogue_ca = moongate_e2e::pki::Ca::new("rogue");
+    let rogue = rogue_ca.issue("rogue-dataplane", &[], &[], moongate_e2e::pki::Usage::Client);
+    std::fs::write(env.path("rogue.pem"), &rogue.cert_pem).unwrap();
+    std::fs::write(env.path("rogue-key.pem"), &rogue.key_pem).unwrap();
+    let mut command = std::process::Command::new(common::bin("moongate-dataplane"));
+    command
+        .args(["--controller", &format!("https://127.0.0.1:{grpc}")])
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .arg("--controller-ca")
+        .arg(env.path("ca.pem"))
+        .arg("--tls-cert")
+        .arg(env.path("rogue.pem"))
+        .arg("--tls-key")
+        .arg(env.path("rogue-key.pem"))
+        .arg("--data-dir")
+        .arg(env.path("rogue-data"));
+    let rogue = common::Process::spawn("rogue", &mut command);
+    rogue
+        .wait_log("reconnecting", WAIT)
+        .expect("the rogue dataplane is refused");
+
+    let trusted = env.dataplane("dp-a", &[grpc]);
+    wait_body(&[&trusted], "secret.test", "for trusted dataplanes\n");
+    assert!(!rogue.logs().contains("config applied"), "{}", rogue.logs());
+    env.wait_status("secret", "Programmed on the trusted dataplane only", |r| {
+        programmed_on_all(r, 1)
+    });
+}
+
+#[test]
+fn the_api_server_rejects_what_can_be_checked_without_lua() {
+    let env = Env::new("schema");
+    let doc = |spec: &str| {
+        format!("apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata:\n  name: bad\nspec:\n{spec}")
+    };
+    let cases = [
+        (
+            "  hostnames: [Example.com]\n  locations: [{path: /}]\n",
+            "spec.hostnames[0]",
+        ),
+        ("  locations: [{path: hello}]\n", "path must start with '/'"),
+        (
+            "  locations: [{path: /a}, {path: /a, match: Prefix}]\n",
+            "Duplicate value",
+        ),
+        (
+            "  locations: [{path: /a, match: Suffix}]\n",
+            "Unsupported value: \"Suffix\"",
+        ),
+        (
+            "  locations: [{path: /a, upstream: {service: web, port: 0}}]\n",
+            "spec.locations[0].upstream.port",
+        ),
+        (
+            "  locations: [{path: /}]\n  sharedDicts: [{name: c, capacity: 1MB}]\n",
+            "spec.sharedDicts[0].capacity",
+        ),
+        (
+            "  locations: [{path: /}]\n  modules: {lua-cjson: 'return 1'}\n",
+            "module names must be Lua identifiers",
+        ),
+        (
+            "  locations: [{path: /}]\n  limits: {instructionBudget: 10}\n",
+            "spec.limits.instructionBudget",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let error = env.apply(&doc(spec)).expect_err(spec);
+        assert!(
+            error.contains(expected),
+            "for\n{spec}expected {expected:?} in:\n{error}"
+        );
+    }
+    // Nothing was stored.
+    assert!(env.kubectl_ok(&["get", "luaroutes", "-o", "name"]).trim().is_empty());
+}
