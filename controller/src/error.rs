@@ -32,6 +32,13 @@ pub enum Error {
     Tls(String),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// A thread or runtime could not be started.
+    #[error("starting {what}: {source}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// Leader election failed or leadership was lost.
     #[error(transparent)]
     Leader(#[from] crate::leader::LeaderError),
@@ -47,6 +54,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Tls(_) => "tls",
             Error::Grpc(_) => "grpc",
+            Error::Start { .. } => "start",
             Error::Leader(_) => "leader",
         }
     }

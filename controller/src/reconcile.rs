@@ -163,7 +163,25 @@ pub async fn run(
         streams.push(watch_kind::<Service, _>(&client, scope, Change::Service));
     }
     let watches = streams.len();
-    let mut changes = futures::stream::select_all(streams);
+    drive(
+        futures::stream::select_all(streams),
+        watches,
+        debounce,
+        latest,
+        verdicts,
+    )
+    .await;
+}
+
+/// Applies `changes` to a route table and publishes after each debounced
+/// burst, once all `watches` have listed. Returns when `changes` ends.
+async fn drive(
+    mut changes: impl futures::Stream<Item = Change> + Unpin,
+    watches: usize,
+    debounce: Debounce,
+    latest: watch::Sender<Option<Arc<Published>>>,
+    verdicts: watch::Sender<Arc<Verdicts>>,
+) {
     let mut table = RouteTable::default();
     let mut relists = Relists::default();
     let mut version = first_version();
@@ -203,4 +221,130 @@ fn record_counts(verdicts: &Verdicts) {
     crate::metrics::routes("accepted", count(|a| matches!(a, Acceptance::Accepted)));
     crate::metrics::routes("invalid", count(|a| matches!(a, Acceptance::Invalid(_))));
     crate::metrics::routes("conflicted", count(|a| matches!(a, Acceptance::Conflicted(_))));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn route(i: usize) -> LuaRoute {
+        let yaml = format!(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: r{i}, namespace: ns}}\nspec:\n  hostnames: [r{i}.test]\n  locations:\n    - path: /\n      content: ngx.say({i})\n"
+        );
+        let mut r = crate::source::parse_routes(&yaml, None).unwrap().remove(0);
+        r.metadata.generation = Some(1);
+        r
+    }
+
+    /// Feeds `drive` the initial lists of the three watches of one scope.
+    fn listed() -> Vec<Change> {
+        vec![
+            Change::Route(None, watcher::Event::Init),
+            Change::Route(None, watcher::Event::InitDone),
+            Change::Slice(None, watcher::Event::Init),
+            Change::Slice(None, watcher::Event::InitDone),
+            Change::Service(None, watcher::Event::Init),
+            Change::Service(None, watcher::Event::InitDone),
+        ]
+    }
+
+    /// Real time, with a debounce stretched so the bounds hold on a loaded machine.
+    #[tokio::test]
+    async fn a_burst_of_applies_is_published_once_and_a_lone_apply_promptly() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (latest, mut published) = watch::channel(None);
+        let (verdicts, _) = watch::channel(Arc::default());
+        let debounce = Debounce {
+            quiet: Duration::from_millis(50),
+            max_delay: Duration::from_secs(3),
+        };
+        // The route table holds a LuaJIT state, so `drive` stays on this thread.
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(drive(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            3,
+            debounce,
+            latest,
+            verdicts,
+        ));
+        local
+            .run_until(async move {
+                for change in listed() {
+                    tx.send(change).unwrap();
+                }
+                published.changed().await.unwrap();
+                let empty = published.borrow_and_update().clone().unwrap();
+                assert!(
+                    empty.routes.is_empty(),
+                    "the first version is published once listed, even empty"
+                );
+
+                // 100 applies at once: one version with all of them.
+                let routes: Vec<LuaRoute> = (0..100).map(route).collect();
+                for r in routes {
+                    tx.send(Change::Route(None, watcher::Event::Apply(r))).unwrap();
+                }
+                published.changed().await.unwrap();
+                let burst = published.borrow_and_update().clone().unwrap();
+                assert_eq!(burst.routes.len(), 100);
+                assert_eq!(burst.version, empty.version + 1, "one push for the whole burst");
+
+                // A lone apply goes out after the quiet period, well before the maximum delay.
+                let start = Instant::now();
+                tx.send(Change::Route(None, watcher::Event::Apply(route(100)))).unwrap();
+                published.changed().await.unwrap();
+                assert_eq!(
+                    published.borrow_and_update().as_ref().unwrap().version,
+                    burst.version + 1
+                );
+                assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+
+                // Changes that never pause are still published by the maximum delay.
+                let start = Instant::now();
+                let sender = tokio::spawn(async move {
+                    for i in 0.. {
+                        let _ = tx.send(Change::Route(None, watcher::Event::Apply(route(200 + i % 5))));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                });
+                published.changed().await.unwrap();
+                let took = start.elapsed();
+                assert!(took >= debounce.max_delay && took < debounce.max_delay * 2, "{took:?}");
+                sender.abort();
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn nothing_is_published_before_every_watch_has_listed() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (latest, published) = watch::channel(None);
+        let (verdicts, _) = watch::channel(Arc::default());
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(drive(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            3,
+            Debounce::default(),
+            latest,
+            verdicts,
+        ));
+        local
+            .run_until(async move {
+                tx.send(Change::Route(None, watcher::Event::Init)).unwrap();
+                tx.send(Change::Route(None, watcher::Event::InitApply(route(1))))
+                    .unwrap();
+                tx.send(Change::Route(None, watcher::Event::InitDone)).unwrap();
+                tx.send(Change::Slice(None, watcher::Event::Init)).unwrap();
+                tx.send(Change::Slice(None, watcher::Event::InitDone)).unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(published.borrow().is_none(), "Services have not been listed yet");
+                tx.send(Change::Service(None, watcher::Event::Init)).unwrap();
+                tx.send(Change::Service(None, watcher::Event::InitDone)).unwrap();
+                let mut published = published;
+                published.changed().await.unwrap();
+                assert_eq!(published.borrow().as_ref().unwrap().routes.len(), 1);
+            })
+            .await;
+    }
 }

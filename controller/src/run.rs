@@ -46,9 +46,8 @@ pub async fn run(options: Options) -> Result<()> {
         let bound = crate::admin::start(addr, readiness.clone()).await?;
         tracing::info!("admin on http://{bound}");
     }
-    let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Listen {
-        what: "signal",
-        addr: "SIGTERM".into(),
+    let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Start {
+        what: "the SIGTERM handler",
         source,
     })?;
 
@@ -163,17 +162,15 @@ fn spawn_reconciler(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| Error::Listen {
-            what: "reconciler",
-            addr: "runtime".into(),
+        .map_err(|source| Error::Start {
+            what: "the reconciler's runtime",
             source,
         })?;
     std::thread::Builder::new()
         .name("reconciler".into())
         .spawn(move || runtime.block_on(crate::reconcile::run(client, namespaces, debounce, latest, verdicts)))
-        .map_err(|source| Error::Listen {
-            what: "reconciler",
-            addr: "thread".into(),
+        .map_err(|source| Error::Start {
+            what: "the reconciler thread",
             source,
         })?;
     Ok(())

@@ -241,8 +241,20 @@ fn conflicts_and_missing_services_are_reported_where_users_look() {
 #[test]
 fn a_dataplane_without_a_trusted_client_certificate_gets_nothing() {
     let env = Env::new("mtls");
+    // The controller's certificate, key and client CA come from a Secret here.
+    env.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "moongate-grpc",
+        &format!("--from-file=tls.crt={}", env.path("controller.pem").display()),
+        &format!("--from-file=tls.key={}", env.path("controller-key.pem").display()),
+        &format!("--from-file=ca.crt={}", env.path("ca.pem").display()),
+    ]);
     let grpc = free_port();
-    let _controller = env.controller("controller-0", grpc, free_port());
+    let mut command = env.controller_command("controller-0", grpc, free_port());
+    command.args(["--tls-secret", &format!("{}/moongate-grpc", env.namespace)]);
+    let _controller = common::Process::spawn("controller-0", &mut command);
     env.apply(&route_yaml(
         "secret",
         "secret.test",

@@ -243,22 +243,30 @@ impl Env {
         .unwrap_or_else(|| panic!("{name}: status never became {what}; last:\n{last:#}"))
     }
 
-    pub fn controller(&self, identity: &str, grpc_port: u16, admin_port: u16) -> Process {
+    /// The controller's command line, as this test's ServiceAccount, without TLS flags.
+    pub fn controller_command(&self, identity: &str, grpc_port: u16, admin_port: u16) -> Command {
         let mut command = Command::new(bin("moongate-controller"));
         command
             .args(["run", "--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(["--namespaces", &self.namespace, "--lease-namespace", &self.namespace])
             .args(["--identity", identity, "--lease-duration", "6s"])
+            .env("KUBECONFIG", &self.controller_kubeconfig)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE");
+        command
+    }
+
+    /// A controller with its certificate and client CA from files.
+    pub fn controller(&self, identity: &str, grpc_port: u16, admin_port: u16) -> Process {
+        let mut command = self.controller_command(identity, grpc_port, admin_port);
+        command
             .arg("--tls-cert-file")
             .arg(self.path("controller.pem"))
             .arg("--tls-key-file")
             .arg(self.path("controller-key.pem"))
             .arg("--tls-client-ca-file")
-            .arg(self.path("ca.pem"))
-            .env("KUBECONFIG", &self.controller_kubeconfig)
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE");
+            .arg(self.path("ca.pem"));
         Process::spawn(identity, &mut command)
     }
 
