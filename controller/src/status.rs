@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::crd::LuaRouteStatus;
 use crate::fleet::{Dataplane, Fleet};
+use crate::published::Published;
 use crate::published::RouteKey;
 use crate::routes::{Acceptance, Verdict, Verdicts};
 
@@ -57,11 +58,47 @@ fn condition(
     }
 }
 
+/// The connected dataplanes as one status pass sees them, grouped by the
+/// version they applied (usually one or two versions for the whole fleet), so
+/// counting a route costs a lookup per version, not per dataplane.
+pub struct FleetView {
+    total: usize,
+    by_version: Vec<(Arc<Published>, usize)>,
+    /// Dataplanes with a rejection, in node order: rare.
+    rejecting: Vec<Dataplane>,
+}
+
+impl FleetView {
+    pub fn new(dataplanes: Vec<Dataplane>) -> FleetView {
+        let mut by_version: Vec<(Arc<Published>, usize)> = Vec::new();
+        for applied in dataplanes.iter().filter_map(|dp| dp.applied.as_ref()) {
+            match by_version.iter_mut().find(|(p, _)| Arc::ptr_eq(p, applied)) {
+                Some((_, n)) => *n += 1,
+                None => by_version.push((applied.clone(), 1)),
+            }
+        }
+        FleetView {
+            total: dataplanes.len(),
+            by_version,
+            rejecting: dataplanes.into_iter().filter(|dp| dp.rejection.is_some()).collect(),
+        }
+    }
+
+    /// Dataplanes serving `generation` of `key`.
+    fn programmed(&self, key: &RouteKey, generation: i64) -> usize {
+        self.by_version
+            .iter()
+            .filter(|(p, _)| p.generation(key) == Some(generation))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
 /// The status `key` should have now.
 pub fn desired(
     key: &RouteKey,
     verdict: &Verdict,
-    dataplanes: &[Dataplane],
+    fleet: &FleetView,
     previous: Option<&LuaRouteStatus>,
     now: &Time,
 ) -> LuaRouteStatus {
@@ -96,12 +133,9 @@ pub fn desired(
             now,
         ),
     };
-    let total = dataplanes.len();
-    let programmed = dataplanes
-        .iter()
-        .filter(|dp| dp.applied.as_ref().and_then(|p| p.generation(key)) == Some(generation))
-        .count();
-    let nack = dataplanes.iter().find_map(|dp| {
+    let total = fleet.total;
+    let programmed = fleet.programmed(key, generation);
+    let nack = fleet.rejecting.iter().find_map(|dp| {
         let rejection = dp.rejection.as_ref()?;
         (rejection.published.generation(key) == Some(generation))
             .then(|| rejection.message_for(key))
@@ -195,13 +229,13 @@ pub async fn run(client: Client, recorder: Recorder, mut verdicts: watch::Receiv
         tokio::time::sleep(COALESCE).await;
         let current = verdicts.borrow_and_update().clone();
         reports.borrow_and_update();
-        let dataplanes = fleet.dataplanes();
+        let view = FleetView::new(fleet.dataplanes());
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         written.retain(|key, _| current.contains_key(key));
         let mut writes = Vec::new();
         for (key, verdict) in current.iter() {
             let previous = written.get(key).or(verdict.status.as_ref());
-            let next = desired(key, verdict, &dataplanes, previous, &now);
+            let next = desired(key, verdict, &view, previous, &now);
             if previous == Some(&next) {
                 continue;
             }
@@ -267,7 +301,6 @@ async fn write(client: &Client, key: &RouteKey, status: &LuaRouteStatus) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::published::Published;
 
     fn verdict(generation: i64, acceptance: Acceptance, published: Option<i64>) -> Verdict {
         Verdict {
@@ -314,7 +347,7 @@ mod tests {
         let s = desired(
             &key,
             &verdict(2, Acceptance::Accepted, Some(2)),
-            &fleet.dataplanes(),
+            &FleetView::new(fleet.dataplanes()),
             None,
             &now,
         );
@@ -329,7 +362,7 @@ mod tests {
         let t = desired(
             &key,
             &verdict(2, Acceptance::Accepted, Some(2)),
-            &fleet.dataplanes(),
+            &FleetView::new(fleet.dataplanes()),
             Some(&s),
             &later,
         );
@@ -365,7 +398,7 @@ mod tests {
             Acceptance::Invalid("content: line 3: unexpected symbol".into()),
             Some(1),
         );
-        let s = desired(&key, &v, &fleet.dataplanes(), None, &now);
+        let s = desired(&key, &v, &FleetView::new(fleet.dataplanes()), None, &now);
         let accepted = get(&s, "Accepted");
         assert_eq!(
             (accepted.status.as_str(), accepted.reason.as_str()),
