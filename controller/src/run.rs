@@ -51,6 +51,10 @@ pub async fn run(options: Options) -> Result<()> {
         source,
     })?;
 
+    // Bad TLS material is a configuration error: say so before campaigning,
+    // rather than after taking the Lease from a working leader.
+    let tls = crate::tls::server_config(&client, &options.tls).await?;
+
     let (leading_tx, mut leading) = watch::channel(options.lease.is_none());
     let campaign = {
         let client = client.clone();
@@ -76,7 +80,6 @@ pub async fn run(options: Options) -> Result<()> {
     readiness.leading.store(true, Ordering::Relaxed);
     tracing::info!(identity = %options.identity, "leading: serving dataplanes and writing status");
 
-    let tls = crate::tls::server_config(&client, &options.tls).await?;
     let fleet = Arc::new(Fleet::default());
     let (latest_tx, latest) = watch::channel(None);
     let (verdicts_tx, verdicts) = watch::channel(Arc::default());

@@ -241,6 +241,21 @@ fn conflicts_and_missing_services_are_reported_where_users_look() {
 #[test]
 fn a_dataplane_without_a_trusted_client_certificate_gets_nothing() {
     let env = Env::new("mtls");
+    // A Secret that does not exist: a clear error at start, before any campaign.
+    let mut command = env.controller_command("controller-x", free_port(), free_port());
+    command.args(["--tls-secret", &format!("{}/missing", env.namespace)]);
+    let mut misconfigured = common::Process::spawn("controller-x", &mut command);
+    wait_for(WAIT, || (!misconfigured.running()).then_some(())).expect("exits");
+    let logs = misconfigured.logs();
+    assert!(
+        logs.contains(&format!("reading Secret {}/missing", env.namespace)),
+        "{logs}"
+    );
+    assert!(
+        env.kubectl(&["get", "lease", "moongate-controller"]).stdout.is_empty(),
+        "it never campaigned"
+    );
+
     // The controller's certificate, key and client CA come from a Secret here.
     env.kubectl_ok(&[
         "create",
