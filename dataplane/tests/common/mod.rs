@@ -20,8 +20,13 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A LuaRoute document named `name` in namespace `default` with `spec` (YAML, indented by 2).
 pub fn route(name: &str, spec: &str) -> String {
+    route_in("default", name, spec)
+}
+
+/// A LuaRoute document `namespace/name` with `spec` (YAML, indented by 2).
+pub fn route_in(namespace: &str, name: &str, spec: &str) -> String {
     format!(
-        "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}"
+        "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
     )
 }
 
@@ -283,6 +288,27 @@ impl Server {
                 Ok(n) => out.extend_from_slice(&buf[..n]),
             }
         }
+    }
+
+    /// Sends `raw` on a new connection and reads one response; `Err` when none
+    /// comes (the process died, or no answer within `IO_TIMEOUT`).
+    pub fn try_raw(&self, raw: &[u8]) -> std::io::Result<Response> {
+        let mut s = TcpStream::connect(self.addr())?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        s.write_all(raw)?;
+        read_response(&mut BufReader::new(s))
+    }
+
+    /// `GET path` with `Host: host` and `extra` header lines (each ending in CRLF), as `try_raw`.
+    pub fn try_get_host(&self, host: &str, path: &str, extra: &str) -> std::io::Result<Response> {
+        self.try_raw(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n").as_bytes())
+    }
+
+    /// `GET path` with `Host: host`; panics, with the logs, when no response comes.
+    pub fn get_host(&self, host: &str, path: &str) -> Response {
+        self.try_get_host(host, path, "")
+            .unwrap_or_else(|e| panic!("GET {host}{path}: no response ({e}); logs:\n{}", self.logs()))
     }
 
     /// `GET path` over HTTP/1.1 with `Connection: close`.
