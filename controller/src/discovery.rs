@@ -112,6 +112,7 @@ impl ConfigDiscovery for Discovery {
             latest: self.latest.clone(),
             out: tx,
             applied: None,
+            left_out: Vec::new(),
             in_flight: None,
             rejected: HashSet::new(),
         };
@@ -132,6 +133,8 @@ struct Session {
     out: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     /// What the dataplane acknowledged last on this stream.
     applied: Option<Arc<Published>>,
+    /// The routes the dataplane left out of `applied` (its Ack's errors).
+    left_out: Vec<pb::RouteError>,
     in_flight: Option<(Arc<Published>, Instant)>,
     /// Content hashes this dataplane rejected.
     rejected: HashSet<Vec<u8>>,
@@ -185,7 +188,7 @@ impl Session {
             if applied.version != latest.version {
                 // Same content under a newer version: nothing to load.
                 self.applied = Some(latest.clone());
-                self.membership.applied(latest);
+                self.membership.applied(latest, self.left_out.clone());
             }
             return true;
         }
@@ -222,8 +225,12 @@ impl Session {
                 }
                 crate::metrics::acked(at.elapsed());
                 tracing::debug!(node = %self.node, version = ack.version, "acked");
+                for e in &ack.route_errors {
+                    tracing::warn!(node = %self.node, version = ack.version, route = %format_args!("{}/{}", e.namespace, e.name), "dataplane left the route out: {}", e.message);
+                }
                 self.applied = Some(pushed.clone());
-                self.membership.applied(pushed);
+                self.left_out = ack.route_errors.clone();
+                self.membership.applied(pushed, ack.route_errors);
                 Ok(())
             }
             Some(Reply::Nack(nack)) => {

@@ -47,7 +47,9 @@ pub struct Dataplane {
     session: u64,
     /// The last version it acknowledged on this session.
     pub applied: Option<Arc<Published>>,
-    /// Its most recent rejection, cleared by the next acknowledgement.
+    /// Its most recent rejection, cleared by the next acknowledgement; or
+    /// the routes its last acknowledged version left out (`applied` is then
+    /// that rejection's `published`).
     pub rejection: Option<Rejection>,
 }
 
@@ -136,10 +138,16 @@ impl Fleet {
 }
 
 impl Membership {
-    pub fn applied(&self, published: Arc<Published>) {
+    /// The dataplane applied `published`, without the routes in `left_out`.
+    pub fn applied(&self, published: Arc<Published>, left_out: Vec<pb::RouteError>) {
         self.fleet.update(&self.node_id, self.session, |dp| {
+            dp.rejection = (!left_out.is_empty()).then(|| Rejection {
+                version: published.version,
+                published: published.clone(),
+                message: "routes left out".into(),
+                route_errors: left_out,
+            });
             dp.applied = Some(published);
-            dp.rejection = None;
         });
     }
 
@@ -175,14 +183,14 @@ mod tests {
         let fleet = Arc::new(Fleet::default());
         let old = fleet.join("dp-1", "ns/dp-1");
         let new = fleet.join("dp-1", "ns/dp-1");
-        old.applied(Arc::new(Published::new(3, Default::default())));
+        old.applied(Arc::new(Published::new(3, Default::default())), Vec::new());
         assert!(
             fleet.dataplanes()[0].applied.is_none(),
             "the stale session must not update the new one"
         );
         drop(old);
         assert_eq!(fleet.len(), 1);
-        new.applied(Arc::new(Published::new(4, Default::default())));
+        new.applied(Arc::new(Published::new(4, Default::default())), Vec::new());
         assert_eq!(fleet.dataplanes()[0].applied.as_ref().map(|p| p.version), Some(4));
         drop(new);
         assert!(fleet.is_empty());

@@ -84,13 +84,28 @@ impl FleetView {
         }
     }
 
-    /// Dataplanes serving `generation` of `key`.
+    /// Dataplanes serving `generation` of `key`: those that applied a
+    /// version with it, less those that left it out of that version.
     fn programmed(&self, key: &RouteKey, generation: i64) -> usize {
-        self.by_version
+        let applied: usize = self
+            .by_version
             .iter()
             .filter(|(p, _)| p.generation(key) == Some(generation))
             .map(|(_, n)| n)
-            .sum()
+            .sum();
+        let left_out = self
+            .rejecting
+            .iter()
+            .filter(|dp| match (&dp.applied, &dp.rejection) {
+                (Some(applied), Some(r)) => {
+                    Arc::ptr_eq(applied, &r.published)
+                        && applied.generation(key) == Some(generation)
+                        && r.message_for(key).is_some()
+                }
+                _ => false,
+            })
+            .count();
+        applied - left_out
     }
 }
 
@@ -327,7 +342,7 @@ mod tests {
                         ..Default::default()
                     };
                     let routes = [(("ns".to_string(), "r".to_string()), Arc::new(route))].into();
-                    m.applied(Arc::new(Published::new(1, routes)));
+                    m.applied(Arc::new(Published::new(1, routes)), Vec::new());
                 }
                 m
             })

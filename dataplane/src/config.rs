@@ -102,6 +102,8 @@ pub struct Route {
     /// `namespace/name`
     pub id: String,
     pub namespace: String,
+    /// Lowercase, without a trailing dot; empty: any host.
+    pub hostnames: Vec<String>,
     pub locations: Vec<Location>,
     pub modules: Vec<(String, Chunk)>,
     pub init: Option<Chunk>,
@@ -127,6 +129,12 @@ impl LocationRef {
     };
 }
 
+/// A virtual server of a config: the routes of one hostname, or of any host.
+/// A request is matched to one when it arrives and stays on it: its
+/// subrequests and internal redirects only ever reach this server's locations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerId(usize);
+
 /// The locations of one virtual server, indexed for nginx's selection rules.
 #[derive(Debug, Default)]
 struct Server {
@@ -141,10 +149,18 @@ struct Server {
 pub struct Config {
     pub version: u64,
     pub content_hash: Vec<u8>,
-    pub routes: Vec<Route>,
-    by_host: HashMap<String, Server>,
-    /// Routes without hostnames.
-    any_host: Server,
+    pub routes: Vec<Arc<Route>>,
+    /// `servers[0]` serves hosts no route names.
+    servers: Vec<Server>,
+    by_host: HashMap<String, ServerId>,
+}
+
+/// The server of hosts no route names.
+const ANY_HOST: ServerId = ServerId(0);
+
+impl ServerId {
+    /// The server of hosts no route names.
+    pub const ANY: ServerId = ANY_HOST;
 }
 
 impl TryFrom<&pb::Snapshot> for Config {
@@ -153,29 +169,38 @@ impl TryFrom<&pb::Snapshot> for Config {
     fn try_from(snapshot: &pb::Snapshot) -> Result<Config> {
         let mut routes = Vec::with_capacity(snapshot.routes.len());
         for r in &snapshot.routes {
-            routes.push(route_from_proto(r)?);
+            routes.push(Arc::new(route_from_proto(r)?));
         }
-        let mut by_host: HashMap<String, Server> = HashMap::new();
-        let mut any_host = Server::default();
-        for (ri, r) in snapshot.routes.iter().enumerate() {
-            let servers: Vec<&mut Server> = if r.hostnames.is_empty() {
-                vec![&mut any_host]
+        Ok(Config::index(snapshot.version, snapshot.content_hash.clone(), routes))
+    }
+}
+
+impl Config {
+    /// Indexes `routes`, in dataplane order, into virtual servers.
+    fn index(version: u64, content_hash: Vec<u8>, routes: Vec<Arc<Route>>) -> Config {
+        let mut servers = vec![Server::default()];
+        let mut by_host: HashMap<String, ServerId> = HashMap::new();
+        for (ri, r) in routes.iter().enumerate() {
+            let ids: Vec<ServerId> = if r.hostnames.is_empty() {
+                vec![ANY_HOST]
             } else {
                 // A host named by several routes gets all their locations, in route order.
-                let mut v = Vec::new();
-                for h in &r.hostnames {
-                    by_host.entry(h.to_ascii_lowercase()).or_default();
-                }
-                for (h, s) in by_host.iter_mut() {
-                    if r.hostnames.iter().any(|x| x.eq_ignore_ascii_case(h)) {
-                        v.push(s);
-                    }
-                }
-                v
+                let mut ids: Vec<ServerId> = r
+                    .hostnames
+                    .iter()
+                    .map(|h| {
+                        *by_host.entry(h.clone()).or_insert_with(|| {
+                            servers.push(Server::default());
+                            ServerId(servers.len() - 1)
+                        })
+                    })
+                    .collect();
+                ids.dedup();
+                ids
             };
-            for server in servers {
-                for (li, loc) in routes[ri].locations.iter().enumerate() {
-                    server.add(
+            for id in ids {
+                for (li, loc) in r.locations.iter().enumerate() {
+                    servers[id.0].add(
                         &loc.path,
                         loc.kind,
                         LocationRef {
@@ -186,16 +211,23 @@ impl TryFrom<&pb::Snapshot> for Config {
                 }
             }
         }
-        for s in by_host.values_mut().chain(std::iter::once(&mut any_host)) {
+        for s in &mut servers {
             s.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         }
-        Ok(Config {
-            version: snapshot.version,
-            content_hash: snapshot.content_hash.clone(),
+        Config {
+            version,
+            content_hash,
             routes,
+            servers,
             by_host,
-            any_host,
-        })
+        }
+    }
+
+    /// This config with only the routes at `kept` (indices, in order), as
+    /// served when the others failed to load.
+    pub fn with_routes(&self, kept: &[usize]) -> Config {
+        let routes = kept.iter().filter_map(|&i| self.routes.get(i).cloned()).collect();
+        Config::index(self.version, self.content_hash.clone(), routes)
     }
 }
 
@@ -256,6 +288,7 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
     Ok(Route {
         id: id.clone(),
         namespace: r.namespace.clone(),
+        hostnames: r.hostnames.iter().map(|h| normalize_host(h.as_bytes())).collect(),
         locations,
         modules,
         init: chunk(&r.init)?,
@@ -292,17 +325,29 @@ impl Server {
     }
 }
 
+/// A hostname as servers are keyed: lowercase, without a trailing dot (as
+/// nginx compares `server_name`).
+pub fn normalize_host(host: &[u8]) -> String {
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    String::from_utf8_lossy(host).to_ascii_lowercase()
+}
+
 impl Config {
     /// Whether any route names hostnames (else the Host header needs no parsing).
     pub fn has_hostnames(&self) -> bool {
         !self.by_host.is_empty()
     }
 
-    /// Selects the location for `host` (lowercase, no port) and the normalized
-    /// URI path, by nginx's rules: exact; else the longest prefix, final if `^~`;
-    /// else the first matching regex; else that longest prefix.
-    pub fn find_location(&self, host: &str, uri: &[u8]) -> Option<LocationRef> {
-        let server = self.by_host.get(host).unwrap_or(&self.any_host);
+    /// The virtual server of `host` (as `normalize_host` makes it).
+    pub fn server(&self, host: &str) -> ServerId {
+        self.by_host.get(host).copied().unwrap_or(ANY_HOST)
+    }
+
+    /// Selects the location of `server` for the normalized URI path, by
+    /// nginx's rules: exact; else the longest prefix, final if `^~`; else the
+    /// first matching regex; else that longest prefix.
+    pub fn find_location(&self, server: ServerId, uri: &[u8]) -> Option<LocationRef> {
+        let server = &self.servers[server.0];
         if let Some(at) = server.exact.get(uri) {
             return Some(*at);
         }
@@ -355,7 +400,7 @@ mod tests {
     }
 
     fn path_of(c: &Config, host: &str, uri: &str) -> Option<String> {
-        c.find_location(host, uri.as_bytes())
+        c.find_location(c.server(&normalize_host(host.as_bytes())), uri.as_bytes())
             .map(|at| c.location(at).path.clone())
     }
 
@@ -417,5 +462,10 @@ spec:
         assert_eq!(path_of(&c, "example.com", "/a/x").unwrap(), "/a");
         assert_eq!(path_of(&c, "example.com", "/b"), None);
         assert_eq!(path_of(&c, "other", "/b").unwrap(), "/b");
+        assert_eq!(
+            path_of(&c, "EXAMPLE.COM.", "/a").unwrap(),
+            "/a",
+            "a trailing dot and case do not matter, as for nginx server_name"
+        );
     }
 }

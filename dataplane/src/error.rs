@@ -26,11 +26,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A worker refused a config; the message names the route.
-    #[error("{0}")]
-    Rejected(String),
     #[error("worker {0} is gone")]
     WorkerGone(usize),
+    /// Routes that did not load (one line each).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    RoutesFailed(Vec<crate::lua::vm::RouteLoadError>),
 }
 
 impl Error {
@@ -40,8 +40,8 @@ impl Error {
             Error::Load { .. } => "load",
             Error::Listen { .. } => "listen",
             Error::Io { .. } => "io",
-            Error::Rejected(_) => "load",
             Error::WorkerGone(_) => "worker",
+            Error::RoutesFailed(_) => "load",
         }
     }
 }

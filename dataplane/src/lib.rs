@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod phase;
 pub mod redb_file;
 pub mod request;
+pub mod sched;
 pub mod shdict;
 pub mod standalone;
 pub mod worker;

@@ -8,7 +8,9 @@ use clap::Parser;
 use mimalloc::MiMalloc;
 use moongate_dataplane::discovery::store::SnapshotStore;
 use moongate_dataplane::discovery::{Client, ClientTls, ControllerSettings};
-use moongate_dataplane::{admin, http::server, standalone, worker::Settings};
+use moongate_dataplane::lua::budget::{HOOK_INTERVAL, Limits};
+use moongate_dataplane::shdict::{DictLimits, DictStore};
+use moongate_dataplane::{admin, http::server, standalone, worker, worker::Settings};
 
 /// A request allocates a dozen small objects (hyper's head and buffers, the
 /// request state, Lua output); mimalloc's thread-local free lists make those
@@ -72,10 +74,29 @@ struct Cli {
     /// Largest request head; larger gets 431.
     #[arg(long, default_value = "16Ki", value_parser = parse_size)]
     max_header_size: u64,
-    /// Lua VM instructions one handler may run before it is aborted with a 500
-    /// (a route's `limits.instructionBudget` overrides it).
-    #[arg(long, default_value_t = moongate_dataplane::worker::DEFAULT_INSTRUCTION_BUDGET)]
+    /// Lua VM instructions (and their equivalent in C work) one handler may
+    /// run before it is aborted with a 500. A ceiling: a route's
+    /// `limits.instructionBudget` can only lower it.
+    #[arg(long, default_value_t = worker::DEFAULT_INSTRUCTION_BUDGET)]
     instruction_budget: u64,
+    /// Instructions Lua runs before it is preempted to let other requests on
+    /// the worker run (where it can yield).
+    #[arg(long, default_value_t = worker::DEFAULT_SLICE)]
+    preemption_slice: u64,
+    /// The most instructions Lua may run where it cannot be preempted (in a
+    /// filter or log handler, or a callback from C such as a table.sort
+    /// comparator) before it is aborted.
+    #[arg(long, default_value_t = worker::DEFAULT_UNPREEMPTIBLE)]
+    max_unpreemptible: u64,
+    /// Memory one namespace's Lua may hold on one worker (its tenant VM).
+    #[arg(long, default_value = "128Mi", value_parser = parse_size)]
+    lua_memory_limit: u64,
+    /// The largest shared dict a route may declare.
+    #[arg(long, default_value = "256Mi", value_parser = parse_size)]
+    max_shared_dict_size: u64,
+    /// The most shared dict capacity one namespace may declare in all.
+    #[arg(long, default_value = "1Gi", value_parser = parse_size)]
+    max_namespace_shared_dicts: u64,
     /// Where `persistence: Durable` shared dicts are stored (one redb file).
     #[arg(long, env = "MOONGATE_DATA_DIR", default_value = "/var/lib/moongate")]
     data_dir: PathBuf,
@@ -122,6 +143,33 @@ fn parse_size(s: &str) -> Result<u64, String> {
     moongate_controller::quantity::parse_bytes(s)
 }
 
+fn settings(cli: &Cli) -> Settings {
+    let workers = cli
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let budget = cli.instruction_budget.max(u64::from(HOOK_INTERVAL));
+    Settings {
+        max_body: cli.max_body_size,
+        max_header: cli.max_header_size as usize,
+        shutdown_timeout: Duration::from_secs_f64(cli.shutdown_timeout.max(0.0)),
+        workers,
+        cpu: Limits {
+            budget,
+            slice: cli.preemption_slice.clamp(u64::from(HOOK_INTERVAL), budget),
+            unpreemptible: cli.max_unpreemptible.clamp(u64::from(HOOK_INTERVAL), budget),
+        },
+        memory_limit: usize::try_from(cli.lua_memory_limit).unwrap_or(usize::MAX),
+    }
+}
+
+fn dict_limits(cli: &Cli) -> DictLimits {
+    DictLimits {
+        max_capacity: cli.max_shared_dict_size,
+        max_namespace_total: cli.max_namespace_shared_dicts,
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -153,7 +201,9 @@ fn check(cli: &Cli) -> ExitCode {
         println!("moongate-dataplane: --check needs --routes");
         return ExitCode::from(2);
     };
-    match standalone::load(routes, 1).and_then(|config| moongate_dataplane::worker::check_loads(Arc::new(config))) {
+    let settings = Arc::new(settings(cli));
+    let dicts = Arc::new(DictStore::default().with_limits(dict_limits(cli)));
+    match standalone::load(routes, 1).and_then(|config| worker::check_loads(Arc::new(config), settings, dicts)) {
         Ok(()) => {
             println!("moongate-dataplane: the configuration in {} is ok", routes.display());
             ExitCode::SUCCESS
@@ -169,33 +219,21 @@ fn check(cli: &Cli) -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
-    let workers = cli
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    let settings = Arc::new(Settings {
-        max_body: cli.max_body_size,
-        max_header: cli.max_header_size as usize,
-        shutdown_timeout: Duration::from_secs_f64(cli.shutdown_timeout.max(0.0)),
-        workers,
-        instruction_budget: cli
-            .instruction_budget
-            .max(u64::from(moongate_dataplane::lua::budget::HOOK_INTERVAL)),
-    });
+    let settings = Arc::new(settings(&cli));
     let admin_state = Arc::new(admin::AdminState::default());
     if let Some(addr) = cli.admin {
         let bound = admin::start(addr, admin_state.clone()).await?;
         tracing::info!("admin on http://{bound}");
     }
-    let dicts = Arc::new(moongate_dataplane::shdict::DictStore::with_data_dir(
-        &cli.data_dir,
-        Duration::from_millis(cli.commit_window_ms.max(1)),
-    ));
+    let dicts = Arc::new(
+        DictStore::with_data_dir(&cli.data_dir, Duration::from_millis(cli.commit_window_ms.max(1)))
+            .with_limits(dict_limits(&cli)),
+    );
     let result = match &cli.routes {
         Some(routes) => {
             let config = Arc::new(standalone::load(routes, 1)?);
             let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
-            workers.apply(config.clone()).await?;
+            standalone::report(&workers.apply(config.clone()).await?);
             admin_state.set_config(config.version, &config.content_hash);
             tracing::info!(
                 workers = workers.len(),

@@ -41,6 +41,9 @@ struct Metrics {
     durable_timers_fired: Counter,
     durable_timers_dropped: Counter,
     timer_callback_errors: Counter,
+    lua_memory_errors: Counter,
+    tenant_vms: Gauge,
+    routes_failed: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -103,8 +106,29 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Timer callbacks (ngx.timer.* and durable) that ended with a Lua error",
         timer_callback_errors.clone(),
     );
+    let lua_memory_errors = Counter::default();
+    registry.register(
+        "lua_memory_errors",
+        "Lua code that failed for running past its tenant VM's memory limit",
+        lua_memory_errors.clone(),
+    );
+    let tenant_vms = Gauge::default();
+    registry.register(
+        "lua_tenant_vms",
+        "Tenant Lua VMs (one per namespace with routes) on the most recently reconfigured worker",
+        tenant_vms.clone(),
+    );
+    let routes_failed = Counter::default();
+    registry.register(
+        "config_routes_failed",
+        "Routes left out of an applied config because they failed to load (init error, refused dict)",
+        routes_failed.clone(),
+    );
     Metrics {
         registry,
+        lua_memory_errors,
+        tenant_vms,
+        routes_failed,
         responses,
         lua_errors,
         budget_exceeded,
@@ -166,6 +190,18 @@ pub fn durable_timer_dropped() {
 
 pub fn timer_callback_error() {
     METRICS.timer_callback_errors.inc();
+}
+
+pub fn lua_memory_error() {
+    METRICS.lua_memory_errors.inc();
+}
+
+pub fn tenant_vms(n: usize) {
+    METRICS.tenant_vms.set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+pub fn routes_failed(n: usize) {
+    METRICS.routes_failed.inc_by(n as u64);
 }
 
 /// (fired, dropped, callback errors) so far; for tests.

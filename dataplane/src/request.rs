@@ -14,7 +14,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 
-use crate::config::{LocationRef, Phase};
+use crate::config::{LocationRef, Phase, ServerId};
+use crate::lua::budget::{Account, HookHandle};
 
 /// What a handler asked the driver to do when it ended its coroutine early.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub struct RequestState {
     pub start_time: f64,
     pub internal: bool,
 
+    /// The virtual server the request arrived on; it never leaves it.
+    pub server: ServerId,
     pub location: LocationRef,
     /// "route default/hello, location /hello", for log lines.
     pub site: Arc<str>,
@@ -80,12 +83,19 @@ pub struct RequestState {
     pub ctx: Option<mlua::Table>,
     /// `ngx.arg[1]`, `ngx.arg[2]` in body_filter: the chunk and whether it is the last.
     pub filter_arg: (Bytes, bool),
-    /// Lua instructions the current handler may still run (`lua::budget`).
-    pub budget: u64,
+    /// The CPU account of this request's handlers (`lua::budget`), created at
+    /// the first handler and reset at each; a subrequest shares its parent's,
+    /// so a whole subrequest tree runs on one budget.
+    pub account: Option<Rc<Account>>,
+    /// The hook of the VM of the current location's route, for `account`.
+    pub hook: HookHandle,
     /// Close the connection without a response (`ngx.exit(444)`).
     pub close: bool,
     /// How deep this subrequest is (0 for a main request).
     pub subrequest_depth: u8,
+    /// Subrequests this request's tree has started so far, shared with its
+    /// subrequests (nginx caps a request at 65535).
+    pub subrequests: Rc<std::cell::Cell<u32>>,
     /// Variables a subrequest was given (`vars`, `copy_all_vars`), applied when
     /// it enters its location.
     pub preset_vars: Vec<(String, Vec<u8>)>,
@@ -119,6 +129,7 @@ impl RequestState {
             body: Body::Unread,
             start_time: 0.0,
             internal: false,
+            server: ServerId::ANY,
             location: LocationRef::NONE,
             site: Arc::from(""),
             phase: Phase::Rewrite,
@@ -135,8 +146,10 @@ impl RequestState {
             ctx: None,
             filter_arg: (Bytes::new(), false),
             close: false,
-            budget: 0,
+            account: None,
+            hook: HookHandle::NONE,
             subrequest_depth: 0,
+            subrequests: Rc::default(),
             preset_vars: Vec::new(),
             redirects: 0,
         }

@@ -107,6 +107,14 @@ pub async fn watch(path: PathBuf, workers: &Workers, mut version: u64, admin: &A
 async fn reload(path: &Path, workers: &Workers, version: u64) -> Result<Vec<u8>> {
     let config = load(path, version)?;
     let hash = config.content_hash.clone();
-    workers.apply(Arc::new(config)).await?;
+    report(&workers.apply(Arc::new(config)).await?);
     Ok(hash)
+}
+
+/// Logs the routes a config left out because they failed to load.
+pub fn report(applied: &crate::worker::Applied) {
+    crate::metrics::routes_failed(applied.failed.len());
+    for (route, message) in &applied.failed {
+        tracing::error!(route = %route, "route not loaded, the other routes serve: {message}");
+    }
 }

@@ -1,10 +1,17 @@
-//! A worker: one OS thread with a single-threaded tokio runtime, its own Lua VM
-//! and its own SO_REUSEPORT listener (thread-per-core, no locks on the request
-//! path). The control thread talks to it over `Control` messages: config
-//! versions are loaded in two steps (`Prepare` on every worker, then `Commit`
-//! or `Abort`) so a snapshot that fails to load anywhere is applied nowhere.
+//! A worker: one OS thread with a single-threaded tokio runtime, one Lua VM
+//! per tenant (namespace) and its own SO_REUSEPORT listener
+//! (thread-per-core, no locks on the request path). The control thread talks
+//! to it over `Control` messages: config versions are loaded in two steps
+//! (`Prepare` on every worker, then `Commit` or `Abort`) so every worker
+//! serves the same routes.
+//!
+//! A route that fails to load on any worker (its `init` throws, a dict it
+//! declares is refused) is left out of the version on every worker, and
+//! reported; the other routes are applied. Only a failure that cannot be
+//! pinned on a route aborts the version.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,63 +19,105 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::lua::vm::{LoadedConfig, Vm};
+use crate::lua::budget::Limits;
+use crate::lua::vm::{LoadedConfig, LoadedRoute, RouteLoadError, Vm, VmSettings};
+use crate::sched::Sched;
 use crate::shdict::DictStore;
 
 /// The default instruction budget of a handler: about a tenth of a second of
 /// interpreted Lua, far beyond what a gateway handler needs.
 pub const DEFAULT_INSTRUCTION_BUDGET: u64 = 100_000_000;
+/// Instructions between two preemptions of code that can yield: about a
+/// tenth of a millisecond.
+pub const DEFAULT_SLICE: u64 = 100_000;
+/// The longest stretch of code that cannot yield (a C callback, a filter):
+/// a few milliseconds.
+pub const DEFAULT_UNPREEMPTIBLE: u64 = 5_000_000;
+/// Bytes one tenant VM may hold on one worker.
+pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
 
-/// Server-wide settings, fixed at start.
+/// Server-wide settings, fixed at start. The limits are ceilings: a route
+/// can lower them, never raise them.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// `client_max_body_size` when a route sets none.
+    /// `client_max_body_size` ceiling and default.
     pub max_body: u64,
     /// Request head limit; larger heads get 431.
     pub max_header: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     pub workers: usize,
-    /// Lua instructions one handler may run when its route sets no budget.
-    pub instruction_budget: u64,
+    /// CPU bounds of route code; `budget` is the ceiling of a route's
+    /// `limits.instructionBudget`.
+    pub cpu: Limits,
+    /// Bytes one tenant VM may hold.
+    pub memory_limit: usize,
 }
 
+impl Settings {
+    /// The CPU bounds of a route that asks for `budget` (0: the default).
+    pub fn route_limits(&self, budget: u64) -> Limits {
+        let budget = if budget == 0 { self.cpu.budget } else { budget.min(self.cpu.budget) };
+        Limits {
+            budget,
+            slice: self.cpu.slice.min(budget),
+            unpreemptible: self.cpu.unpreemptible.min(budget),
+        }
+    }
+
+    /// The body limit of a route that asks for `max_body` (0: the default).
+    pub fn route_max_body(&self, max_body: u64) -> u64 {
+        if max_body == 0 { self.max_body } else { max_body.min(self.max_body) }
+    }
+}
+
+/// What a worker reports for a prepared version.
+pub type Prepared = Result<Vec<(usize, RouteLoadError)>, crate::Error>;
+
 pub enum Control {
-    /// Load this config into the VM and hold it, unapplied.
+    /// Load this config into the VMs and hold it, unapplied; reply with the
+    /// routes (by index) that failed to load.
     Prepare {
         config: Arc<Config>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Prepared>,
     },
-    /// Serve the prepared config from now on.
-    Commit,
+    /// Serve the prepared config from now on, as `config` (the prepared one
+    /// without the routes that failed anywhere; `kept[i]` is the index in the
+    /// prepared config of `config.routes[i]`).
+    Commit { config: Arc<Config>, kept: Arc<Vec<usize>> },
     /// Forget the prepared config.
     Abort,
 }
 
 pub struct Worker {
     pub id: usize,
-    pub vm: Vm,
     pub settings: Arc<Settings>,
+    pub sched: Rc<Sched>,
+    dicts: Arc<DictStore>,
+    tenants: RefCell<HashMap<Rc<str>, Rc<Vm>>>,
     current: RefCell<Rc<LoadedConfig>>,
-    pending: RefCell<Option<Rc<LoadedConfig>>>,
-    serving: std::cell::Cell<bool>,
+    pending: RefCell<Option<Vec<Option<LoadedRoute>>>>,
+    serving: Cell<bool>,
 }
 
 impl Worker {
     pub fn new(id: usize, settings: Arc<Settings>, dicts: Arc<DictStore>) -> crate::Result<Worker> {
-        let vm = Vm::new(id, settings.workers, settings.instruction_budget, dicts).map_err(|e| crate::Error::Load {
-            route: "-".into(),
-            message: format!("creating the Lua VM: {e}"),
-        })?;
         let empty = Arc::new(Config::try_from(&moongate_proto::v1::Snapshot::default())?);
-        let current = vm.load(empty)?;
+        let sched = Rc::new(Sched::default());
+        crate::sched::install(sched.clone());
+        crate::durable_timer::attach(&dicts);
         Ok(Worker {
             id,
-            vm,
             settings,
-            current: RefCell::new(Rc::new(current)),
+            sched,
+            dicts,
+            tenants: RefCell::new(HashMap::new()),
+            current: RefCell::new(Rc::new(LoadedConfig {
+                config: empty,
+                routes: Vec::new(),
+            })),
             pending: RefCell::new(None),
-            serving: std::cell::Cell::new(false),
+            serving: Cell::new(false),
         })
     }
 
@@ -82,31 +131,102 @@ impl Worker {
         self.current.borrow().clone()
     }
 
+    /// The VM of `namespace`, created at its first route.
+    fn tenant(&self, namespace: &str) -> Result<Rc<Vm>, String> {
+        if let Some(vm) = self.tenants.borrow().get(namespace) {
+            return Ok(vm.clone());
+        }
+        let settings = VmSettings {
+            worker_id: self.id,
+            worker_count: self.settings.workers,
+            memory_limit: self.settings.memory_limit,
+        };
+        let vm = Rc::new(
+            Vm::new(namespace, &settings).map_err(|e| format!("creating the Lua VM of namespace {namespace}: {e}"))?,
+        );
+        self.tenants.borrow_mut().insert(vm.tenant.clone(), vm.clone());
+        crate::metrics::tenant_vms(self.tenants.borrow().len());
+        Ok(vm)
+    }
+
+    fn prepare(&self, config: &Arc<Config>) -> Vec<(usize, RouteLoadError)> {
+        let mut loaded = Vec::with_capacity(config.routes.len());
+        let mut failed = Vec::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            let result = self
+                .tenant(&route.namespace)
+                .map_err(|message| RouteLoadError {
+                    route: route.id.clone(),
+                    message,
+                })
+                .and_then(|vm| {
+                    vm.load_route(
+                        route,
+                        config,
+                        &self.dicts,
+                        self.settings.route_limits(route.instruction_budget),
+                        self.settings.route_max_body(route.max_body),
+                    )
+                });
+            match result {
+                Ok(r) => loaded.push(Some(r)),
+                Err(e) => {
+                    tracing::error!(worker = self.id, version = config.version, "{e}; the route is left out");
+                    loaded.push(None);
+                    failed.push((i, e));
+                }
+            }
+        }
+        *self.pending.borrow_mut() = Some(loaded);
+        failed
+    }
+
     pub fn handle(&self, msg: Control) {
         match msg {
             Control::Prepare { config, reply } => {
-                let version = config.version;
-                let result = self.vm.load(config).map(|loaded| {
-                    *self.pending.borrow_mut() = Some(Rc::new(loaded));
-                });
-                if let Err(e) = &result {
-                    tracing::error!(worker = self.id, version, "config failed to load: {e}");
-                }
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+                let _ = reply.send(Ok(self.prepare(&config)));
             }
-            Control::Commit => {
-                if let Some(loaded) = self.pending.borrow_mut().take() {
-                    crate::durable_timer::commit(self.id, self.settings.workers, &loaded.config);
-                    self.vm.run_init_worker(&loaded);
-                    *self.current.borrow_mut() = loaded;
-                    self.serving.set(true);
+            Control::Commit { config, kept } => {
+                let Some(mut pending) = self.pending.borrow_mut().take() else {
+                    return;
+                };
+                let routes: Vec<LoadedRoute> = kept.iter().filter_map(|&i| pending.get_mut(i)?.take()).collect();
+                if routes.len() != config.routes.len() {
+                    // A route failed here but not elsewhere and the control
+                    // thread did not leave it out: never serve a half config.
+                    tracing::error!(worker = self.id, "internal error: committed routes differ from the prepared ones");
+                    return;
                 }
+                let loaded = LoadedConfig { config, routes };
+                crate::durable_timer::commit(self.id, self.settings.workers, &loaded);
+                for (route, lr) in loaded.config.routes.iter().zip(&loaded.routes) {
+                    lr.run_init_worker(route);
+                }
+                *self.current.borrow_mut() = Rc::new(loaded);
+                self.serving.set(true);
+                self.drop_idle_tenants();
             }
             Control::Abort => {
                 self.pending.borrow_mut().take();
             }
         }
     }
+
+    /// Forgets the VMs of namespaces the served config no longer has; a VM
+    /// lives on while requests or timers still hold it.
+    fn drop_idle_tenants(&self) {
+        let current = self.current.borrow();
+        let mut tenants = self.tenants.borrow_mut();
+        tenants.retain(|ns, _| current.config.routes.iter().any(|r| r.namespace.as_str() == &**ns));
+        crate::metrics::tenant_vms(tenants.len());
+    }
+}
+
+/// What applying a version did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Routes left out because they failed to load, by route id.
+    pub failed: BTreeMap<String, String>,
 }
 
 /// The control thread's handle on all workers.
@@ -129,8 +249,9 @@ impl Workers {
         }
     }
 
-    /// Loads `config` into every worker's VM, then switches all of them, or none.
-    pub async fn apply(&self, config: Arc<Config>) -> crate::Result<()> {
+    /// Loads `config` into every worker, then switches all of them to it,
+    /// without the routes that failed to load on any worker.
+    pub async fn apply(&self, config: Arc<Config>) -> crate::Result<Applied> {
         let mut replies = Vec::with_capacity(self.senders.len());
         for (id, tx) in self.senders.iter().enumerate() {
             let (reply, rx) = oneshot::channel();
@@ -142,24 +263,36 @@ impl Workers {
             replies.push(rx);
         }
         let mut failure = None;
+        let mut failed: BTreeMap<usize, RouteLoadError> = BTreeMap::new();
         for (id, rx) in replies.into_iter().enumerate() {
             match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => failure = failure.or(Some(crate::Error::Rejected(message))),
+                Ok(Ok(routes)) => {
+                    for (i, e) in routes {
+                        failed.entry(i).or_insert(e);
+                    }
+                }
+                Ok(Err(e)) => failure = failure.or(Some(e)),
                 Err(_) => failure = failure.or(Some(crate::Error::WorkerGone(id))),
             }
         }
-        let msg = || {
-            if failure.is_some() {
-                Control::Abort
-            } else {
-                Control::Commit
+        if let Some(e) = failure {
+            for tx in &self.senders {
+                let _ = tx.send(Control::Abort);
             }
-        };
-        for tx in &self.senders {
-            let _ = tx.send(msg());
+            return Err(e);
         }
-        failure.map_or(Ok(()), Err)
+        let kept: Vec<usize> = (0..config.routes.len()).filter(|i| !failed.contains_key(i)).collect();
+        let serving = if failed.is_empty() { config } else { Arc::new(config.with_routes(&kept)) };
+        let kept = Arc::new(kept);
+        for tx in &self.senders {
+            let _ = tx.send(Control::Commit {
+                config: serving.clone(),
+                kept: kept.clone(),
+            });
+        }
+        Ok(Applied {
+            failed: failed.into_values().map(|e| (e.route, e.message)).collect(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -179,13 +312,15 @@ impl Workers {
     }
 }
 
-/// Loads `config` into a throwaway VM, as `--check` does: bytecode, `init`
-/// chunks and shared dict declarations are all exercised.
-pub fn check_loads(config: Arc<Config>) -> crate::Result<()> {
-    let vm =
-        Vm::new(0, 1, DEFAULT_INSTRUCTION_BUDGET, Arc::new(DictStore::default())).map_err(|e| crate::Error::Load {
-            route: "-".into(),
-            message: format!("creating the Lua VM: {e}"),
-        })?;
-    vm.load(config).map(|_| ())
+/// Loads `config` into throwaway VMs, as `--check` does: bytecode, `init`
+/// chunks and shared dict declarations are all exercised. Fails naming
+/// every route that does not load.
+pub fn check_loads(config: Arc<Config>, settings: Arc<Settings>, dicts: Arc<DictStore>) -> crate::Result<()> {
+    let worker = Worker::new(0, settings, dicts)?;
+    let failed: Vec<RouteLoadError> = worker.prepare(&config).into_iter().map(|(_, e)| e).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::Error::RoutesFailed(failed))
+    }
 }

@@ -62,6 +62,8 @@ struct Applied {
     routes: BTreeMap<(String, String), pb::Route>,
     version: u64,
     content_hash: Vec<u8>,
+    /// Routes of `routes` that failed to load and are not served.
+    left_out: Vec<pb::RouteError>,
 }
 
 pub struct Client<'a> {
@@ -106,7 +108,7 @@ impl<'a> Client<'a> {
         };
         let version = snapshot.version;
         match self.load(snapshot).await {
-            Ok(()) => tracing::info!(version, "serving the last config applied before the restart"),
+            Ok(_) => tracing::info!(version, "serving the last config applied before the restart"),
             Err(e) => tracing::error!(version, "the persisted config does not load: {}", e.message),
         }
     }
@@ -221,7 +223,11 @@ impl<'a> Client<'a> {
                 return Err(SessionError::Protocol(message));
             }
             let reply = match self.apply(snapshot).await {
-                Ok(()) => Reply::Ack(pb::Ack { version, content_hash }),
+                Ok(left_out) => Reply::Ack(pb::Ack {
+                    version,
+                    content_hash,
+                    route_errors: left_out,
+                }),
                 Err(rejection) => {
                     tracing::error!(
                         version,
@@ -236,14 +242,15 @@ impl<'a> Client<'a> {
         Ok(())
     }
 
-    async fn apply(&mut self, snapshot: pb::Snapshot) -> Result<(), Rejection> {
+    /// Applies `snapshot`; returns the routes it left out (they failed to load).
+    async fn apply(&mut self, snapshot: pb::Snapshot) -> Result<Vec<pb::RouteError>, Rejection> {
         if snapshot.content_hash == self.applied.content_hash {
             // Same routes under a new version (e.g. the restored config): nothing to load.
             self.applied.version = snapshot.version;
             self.admin.set_config(snapshot.version, &snapshot.content_hash);
-            return Ok(());
+            return Ok(self.applied.left_out.clone());
         }
-        self.load(snapshot.clone()).await?;
+        let left_out = self.load(snapshot.clone()).await?;
         if let Some(store) = &self.store
             && let Err(e) = store.save(&snapshot)
         {
@@ -251,17 +258,30 @@ impl<'a> Client<'a> {
                 "cannot persist the applied config; a restart without the controller would serve an older one: {e}"
             );
         }
-        Ok(())
+        Ok(left_out)
     }
 
-    /// Loads `snapshot` into every worker and makes it what this dataplane serves.
-    async fn load(&mut self, snapshot: pb::Snapshot) -> Result<(), Rejection> {
+    /// Loads `snapshot` into every worker and makes it what this dataplane
+    /// serves; returns the routes left out because they failed to load.
+    async fn load(&mut self, snapshot: pb::Snapshot) -> Result<Vec<pb::RouteError>, Rejection> {
         let loaded = match Config::try_from(&snapshot) {
             Ok(config) => self.workers.apply(Arc::new(config)).await,
             Err(e) => Err(e),
         };
         crate::metrics::reload(loaded.is_ok());
-        loaded.map_err(Rejection::from)?;
+        let applied = loaded.map_err(Rejection::from)?;
+        let left_out: Vec<pb::RouteError> = applied
+            .failed
+            .iter()
+            .map(|(id, message)| {
+                let (namespace, name) = id.split_once('/').unwrap_or(("", id));
+                pb::RouteError {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    message: message.clone(),
+                }
+            })
+            .collect();
         self.admin.set_config(snapshot.version, &snapshot.content_hash);
         tracing::info!(
             version = snapshot.version,
@@ -276,8 +296,9 @@ impl<'a> Client<'a> {
                 .collect(),
             version: snapshot.version,
             content_hash: snapshot.content_hash,
+            left_out: left_out.clone(),
         };
-        Ok(())
+        Ok(left_out)
     }
 }
 
@@ -289,22 +310,21 @@ struct Rejection {
 
 impl From<crate::Error> for Rejection {
     fn from(e: crate::Error) -> Rejection {
-        let message = e.to_string();
-        // Load errors name their route as "route NAMESPACE/NAME: ...".
-        let route_errors = message
-            .lines()
-            .filter_map(|line| {
-                let rest = line.strip_prefix("route ")?;
-                let (id, detail) = rest.split_once(": ")?;
-                let (namespace, name) = id.split_once('/')?;
-                Some(pb::RouteError {
+        let route_errors = match &e {
+            crate::Error::Load { route, message } => match route.split_once('/') {
+                Some((namespace, name)) => vec![pb::RouteError {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
-                    message: detail.to_string(),
-                })
-            })
-            .collect();
-        Rejection { message, route_errors }
+                    message: message.clone(),
+                }],
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        Rejection {
+            message: e.to_string(),
+            route_errors,
+        }
     }
 }
 

@@ -48,33 +48,39 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mlua::{Function, Lua, MultiValue, Table, Value, WeakLua};
+use std::rc::Rc;
+
+use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use crate::config::{Config, Route};
+use crate::lua::api::timer::Run;
+use crate::lua::budget::{Account, HookHandle, Limits, Running};
+use crate::lua::vm::LoadedConfig;
 use crate::shdict::DictStore;
 use codec::Record;
 
 /// Durable timers waiting on one worker beyond which `at_durable` refuses.
 pub const MAX_PENDING: usize = 4096;
 
-/// Instructions `require` of the callback's module may run (a timer's budget).
-const LOAD_BUDGET: u64 = crate::worker::DEFAULT_INSTRUCTION_BUDGET;
-
 /// The longest delay honoured, as for `ngx.timer.at`.
 const MAX_DELAY_SECS: f64 = 1e9;
 
 const API: &str = "at_durable";
 
-/// What the worker's VM gives the timers.
+/// Where the worker's timers are stored.
 struct WorkerState {
-    lua: WeakLua,
-    marker: Table,
     dicts: Arc<DictStore>,
 }
 
-/// A route's env as loaded into this worker's VM.
+/// A route's env as loaded into its tenant's VM.
 #[derive(Clone)]
 struct RouteEnv {
+    /// The tenant VM, its yield marker and hook.
+    lua: Lua,
+    marker: Table,
+    hook: HookHandle,
+    key: Rc<str>,
+    limits: Limits,
     /// The sandbox's own `require` (taken at install: a route may replace its
     /// global `require`, not this one).
     require: Function,
@@ -97,22 +103,22 @@ thread_local! {
     static PENDING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Glue, in `Vm::new`: the VM, its yield marker (for `ngx.sleep` in
-/// callbacks) and the store timers are persisted in.
-pub fn attach(lua: &Lua, yield_marker: &Table, dicts: &Arc<DictStore>) {
-    WORKER.with(|w| {
-        *w.borrow_mut() = Some(WorkerState {
-            lua: lua.weak(),
-            marker: yield_marker.clone(),
-            dicts: dicts.clone(),
-        })
-    });
+/// Glue, in `Worker::new`: the store timers are persisted in.
+pub fn attach(dicts: &Arc<DictStore>) {
+    WORKER.with(|w| *w.borrow_mut() = Some(WorkerState { dicts: dicts.clone() }));
 }
 
-/// Glue, in `Vm::load` per route, after its env is built: sets
+/// Glue, in `Vm::load_route` per route, after its env is built: sets
 /// `moongate.timer.at_durable` in `env` and records the env so timers of this
 /// route fire in it once `config` is committed.
-pub fn install(lua: &Lua, env: &Table, route: &Route, config: &Arc<Config>) -> mlua::Result<()> {
+pub fn install(
+    lua: &Lua,
+    marker: &Table,
+    env: &Table,
+    route: &Route,
+    config: &Arc<Config>,
+    limits: Limits,
+) -> mlua::Result<()> {
     let require: Function = env.raw_get("require")?;
     let modules: Vec<String> = route.modules.iter().map(|(name, _)| name.clone()).collect();
     let namespace = route.namespace.clone();
@@ -144,25 +150,39 @@ pub fn install(lua: &Lua, env: &Table, route: &Route, config: &Arc<Config>) -> m
             });
         }
         if let Some(r) = p.as_mut() {
-            r.routes.insert(route.id.clone(), RouteEnv { require, modules });
+            r.routes.insert(
+                route.id.clone(),
+                RouteEnv {
+                    lua: lua.clone(),
+                    marker: marker.clone(),
+                    hook: HookHandle::of(lua),
+                    key: Rc::from(route.id.as_str()),
+                    limits,
+                    require,
+                    modules,
+                },
+            );
         }
     });
     Ok(())
 }
 
-/// Glue, in `Worker::handle(Commit)` once `config` serves: timers fire in its
-/// routes from now on. The first call on a worker also re-arms its share of
-/// the timers stored by earlier processes.
-pub fn commit(worker_id: usize, workers: usize, config: &Arc<Config>) {
+/// Glue, in `Worker::handle(Commit)` once `loaded` serves: timers fire in its
+/// routes from now on (the prepared routes it kept). The first call on a
+/// worker also re-arms its share of the timers stored by earlier processes.
+pub fn commit(worker_id: usize, workers: usize, loaded: &LoadedConfig) {
     let prepared = PREPARED.with(|p| p.borrow_mut().take());
-    let routes = match prepared {
-        Some(r) if Arc::ptr_eq(&r.config, config) => r,
-        // A config without routes installs nothing.
-        _ => Routes {
-            config: config.clone(),
-            routes: HashMap::new(),
-        },
+    let mut routes = Routes {
+        config: loaded.config.clone(),
+        routes: HashMap::new(),
     };
+    if let Some(mut prepared) = prepared {
+        for route in &loaded.config.routes {
+            if let Some(env) = prepared.routes.remove(&route.id) {
+                routes.routes.insert(route.id.clone(), env);
+            }
+        }
+    }
     CURRENT.with(|c| *c.borrow_mut() = Some(routes));
     if !REARMED.with(|r| r.replace(true)) {
         rearm(worker_id, workers);
@@ -388,13 +408,6 @@ async fn fire(id: &str, rec: &Record) -> Outcome {
 }
 
 async fn run(rec: &Record) -> Outcome {
-    let Some((lua, marker)) = WORKER.with(|w| {
-        let w = w.borrow();
-        let w = w.as_ref()?;
-        Some((w.lua.try_upgrade()?, w.marker.clone()))
-    }) else {
-        return Outcome::Dropped("the worker's Lua VM is gone".into());
-    };
     let route_id = rec.route_id();
     let Some(env) = CURRENT.with(|c| c.borrow().as_ref()?.routes.get(&route_id).cloned()) else {
         return Outcome::Dropped(format!("route {route_id} is not in the config being served"));
@@ -405,8 +418,10 @@ async fn run(rec: &Record) -> Outcome {
     if !env.modules.iter().any(|m| m == module) {
         return Outcome::Dropped(format!("route {route_id} has no module '{module}'"));
     }
+    let account = Account::new(env.key.clone(), env.limits, env.limits, usize::MAX);
     let loaded = crate::lua::with_vm_phase("timer", || {
-        crate::lua::budget::with_vm_budget(LOAD_BUDGET, || env.require.call::<Value>(module))
+        let _running = Running::enter(&account, env.hook);
+        env.require.call::<Value>(module)
     });
     let exported = match loaded {
         Ok(v) => v,
@@ -425,7 +440,7 @@ async fn run(rec: &Record) -> Outcome {
     let mut args = MultiValue::new();
     args.push_back(Value::Boolean(false));
     for a in &rec.args {
-        match codec::to_lua(&lua, a) {
+        match codec::to_lua(&env.lua, a) {
             Ok(v) => args.push_back(v),
             Err(e) => {
                 crate::metrics::timer_callback_error();
@@ -433,7 +448,15 @@ async fn run(rec: &Record) -> Outcome {
             }
         }
     }
-    match crate::lua::api::timer::drive(&lua, &marker, &callback, args).await {
+    let run = Run {
+        lua: env.lua.clone(),
+        marker: env.marker.clone(),
+        hook: env.hook,
+        route: env.key.clone(),
+        limits: env.limits,
+        max_string: usize::MAX,
+    };
+    match crate::lua::api::timer::drive(&run, &callback, args).await {
         Ok(()) => Outcome::Completed,
         Err(e) => Outcome::Failed(e),
     }

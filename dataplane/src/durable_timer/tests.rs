@@ -31,6 +31,7 @@ fn route(name: &str, modules: &[&str]) -> Route {
     Route {
         id: format!("default/{name}"),
         namespace: "default".into(),
+        hostnames: Vec::new(),
         locations: Vec::new(),
         modules: modules
             .iter()
@@ -50,16 +51,28 @@ fn route(name: &str, modules: &[&str]) -> Route {
     }
 }
 
-fn empty_config() -> Arc<Config> {
-    Arc::new(Config::try_from(&moongate_proto::v1::Snapshot::default()).unwrap())
+/// A config whose only route is `default/r`.
+fn config() -> Arc<Config> {
+    let route = moongate_proto::v1::Route {
+        namespace: "default".into(),
+        name: "r".into(),
+        ..Default::default()
+    };
+    Arc::new(
+        Config::try_from(&moongate_proto::v1::Snapshot {
+            routes: vec![route],
+            ..Default::default()
+        })
+        .unwrap(),
+    )
 }
 
 /// A worker VM with one route `default/r` whose module `jobs` (source
 /// `jobs_src`) is served, as the glue would set it up. Returns the route env.
 fn worker(lua: &Lua, dicts: &Arc<DictStore>, jobs_src: &str) -> Table {
     let marker = lua.create_table().unwrap();
-    attach(lua, &marker, dicts);
-    lua.globals().set("MARKER", marker).unwrap();
+    attach(dicts);
+    lua.globals().set("MARKER", &marker).unwrap();
     let env: Table = lua
         .load(
             r#"
@@ -77,9 +90,21 @@ fn worker(lua: &Lua, dicts: &Arc<DictStore>, jobs_src: &str) -> Table {
         )
         .call(jobs_src)
         .unwrap();
-    let config = empty_config();
-    install(lua, &env, &route("r", &["jobs", "a.b"]), &config).unwrap();
-    commit(0, 1, &config);
+    let config = config();
+    let limits = Limits {
+        budget: crate::worker::DEFAULT_INSTRUCTION_BUDGET,
+        slice: crate::worker::DEFAULT_INSTRUCTION_BUDGET,
+        unpreemptible: crate::worker::DEFAULT_INSTRUCTION_BUDGET,
+    };
+    install(lua, &marker, &env, &route("r", &["jobs", "a.b"]), &config, limits).unwrap();
+    commit(
+        0,
+        1,
+        &LoadedConfig {
+            config,
+            routes: Vec::new(),
+        },
+    );
     env
 }
 

@@ -56,6 +56,7 @@ pub fn start(addr: SocketAddr, settings: Arc<Settings>, dicts: Arc<DictStore>) -
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("moongate-worker-{id}"))
+            .stack_size(crate::lua::stack::WORKER_STACK)
             .spawn(move || worker_main(id, socket, settings, dicts, rx, shutdown, ready))
             .map_err(|source| Error::Listen {
                 what: "spawn worker for",
@@ -119,6 +120,7 @@ fn worker_main(
             }
         };
         let _ = ready.send(Ok(()));
+        tokio::task::spawn_local(worker.sched.clone().dispatch());
         let active = Rc::new(Cell::new(0usize));
         let (idle_tx, mut idle_rx) = watch::channel(());
         loop {

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod budget;
+pub mod memory;
+pub mod stack;
 pub mod vm;
 
 use std::cell::Cell;

@@ -7,7 +7,7 @@
 local ngx, raw = ...
 
 local co_create, co_resume, co_yield, co_status = coroutine.create, coroutine.resume, coroutine.yield, coroutine.status
-local select, error, type = select, error, type
+local select, error, type, setmetatable = select, error, type, setmetatable
 
 local YIELD = raw.YIELD
 local OP_EXIT, OP_SLEEP, OP_FLUSH, OP_EOF, OP_READ_BODY = raw.OP_EXIT, raw.OP_SLEEP, raw.OP_FLUSH, raw.OP_EOF, raw.OP_READ_BODY
@@ -64,21 +64,62 @@ ngx.req.read_body = function()
     end
 end
 
--- Resumes `co`; while it is parked on ngx I/O, passes the request up to our own
--- resumer and hands the answer back.
+-- Coroutines belong to the request (or timer run) that created them, as in
+-- lua-nginx-module: resuming one from another request fails, and so does
+-- resuming an entry thread, which the gateway recycles across requests.
+local owner = setmetatable({}, { __mode = "k" })
+local execution, aborted, preempted = raw.execution, raw.aborted, raw.preempted
+local co_isyieldable = coroutine.isyieldable
+local FOREIGN = "cannot resume a coroutine of another request"
+
+-- Resumes `co`; while it is parked on ngx I/O, passes the request up to our
+-- own resumer and hands the answer back. A yield with no values while the
+-- count hook has marked a preemption is passed up the same way, so the
+-- driver can let other work run; where we cannot yield, `co` simply goes on.
 local errmsg = raw.errmsg
 local function relay(co, ok, ...)
-    if ok and (...) == YIELD and co_status(co) == "suspended" then
-        return relay(co, co_resume(co, co_yield(YIELD, select(2, ...))))
+    if ok then
+        if co_status(co) == "suspended" then
+            if (...) == YIELD then
+                return relay(co, co_resume(co, co_yield(YIELD, select(2, ...))))
+            end
+            if select("#", ...) == 0 then
+                local yieldable = co_isyieldable()
+                if preempted(yieldable) then
+                    if yieldable then
+                        co_yield()
+                    end
+                    return relay(co, co_resume(co))
+                end
+            end
+        end
+        return ok, ...
     end
-    if not ok then
-        return false, errmsg((...))
+    local e = errmsg((...))
+    -- Code past its CPU budget dies, whatever catches the error.
+    if aborted() then
+        error(e, 0)
     end
-    return ok, ...
+    return false, e
 end
 
 local coroutine = coroutine
+coroutine.create = function(f)
+    if type(f) ~= "function" then
+        error("bad argument #1 to 'create' (function expected)", 2)
+    end
+    local co = co_create(f)
+    owner[co] = execution()
+    return co
+end
+
 coroutine.resume = function(co, ...)
+    if owner[co] ~= execution() then
+        if type(co) ~= "thread" then
+            error("bad argument #1 to 'resume' (coroutine expected)", 2)
+        end
+        return false, FOREIGN
+    end
     return relay(co, co_resume(co, ...))
 end
 
@@ -90,12 +131,18 @@ local function unwrap(ok, ...)
 end
 
 coroutine.wrap = function(f)
+    if type(f) ~= "function" then
+        error("bad argument #1 to 'wrap' (function expected)", 2)
+    end
     local co = co_create(f)
+    local mine = execution()
     return function(...)
+        if mine ~= execution() then
+            error(FOREIGN, 2)
+        end
         return unwrap(relay(co, co_resume(co, ...)))
     end
 end
-
 
 -- Subrequests: the driver runs them and resumes us with the result tables,
 -- or with (false, message) when they could not be started.

@@ -1,86 +1,182 @@
--- Runs once per worker VM. Returns `new_env(route_ngx, modules, load_module)`
--- which builds one LuaRoute's global environment:
---   * its own copies of the standard library tables and of `ngx`, so one
---     route's monkey-patching never reaches another route;
---   * no string.dump, ffi, debug, io, package.loadlib, dofile/loadfile; `os`
---     reduced to its time functions; load/loadstring accept text only;
---   * its own `require` space over the route's compiled modules.
-local G, errmsg, BUDGET_EXCEEDED = ...
+-- Runs once per tenant VM, after the prelude, in the VM's host environment.
+-- Returns `new_env(route_ngx, modules, load_module)`, which builds one
+-- LuaRoute's global environment.
+--
+-- The environment is an allowlist: exactly the names below reach route code,
+-- and nothing else of the host (its `_G`, `os`, `load`, `jit`, `newproxy`,
+-- `debug`, `io`, the string metatable, this chunk's upvalues) is reachable
+-- from it. `sandbox_tests.rs` walks everything a route can reach and fails
+-- on anything off the list.
+--
+-- Invariants:
+--   * each route gets its own copies of the library tables and of `ngx`: what
+--     one route changes, no other route sees;
+--   * what routes share is immutable to them: C functions, this chunk's
+--     wrappers, and the string metatable (protected by `__metatable`);
+--   * `getfenv`/`setfenv` only ever return or change environments the route
+--     owns (its `_G` and tables it installed as environments);
+--   * an error caught by `pcall`/`xpcall` while the running code is past its
+--     CPU budget is raised again, so nothing swallows the budget error;
+--   * C functions whose work grows with their input charge it to the running
+--     code's budget (`charge`), so no loop of them escapes the count.
+local G, raw = ...
 
-local pairs, type, setmetatable, getmetatable, rawget, rawset, error, load, select =
-    pairs, type, setmetatable, getmetatable, rawget, rawset, error, load, select
-local tostring = tostring
+local pairs, type, setmetatable, getmetatable, rawget, rawset, error, select, tostring, tonumber, next =
+    pairs, type, setmetatable, getmetatable, rawget, rawset, error, select, tostring, tonumber, next
+local real_getfenv, real_setfenv, real_load, real_pcall, real_xpcall = getfenv, setfenv, load, pcall, xpcall
+local concat = table.concat
+local errmsg, aborted, charge, charge_n, gc = raw.errmsg, raw.aborted, raw.charge, raw.charge_n, raw.gc
 
--- Bytecode must never come from user code: remove dump from the real string
--- table (reachable as ("").dump) and hide the string metatable.
+-- Bytecode must never come from user code: no string.dump anywhere (it is
+-- reachable as ("").dump), and the string metatable is hidden.
 string.dump = nil
 getmetatable("").__metatable = false
 
-local function copy(t, seen)
-    seen = seen or {}
-    if seen[t] then
-        return seen[t]
-    end
-    local mt = getmetatable(t)
-    local c = {}
-    seen[t] = c
-    for k, v in pairs(t) do
-        if type(v) == "table" then
-            c[k] = copy(v, seen)
-        else
-            c[k] = v
+-- C functions whose work grows with their input but allocate nothing in
+-- proportion (allocation is charged by the VM's allocator, see memory.rs)
+-- charge it to the running code, so a loop of them cannot escape the count.
+-- They check cheaply and tail-call the original, so its error messages keep
+-- naming the function and the caller's line.
+local sort, insert, remove, maxn, unpack, byte = table.sort, table.insert, table.remove, table.maxn, unpack, string.byte
+
+local function charge_len(t)
+    if type(t) == "table" then
+        local n = #t
+        if n > 64 then
+            charge_n(n)
         end
     end
-    if mt ~= nil then
-        setmetatable(c, mt)
+end
+table.insert = function(t, ...)
+    if select("#", ...) > 1 then
+        charge_len(t)
     end
-    return c
+    return insert(t, ...)
+end
+table.remove = function(t, ...)
+    charge_len(t)
+    return remove(t, ...)
+end
+table.maxn = function(t)
+    charge_len(t)
+    return maxn(t)
+end
+table.sort = function(t, cmp)
+    if type(t) == "table" then
+        local n = #t
+        if n > 64 then
+            -- n log2 n comparisons; a comparator's own instructions count too.
+            local log = 1
+            while 2 ^ log < n do
+                log = log + 1
+            end
+            charge_n(n * log)
+        end
+    end
+    return sort(t, cmp)
+end
+string.byte = function(s, i, j)
+    if j ~= nil and type(s) == "string" and #s > 64 then
+        charge_n(#s)
+    end
+    return byte(s, i, j)
+end
+local function route_unpack(t, i, j)
+    if type(t) == "table" and (j or #t) - (i or 1) > 64 then
+        charge_n((j or #t) - (i or 1))
+    end
+    return unpack(t, i, j)
+end
+-- A `__tostring` of `tostring` itself loops inside C, where the count hook
+-- never fires; through this wrapper every round runs Lua, which is counted.
+local real_tostring = tostring
+local function route_tostring(v)
+    return real_tostring(v)
+end
+local function route_tonumber(v, base)
+    if type(v) == "string" and #v > 4096 then
+        charge(#v)
+    end
+    return tonumber(v, base)
 end
 
-local function out_of_budget(e)
-    return type(e) == "string" and e:sub(1, #BUDGET_EXCEEDED) == BUDGET_EXCEEDED
-end
-
-local SAFE = {
-    "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget", "rawset",
-    "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type", "unpack",
-    "xpcall", "_VERSION", "collectgarbage", "gcinfo", "newproxy",
+-- The allowlist.
+local BASE = {
+    "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawset", "select",
+    "setmetatable", "getmetatable", "type", "_VERSION", "gcinfo",
 }
-local LIBS = { "string", "table", "math", "bit", "coroutine" }
-local os_time = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }
+local LIBS = {
+    string = { "byte", "char", "find", "format", "gmatch", "gsub", "len", "lower", "match", "rep",
+               "reverse", "sub", "upper" },
+    table = { "concat", "insert", "maxn", "remove", "sort", "foreach", "foreachi", "getn" },
+    math = { "abs", "acos", "asin", "atan", "atan2", "ceil", "cos", "cosh", "deg", "exp", "floor",
+             "fmod", "frexp", "huge", "ldexp", "log", "log10", "max", "min", "modf", "pi", "pow",
+             "rad", "sin", "sinh", "sqrt", "tan", "tanh" },
+    bit = { "tobit", "tohex", "bnot", "band", "bor", "bxor", "lshift", "rshift", "arshift", "rol",
+            "ror", "bswap" },
+    coroutine = { "create", "resume", "running", "status", "wrap", "yield", "isyieldable" },
+    os = { "time", "clock", "date", "difftime" },
+}
+
+-- Copies `names` of `from` into a new table.
+local function pick(from, names)
+    local t = {}
+    for _, name in pairs(names) do
+        t[name] = from[name]
+    end
+    return t
+end
+
+-- The VM-wide knobs go away from the host too: nothing that runs later in
+-- this VM can reach them by name.
+for _, name in pairs({ "execute", "exit", "remove", "rename", "tmpname", "getenv", "setlocale" }) do
+    os[name] = nil
+end
+for _, name in pairs({ "dofile", "loadfile", "load", "loadstring", "newproxy", "collectgarbage",
+                       "getfenv", "setfenv", "module", "require", "package", "jit", "print" }) do
+    rawset(G, name, nil)
+end
 
 return function(route_ngx, modules, load_module)
     local env = {}
-    for _, name in pairs(SAFE) do
+    for _, name in pairs(BASE) do
         env[name] = G[name]
     end
-    for _, name in pairs(LIBS) do
-        env[name] = copy(G[name])
+    for lib, names in pairs(LIBS) do
+        env[lib] = pick(G[lib], names)
     end
-    env.os = copy(os_time)
+    env.unpack = route_unpack
+    env.tostring = route_tostring
+    env.tonumber = route_tonumber
+    -- Per route: seeding or drawing never changes what another route draws.
+    env.math.random, env.math.randomseed = raw.random()
     env._G = env
     env.ngx = route_ngx
 
+    -- Tables this route may see as and install as environments.
+    local owned = setmetatable({}, { __mode = "k" })
+    owned[env] = true
+
     -- Errors raised by the Rust side of `ngx` reach Lua as plain strings, as
-    -- lua-nginx-module's C functions raise them.
-    -- A handler past its instruction budget must die, even inside pcall.
+    -- lua-nginx-module's C functions raise them. Code past its budget must
+    -- die, even inside pcall.
     local function caught(ok, ...)
         if ok then
             return ok, ...
         end
         local e = errmsg((...))
-        if out_of_budget(e) then
+        if aborted() then
             error(e, 0)
         end
         return false, e
     end
     env.pcall = function(f, ...)
-        return caught(pcall(f, ...))
+        return caught(real_pcall(f, ...))
     end
     env.xpcall = function(f, handler, ...)
-        return caught(xpcall(f, function(e)
+        return caught(real_xpcall(f, function(e)
             e = errmsg(e)
-            if out_of_budget(e) then
+            if aborted() then
                 return e
             end
             return handler(e)
@@ -88,42 +184,92 @@ return function(route_ngx, modules, load_module)
     end
 
     env.load = function(chunk, name, _mode, fenv)
-        return load(chunk, name, "t", fenv or env)
+        if fenv ~= nil then
+            if type(fenv) ~= "table" then
+                error("bad argument #4 to 'load' (table expected, got " .. type(fenv) .. ")", 2)
+            end
+            owned[fenv] = true
+        end
+        return real_load(chunk, name, "t", fenv or env)
     end
     env.loadstring = function(s, name)
-        return load(s, name, "t", env)
+        return real_load(s, name, "t", env)
     end
+
+    -- Levels are shifted by one for this wrapper's own frame.
     env.getfenv = function(f)
-        if f == nil or f == 0 then
-            return env
+        if f == nil then
+            f = 1
         end
-        if type(f) == "number" then
+        local t = type(f)
+        if t == "number" then
+            if f < 0 then
+                error("bad argument #1 to 'getfenv' (level must be non-negative)", 2)
+            end
+            if f == 0 then
+                return env
+            end
             f = f + 1
+        elseif t ~= "function" then
+            error("bad argument #1 to 'getfenv' (number expected, got " .. t .. ")", 2)
         end
-        return getfenv(f)
+        local found = real_getfenv(f)
+        -- C functions and the gateway's own Lua live in the host: the route
+        -- sees its own globals in their place.
+        if owned[found] then
+            return found
+        end
+        return env
     end
     env.setfenv = function(f, t)
-        if f == 0 then
-            error("setfenv: level 0 is not allowed", 2)
+        if type(t) ~= "table" then
+            error("bad argument #2 to 'setfenv' (table expected, got " .. type(t) .. ")", 2)
         end
-        if type(f) == "number" then
+        local kind = type(f)
+        if kind == "number" then
+            if f <= 0 then
+                error("bad argument #1 to 'setfenv' (the thread's environment cannot be changed)", 2)
+            end
             f = f + 1
+        elseif kind ~= "function" then
+            error("bad argument #1 to 'setfenv' (number expected, got " .. kind .. ")", 2)
         end
-        return setfenv(f, t)
+        if not owned[real_getfenv(f)] then
+            error("'setfenv' cannot change the environment of this function", 2)
+        end
+        owned[t] = true
+        real_setfenv(f, t)
+        if kind == "function" then
+            return f
+        end
     end
+
+    -- The collector is shared by every route of the namespace: a route may
+    -- measure it and ask for work, never stop or retune it.
+    env.collectgarbage = function(opt, arg)
+        if opt == nil then
+            opt = "collect"
+        end
+        if opt == "count" or opt == "collect" or opt == "step" then
+            return gc(opt, arg)
+        end
+        error("bad argument #1 to 'collectgarbage' (\"" .. real_tostring(opt)
+            .. "\" is not allowed: the collector is shared with other routes)", 2)
+    end
+
     env.print = function(...)
         local n = select("#", ...)
         local parts = {}
         for i = 1, n do
-            parts[i] = tostring((select(i, ...)))
+            parts[i] = route_tostring((select(i, ...)))
         end
-        route_ngx.log(route_ngx.NOTICE, table.concat(parts, "\t"))
+        route_ngx.log(route_ngx.NOTICE, concat(parts, "\t"))
     end
 
     local loaded = {}
     local builtin = { string = env.string, table = env.table, math = env.math, bit = env.bit,
                       coroutine = env.coroutine, os = env.os, ngx = route_ngx,
-                      ["resty.core"] = true, ["resty.core.base"] = { }, }
+                      ["resty.core"] = true, ["resty.core.base"] = {}, }
     for name, v in pairs(builtin) do
         loaded[name] = v
     end

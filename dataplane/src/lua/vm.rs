@@ -1,12 +1,20 @@
-//! One LuaJIT VM per worker thread.
+//! Tenant VMs: one LuaJIT VM per namespace per worker thread.
 //!
-//! A `Vm` is created once per worker. Each config version is loaded into it
-//! as a `LoadedConfig`: per route a fresh sandboxed environment with its own
-//! `ngx` copy and `require` space, and the handler functions from the
-//! snapshot's bytecode. Requests keep the `Rc<LoadedConfig>` they started with,
-//! so a reload never changes a request in flight.
+//! A namespace is a tenant: the routes of one namespace share a VM (and its
+//! memory limit), each with its own sandboxed environment, `ngx` copy and
+//! `require` space; routes of different namespaces never share a VM, so
+//! nothing mutable of one tenant — the collector, the string metatable,
+//! pooled coroutines, the PRNG, memory — is ever seen by another.
+//! Measured cost of a VM (README, "Behaviour worth knowing"): about 0.5 MiB
+//! and 1-2 ms to create.
+//!
+//! Each config version is loaded route by route (`load_route`); requests
+//! keep the `Rc<LoadedConfig>` they started with, so a reload never changes
+//! a request in flight. A route that fails to load (its `init` throws, its
+//! dict is refused) is left out of the version; the others serve.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use mlua::chunk::ChunkMode;
@@ -14,8 +22,8 @@ use mlua::thread::ThreadStatus;
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 
 use super::api;
-use crate::config::{Chunk, Config, Phase};
-use crate::error::{Error, Result};
+use super::budget::{Account, HookHandle, Limits, Running};
+use crate::config::{Chunk, Config, Phase, Route};
 use crate::request;
 use crate::shdict::DictStore;
 
@@ -25,31 +33,50 @@ const SANDBOX: &str = include_str!("sandbox.lua");
 /// Finished coroutines kept for reuse; more are dropped.
 const THREAD_POOL_MAX: usize = 256;
 
+/// What every VM of a worker is created with.
+#[derive(Clone, Debug)]
+pub struct VmSettings {
+    pub worker_id: usize,
+    pub worker_count: usize,
+    /// Bytes one tenant VM may hold.
+    pub memory_limit: usize,
+}
+
+/// One tenant's VM on one worker.
 pub struct Vm {
+    /// The namespace whose routes run here.
+    pub tenant: Rc<str>,
     lua: Lua,
+    hook: HookHandle,
+    memory_limit: usize,
     yield_marker: Table,
     base_ngx: Table,
     new_env: Function,
     load_module: Function,
     ngx_metatable: Table,
     threads: RefCell<Vec<Thread>>,
-    dicts: Arc<DictStore>,
-    /// Instruction budget of `init`, `init_worker` and timer callbacks.
-    budget: u64,
-    /// `moongate.timer.cancel`, shared by every route.
+    /// `moongate.timer.cancel`, shared by the tenant's routes.
     cancel_timer: Function,
 }
 
-/// A config version loaded into one VM.
+/// A config version loaded into a worker: one entry per route of `config`.
 pub struct LoadedConfig {
     pub config: Arc<Config>,
     pub routes: Vec<LoadedRoute>,
 }
 
+/// A route loaded into its tenant's VM.
 pub struct LoadedRoute {
+    pub vm: Rc<Vm>,
+    /// `namespace/name`, the key of the route's CPU state (`crate::sched`).
+    pub key: Rc<str>,
     /// Per location, indexed by `Phase as usize`.
     pub handlers: Vec<[Option<Function>; 6]>,
     init_worker: Option<Function>,
+    /// The route's CPU bounds: its own, capped by the operator's.
+    pub limits: Limits,
+    /// `client_max_body_size`: the route's, capped by the operator's.
+    pub max_body: u64,
 }
 
 impl LoadedConfig {
@@ -59,20 +86,29 @@ impl LoadedConfig {
     }
 }
 
+/// Why a route did not load.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("route {route}: {message}")]
+pub struct RouteLoadError {
+    pub route: String,
+    pub message: String,
+}
+
 impl Vm {
-    pub fn new(worker_id: usize, worker_count: usize, budget: u64, dicts: Arc<DictStore>) -> mlua::Result<Vm> {
-        let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::BIT | StdLib::OS | StdLib::JIT;
+    pub fn new(tenant: &str, settings: &VmSettings) -> mlua::Result<Vm> {
+        // No `jit`, `io`, `debug`, `ffi` or `package` at all; `os` loses
+        // everything but its clocks in the sandbox.
+        let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::BIT | StdLib::OS;
         let lua = Lua::new_with(libs, LuaOptions::new())?;
         let yield_marker = lua.create_table()?;
-        let (base_ngx, raw) = api::build(&lua, &yield_marker, worker_id, worker_count)?;
-        let errmsg: Function = raw.get("errmsg")?;
+        let (base_ngx, raw) = api::build(&lua, &yield_marker, settings.worker_id, settings.worker_count)?;
         lua.load(PRELUDE)
             .set_name("=moongate.prelude")
-            .call::<()>((base_ngx.clone(), raw))?;
-        let new_env: Function =
-            lua.load(SANDBOX)
-                .set_name("=moongate.sandbox")
-                .call((lua.globals(), errmsg, super::budget::EXCEEDED))?;
+            .call::<()>((base_ngx.clone(), raw.clone()))?;
+        let new_env: Function = lua
+            .load(SANDBOX)
+            .set_name("=moongate.sandbox")
+            .call((lua.globals(), raw))?;
         let load_module = lua.create_function(|lua, (bytecode, env): (mlua::LuaString, Table)| {
             lua.load(&*bytecode.as_bytes())
                 .set_mode(ChunkMode::Binary)
@@ -80,19 +116,21 @@ impl Vm {
                 .into_function()
         })?;
         let ngx_metatable = ngx_metatable(&lua)?;
-        super::budget::install(&lua)?;
-        crate::durable_timer::attach(&lua, &yield_marker, &dicts);
         let cancel_timer = api::timer::cancel_function(&lua)?;
+        super::budget::install(&lua)?;
+        super::memory::install(&lua, settings.memory_limit)?;
+        let hook = HookHandle::of(&lua);
         Ok(Vm {
+            tenant: Rc::from(tenant),
             lua,
+            hook,
+            memory_limit: settings.memory_limit,
             yield_marker,
             base_ngx,
             new_env,
             load_module,
             ngx_metatable,
             threads: RefCell::new(Vec::new()),
-            dicts,
-            budget,
             cancel_timer,
         })
     }
@@ -101,95 +139,111 @@ impl Vm {
         &self.lua
     }
 
-    /// Loads every route of `config` and runs their `init` chunks. Fails without
-    /// side effects on the serving config.
-    pub fn load(&self, config: Arc<Config>) -> Result<LoadedConfig> {
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for route in &config.routes {
-            let fail = |e: mlua::Error| Error::Load {
-                route: route.id.clone(),
-                message: e.to_string(),
-            };
-            let ngx = deep_copy(&self.lua, &self.base_ngx, &mut Vec::new()).map_err(fail)?;
-            ngx.set_metatable(Some(self.ngx_metatable.clone())).map_err(fail)?;
-            let mut dicts = Vec::with_capacity(route.shared_dicts.len());
-            for d in &route.shared_dicts {
-                let dict = self
-                    .dicts
-                    .declare(&route.namespace, &d.name, d.capacity, d.durable)
-                    .map_err(|e| Error::Load {
-                        route: route.id.clone(),
-                        message: e.to_string(),
-                    })?;
-                dicts.push((d.name.clone(), dict));
-            }
-            ngx.set("shared", api::shared::shared_table(&self.lua, &dicts).map_err(fail)?)
-                .map_err(fail)?;
-
-            let modules = self.lua.create_table().map_err(fail)?;
-            for (name, chunk) in &route.modules {
-                modules
-                    .set(name.as_str(), self.lua.create_string(&chunk.bytecode).map_err(fail)?)
-                    .map_err(fail)?;
-            }
-            let env: Table = self
-                .new_env
-                .call((ngx, modules, self.load_module.clone()))
-                .map_err(fail)?;
-            crate::durable_timer::install(&self.lua, &env, route, &config).map_err(fail)?;
-            let moongate_timer: Table = env
-                .raw_get::<Table>("moongate")
-                .and_then(|m| m.get("timer"))
-                .map_err(fail)?;
-            moongate_timer.set("cancel", self.cancel_timer.clone()).map_err(fail)?;
-            let load = |chunk: &Chunk| -> Result<Function> {
-                self.lua
-                    .load(&chunk.bytecode[..])
-                    .set_name(&chunk.name)
-                    .set_mode(ChunkMode::Binary)
-                    .set_environment(env.clone())
-                    .into_function()
-                    .map_err(|e| Error::Load {
-                        route: route.id.clone(),
-                        message: format!("{}: {e}", chunk.name),
-                    })
-            };
-            let mut handlers = Vec::with_capacity(route.locations.len());
-            for loc in &route.locations {
-                let mut fns: [Option<Function>; 6] = Default::default();
-                for (slot, chunk) in fns.iter_mut().zip(loc.handlers.iter()) {
-                    *slot = chunk.as_ref().map(load).transpose()?;
-                }
-                handlers.push(fns);
-            }
-            if let Some(init) = &route.init {
-                let f = load(init)?;
-                super::with_vm_phase("init", || {
-                    super::budget::with_vm_budget(self.budget, || f.call::<()>(()))
-                })
-                .map_err(|e| Error::Load {
-                    route: route.id.clone(),
-                    message: format!("init: {e}"),
-                })?;
-            }
-            let init_worker = route.init_worker.as_ref().map(load).transpose()?;
-            routes.push(LoadedRoute { handlers, init_worker });
-        }
-        Ok(LoadedConfig { config, routes })
+    pub fn hook(&self) -> HookHandle {
+        self.hook
     }
 
-    /// Runs the `initWorker` chunks of a config that was just committed. An
-    /// error is logged, as nginx does; the config still serves.
-    pub fn run_init_worker(&self, loaded: &LoadedConfig) {
-        for (route, rt) in loaded.config.routes.iter().zip(&loaded.routes) {
-            if let Some(f) = &rt.init_worker
-                && let Err(e) = super::with_vm_phase("init_worker", || {
-                    super::budget::with_vm_budget(self.budget, || f.call::<()>(()))
-                })
-            {
-                tracing::error!(route = %route.id, "init_worker failed: {e}");
-            }
+    pub fn yield_marker(&self) -> &Table {
+        &self.yield_marker
+    }
+
+    /// A CPU account for code of `route` in this VM, running under `limits`
+    /// (`route_limits` unless it is `init`).
+    pub fn account(&self, route: &Rc<str>, route_limits: Limits, limits: Limits) -> Rc<Account> {
+        Account::new(route.clone(), route_limits, limits, self.memory_limit)
+    }
+
+    /// Bytes the VM holds.
+    pub fn used_memory(&self) -> usize {
+        super::memory::used(&self.lua)
+    }
+
+    /// Loads `route` (of `config`) into this VM and runs its `init`.
+    pub fn load_route(
+        self: &Rc<Self>,
+        route: &Route,
+        config: &Arc<Config>,
+        dicts: &DictStore,
+        limits: Limits,
+        max_body: u64,
+    ) -> Result<LoadedRoute, RouteLoadError> {
+        let fail = |message: String| RouteLoadError {
+            route: route.id.clone(),
+            message,
+        };
+        let lua_fail = |e: mlua::Error| fail(super::error_message(&e));
+        let ngx = deep_copy(&self.lua, &self.base_ngx, &mut Vec::new()).map_err(lua_fail)?;
+        ngx.set_metatable(Some(self.ngx_metatable.clone())).map_err(lua_fail)?;
+        let mut route_dicts = Vec::with_capacity(route.shared_dicts.len());
+        for d in &route.shared_dicts {
+            let dict = dicts
+                .declare(&route.namespace, &d.name, d.capacity, d.durable)
+                .map_err(|e| fail(e.to_string()))?;
+            route_dicts.push((d.name.clone(), dict));
         }
+        ngx.set("shared", api::shared::shared_table(&self.lua, &route_dicts).map_err(lua_fail)?)
+            .map_err(lua_fail)?;
+
+        let modules = self.lua.create_table().map_err(lua_fail)?;
+        for (name, chunk) in &route.modules {
+            let code = self.lua.create_string(&chunk.bytecode).map_err(lua_fail)?;
+            modules.set(name.as_str(), code).map_err(lua_fail)?;
+        }
+        let env: Table = self
+            .new_env
+            .call((ngx, modules, self.load_module.clone()))
+            .map_err(lua_fail)?;
+        crate::durable_timer::install(&self.lua, &self.yield_marker, &env, route, config, limits).map_err(lua_fail)?;
+        let moongate_timer: Table = env
+            .raw_get::<Table>("moongate")
+            .and_then(|m| m.get("timer"))
+            .map_err(lua_fail)?;
+        moongate_timer.set("cancel", self.cancel_timer.clone()).map_err(lua_fail)?;
+        let load = |chunk: &Chunk| -> Result<Function, RouteLoadError> {
+            self.lua
+                .load(&chunk.bytecode[..])
+                .set_name(&chunk.name)
+                .set_mode(ChunkMode::Binary)
+                .set_environment(env.clone())
+                .into_function()
+                .map_err(|e| fail(format!("{}: {e}", chunk.name)))
+        };
+        let mut handlers = Vec::with_capacity(route.locations.len());
+        for loc in &route.locations {
+            let mut fns: [Option<Function>; 6] = Default::default();
+            for (slot, chunk) in fns.iter_mut().zip(loc.handlers.iter()) {
+                *slot = chunk.as_ref().map(load).transpose()?;
+            }
+            handlers.push(fns);
+        }
+        let key: Rc<str> = Rc::from(route.id.as_str());
+        if let Some(init) = &route.init {
+            let f = load(init)?;
+            // init cannot yield; it may use its whole budget in one stretch,
+            // once per load.
+            let account = self.account(
+                &key,
+                limits,
+                Limits {
+                    unpreemptible: limits.budget,
+                    ..limits
+                },
+            );
+            super::with_vm_phase("init", || {
+                let _running = Running::enter(&account, self.hook);
+                f.call::<()>(())
+            })
+            .map_err(|e| fail(format!("init: {}", super::error_message(&e))))?;
+        }
+        let init_worker = route.init_worker.as_ref().map(load).transpose()?;
+        Ok(LoadedRoute {
+            vm: self.clone(),
+            key,
+            handlers,
+            init_worker,
+            limits,
+            max_body,
+        })
     }
 
     /// A coroutine ready to run `f`: recycled when one is free.
@@ -204,6 +258,9 @@ impl Vm {
 
     /// Returns a coroutine that finished normally to the pool. Errored or
     /// abandoned (yielded) ones cannot be reset in LuaJIT and are dropped.
+    /// Route code cannot resume a pooled entry thread it kept a handle to:
+    /// the sandbox's `coroutine.resume` refuses threads it did not create
+    /// in the current request.
     pub fn recycle(&self, t: Thread) {
         if t.status() == ThreadStatus::Finished {
             let mut pool = self.threads.borrow_mut();
@@ -218,8 +275,33 @@ impl Vm {
     }
 }
 
+impl LoadedRoute {
+    /// Runs the route's `initWorker` chunk after its config was committed.
+    /// An error is logged, as nginx does; the route still serves.
+    pub fn run_init_worker(&self, route: &Route) {
+        let Some(f) = &self.init_worker else { return };
+        let account = self.vm.account(
+            &self.key,
+            self.limits,
+            Limits {
+                unpreemptible: self.limits.budget,
+                ..self.limits
+            },
+        );
+        let result = super::with_vm_phase("init_worker", || {
+            let _running = Running::enter(&account, self.vm.hook);
+            f.call::<()>(())
+        });
+        if let Err(e) = result {
+            tracing::error!(route = %route.id, "init_worker failed: {}", super::error_message(&e));
+        }
+    }
+}
+
 /// Copies a table and its nested tables, keeping metatables (read past
 /// `__metatable`), so each route gets its own `ngx` it can change freely.
+/// Every metatable of the base `ngx` is protected by `__metatable`, so the
+/// shared ones stay out of routes' reach.
 fn deep_copy(lua: &Lua, t: &Table, seen: &mut Vec<(usize, Table)>) -> mlua::Result<Table> {
     let key = t.to_pointer() as usize;
     if let Some((_, copy)) = seen.iter().find(|(p, _)| *p == key) {

@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Lifecycle, call_plain};
+use super::{Lifecycle, call_filter};
 use crate::config::Phase;
 
 /// Filters the pending output (and the final empty chunk when `eof`) into one buffer.
@@ -28,7 +28,7 @@ pub(super) fn run(lc: &mut Lifecycle, eof: bool) -> Bytes {
     };
     for (chunk, last) in calls {
         lc.req.borrow_mut().filter_arg = (chunk, last);
-        if !call_plain(lc, Phase::BodyFilter, &f) {
+        if !call_filter(lc, Phase::BodyFilter, &f) {
             // nginx aborts the response when a body filter fails.
             lc.req.borrow_mut().close = true;
             return Bytes::new();

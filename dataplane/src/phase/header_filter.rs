@@ -10,7 +10,7 @@ use http::header::{ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_UNMODIFI
 
 use crate::config::Phase;
 use crate::lua::api::time::parse_http_time;
-use crate::request::{self, Exit, RequestState, SharedRequest};
+use crate::request::{Exit, RequestState, SharedRequest};
 
 /// Marks the response head sent and runs the header filter, once.
 pub fn send_header(req: &SharedRequest) {
@@ -23,13 +23,8 @@ pub fn send_header(req: &SharedRequest) {
         r.header_filter.take()
     };
     if let Some(filter) = filter {
-        let phase = std::mem::replace(&mut req.borrow_mut().phase, Phase::HeaderFilter);
-        let result = {
-            let _current = request::Current::enter(req);
-            filter.call::<()>(())
-        };
+        let result = super::call_plain(req, Phase::HeaderFilter, &filter);
         let mut r = req.borrow_mut();
-        r.phase = phase;
         match result {
             Err(e) => {
                 // nginx finalizes the request with an error: no response goes out.

@@ -27,12 +27,14 @@ use mlua::thread::ThreadStatus;
 use mlua::{Function, MultiValue, Value};
 use tokio::sync::mpsc;
 
-use crate::config::{LocationRef, Phase};
+use crate::config::{self, LocationRef, Phase, ServerId};
 use crate::http::body::ResponseBody;
 use crate::http::special;
 use crate::lua::api;
+use crate::lua::budget::{self, Account, Running};
 use crate::lua::vm::LoadedConfig;
 use crate::request::{self, Body, Current, Exit, RequestState, SharedRequest};
+use crate::sched::Slice;
 use crate::worker::Worker;
 
 /// nginx allows 10 internal redirects before "rewrite or internal redirection cycle".
@@ -128,6 +130,10 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         parts.headers,
     );
     state.start_time = crate::lua::api::time::cached_now();
+    let server = select_server(&loaded.config, &state, parts.uri.authority());
+    if let Some(server) = server {
+        state.server = server;
+    }
     let mut lc = Lifecycle {
         worker,
         loaded,
@@ -137,7 +143,7 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         stream_tx: None,
         captured: None,
     };
-    let finish = if uri.is_none() {
+    let finish = if uri.is_none() || server.is_none() {
         Finish::Status(400)
     } else {
         lc.main().await
@@ -153,13 +159,7 @@ impl Lifecycle {
         loop {
             let found = {
                 let r = self.req.borrow();
-                let config = &self.loaded.config;
-                if config.has_hostnames() {
-                    let host = api::var::host(&r);
-                    config.find_location(&String::from_utf8_lossy(&host), &r.uri)
-                } else {
-                    config.find_location("", &r.uri)
-                }
+                self.loaded.config.find_location(r.server, &r.uri)
             };
             let Some(at) = found else {
                 return Finish::Status(404);
@@ -201,6 +201,7 @@ impl Lifecycle {
         let max_body = self.max_body(at);
         let mut r = self.req.borrow_mut();
         r.location = at;
+        r.hook = self.loaded.routes[at.route].vm.hook();
         r.site = loc.site.clone();
         r.vars = loc.vars.iter().map(|(n, v)| (n.clone(), Some(v.clone()))).collect();
         // A subrequest's `vars` option overrides or adds variables.
@@ -226,21 +227,33 @@ impl Lifecycle {
         None
     }
 
-    /// The instruction budget of one handler of the current location's route.
-    fn budget(&self) -> u64 {
+    /// The CPU account for a handler of the current location, reset for a
+    /// new handler of a main request; a subrequest's handlers run on its
+    /// parent's (the tree shares one budget).
+    fn account(&self) -> Rc<Account> {
         let at = self.req.borrow().location;
-        match self.loaded.config.routes.get(at.route) {
-            Some(route) if route.instruction_budget > 0 => route.instruction_budget,
-            _ => self.worker.settings.instruction_budget,
+        let route = &self.loaded.routes[at.route];
+        let mut r = self.req.borrow_mut();
+        match &r.account {
+            Some(a) if r.subrequest_depth > 0 => a.clone(),
+            Some(a) if *a.route() == route.key => {
+                a.reset();
+                a.clone()
+            }
+            _ => {
+                let a = route.vm.account(&route.key, route.limits, route.limits);
+                r.account = Some(a.clone());
+                a
+            }
         }
     }
 
     /// `client_max_body_size` of the route of location `at`.
     fn max_body(&self, at: LocationRef) -> u64 {
-        match self.loaded.config.routes.get(at.route) {
-            Some(route) if route.max_body > 0 => route.max_body,
-            _ => self.worker.settings.max_body,
-        }
+        self.loaded
+            .routes
+            .get(at.route)
+            .map_or(self.worker.settings.max_body, |r| r.max_body)
     }
 
     /// Reads the whole request body into memory, bounded by the body limit.
@@ -267,35 +280,56 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Runs an entry-thread handler to its end, serving its yields.
+    /// Runs an entry-thread handler to its end, serving its yields. Past a
+    /// slice of CPU the handler waits in the worker's background lane
+    /// (`crate::sched`) before it goes on.
     async fn run_handler(&mut self, phase: Phase, f: &Function) -> HandlerEnd {
-        let worker = self.worker.clone();
-        let vm = &worker.vm;
-        let budget = self.budget();
+        let at = self.req.borrow().location;
+        let route = &self.loaded.routes[at.route];
+        let (vm, key) = (route.vm.clone(), route.key.clone());
+        let sched = self.worker.sched.clone();
+        let account = self.account();
         {
             let mut r = self.req.borrow_mut();
             r.phase = phase;
             r.exit = None;
-            r.budget = budget;
         }
         let thread = match vm.thread(f) {
             Ok(t) => t,
             Err(e) => return self.lua_error(phase, &e),
         };
+        // A route that was just aborted for CPU starts in the background.
+        let mut slice: Option<Slice> = if sched.is_penalized(&key) {
+            Some(sched.background().await)
+        } else {
+            None
+        };
         let mut args = MultiValue::new();
         loop {
+            if slice.is_none() {
+                sched.foreground();
+            }
             let result = {
                 let _current = Current::enter(&self.req);
+                let _running = Running::enter(&account, vm.hook());
                 thread.resume::<MultiValue>(args)
             };
+            drop(slice.take());
+            account.yielded();
             let values = match result {
                 Ok(v) => v,
-                Err(e) => return self.lua_error(phase, &e),
+                Err(e) => {
+                    if account.exceeded().is_some() {
+                        sched.penalize(&key);
+                    }
+                    return self.lua_error(phase, &e);
+                }
             };
             if thread.status() != ThreadStatus::Resumable {
                 vm.recycle(thread);
                 return HandlerEnd::Done;
             }
+            let preempted = values.is_empty() && budget::preempted(false);
             let mut values = values.into_iter();
             let first = values.next();
             let op = match first {
@@ -309,6 +343,7 @@ impl Lifecycle {
             };
             args = MultiValue::new();
             match op {
+                _ if preempted => slice = Some(sched.background().await),
                 api::OP_EXIT => {
                     let exit = self.req.borrow_mut().exit.take();
                     return HandlerEnd::Exit(exit.unwrap_or(Exit::Status(0)));
@@ -337,7 +372,7 @@ impl Lifecycle {
                         Some(Value::Table(t)) => t,
                         _ => return self.lua_error(phase, &mlua::Error::runtime("bad capture request")),
                     };
-                    let lua = worker.vm.lua();
+                    let lua = vm.lua();
                     match self.capture(lua, list).await {
                         Ok(results) => args = results,
                         Err(e) => {
@@ -349,6 +384,11 @@ impl Lifecycle {
                             args.push_back(Value::Boolean(false));
                             args.push_back(Value::String(msg));
                         }
+                    }
+                    if account.exceeded().is_some() {
+                        // The subrequests spent the budget: the handler ends
+                        // with the error when it is resumed.
+                        sched.penalize(&key);
                     }
                 }
                 api::OP_READ_BODY => {
@@ -485,26 +525,71 @@ impl Lifecycle {
 /// Logs a Lua error with its route, location, phase and line.
 pub fn log_lua_error(site: &str, phase: Phase, e: &mlua::Error) {
     crate::metrics::lua_error(phase);
+    if matches!(e, mlua::Error::MemoryError(_)) || crate::lua::error_message(e).contains("not enough memory") {
+        crate::metrics::lua_memory_error();
+    }
     let msg = crate::lua::error_message(e);
     tracing::error!("{site}, phase {}: lua error: {msg}", phase.name());
 }
 
-/// Calls a filter or log handler (no yields allowed) with the request current.
-fn call_plain(lc: &Lifecycle, phase: Phase, f: &Function) -> bool {
-    let budget = lc.budget();
-    {
-        let mut r = lc.req.borrow_mut();
-        r.phase = phase;
-        r.budget = budget;
-    }
-    let _current = Current::enter(&lc.req);
-    match f.call::<()>(()) {
+/// Calls a filter or log handler (no yields allowed) with the request
+/// current, on the request's account: the running handler's when a filter
+/// runs inside it (`ngx.say` sends the headers), a fresh budget otherwise.
+pub(crate) fn call_plain(req: &SharedRequest, phase: Phase, f: &Function) -> Result<(), mlua::Error> {
+    let (account, hook, previous) = {
+        let mut r = req.borrow_mut();
+        let account = r.account.clone();
+        (account, r.hook, std::mem::replace(&mut r.phase, phase))
+    };
+    let result = {
+        let _current = Current::enter(req);
+        match account {
+            Some(account) => {
+                let nested = budget::running().is_some_and(|a| Rc::ptr_eq(&a, &account));
+                if !nested && req.borrow().subrequest_depth == 0 {
+                    account.reset();
+                }
+                let _running = Running::enter(&account, hook);
+                f.call::<()>(())
+            }
+            None => f.call::<()>(()),
+        }
+    };
+    req.borrow_mut().phase = previous;
+    result
+}
+
+/// `call_plain` for the driver's filters and log handler: logs the error.
+fn call_filter(lc: &Lifecycle, phase: Phase, f: &Function) -> bool {
+    match call_plain(&lc.req, phase, f) {
         Ok(()) => true,
         Err(e) => {
             log_lua_error(&lc.req.borrow().site, phase, &e);
             false
         }
     }
+}
+
+/// The virtual server a request arrived on, from its Host header (or the
+/// authority of its target, as HTTP/2 and absolute-form requests carry it);
+/// `None` for a request nginx answers with 400: an HTTP/1.1 request without
+/// Host, with more than one (RFC 9112 §3.2), or with a malformed one.
+fn select_server(config: &config::Config, r: &RequestState, authority: Option<&http::uri::Authority>) -> Option<ServerId> {
+    let mut hosts = r.headers.get_all(http::header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return None,
+        (Some(h), None) => h.as_bytes(),
+        (None, _) => match authority {
+            Some(a) => a.host().as_bytes(),
+            None if r.version == http::Version::HTTP_11 => return None,
+            None => return Some(ServerId::ANY),
+        },
+    };
+    let host = api::var::host_of(host)?;
+    if !config.has_hostnames() {
+        return Some(ServerId::ANY);
+    }
+    Some(config.server(&config::normalize_host(&host)))
 }
 
 /// What a rewrite or access handler's end means for the request.

@@ -186,6 +186,13 @@ pub enum DictError {
         existing: &'static str,
         requested: &'static str,
     },
+    #[error("shared dict \"{name}\" of namespace \"{namespace}\" is refused: {requested} bytes, but {why}")]
+    OverLimit {
+        namespace: String,
+        name: String,
+        requested: u64,
+        why: String,
+    },
 }
 
 /// One shared dict. All methods lock once; none panics on any input.
@@ -433,6 +440,25 @@ pub struct DictStore {
     dicts: Mutex<HashMap<(String, String), Declared>>,
     /// Where durable dicts are persisted; None: they stay in memory.
     durable: Option<durable::DurableStore>,
+    limits: DictLimits,
+}
+
+/// The operator's ceilings on what routes may declare.
+#[derive(Clone, Copy, Debug)]
+pub struct DictLimits {
+    /// The largest capacity of one dict.
+    pub max_capacity: u64,
+    /// The most capacity one namespace may declare over all its dicts.
+    pub max_namespace_total: u64,
+}
+
+impl Default for DictLimits {
+    fn default() -> Self {
+        DictLimits {
+            max_capacity: u64::MAX,
+            max_namespace_total: u64::MAX,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -456,7 +482,14 @@ impl DictStore {
         DictStore {
             dicts: Mutex::default(),
             durable: Some(durable::DurableStore::new(dir, commit_window)),
+            limits: DictLimits::default(),
         }
+    }
+
+    /// This store, refusing declarations over `limits`.
+    pub fn with_limits(mut self, limits: DictLimits) -> DictStore {
+        self.limits = limits;
+        self
     }
 
     /// The memory dict (namespace, name); see `declare`.
@@ -492,6 +525,30 @@ impl DictStore {
                 });
             }
             return Ok(dict.clone());
+        }
+        if capacity > self.limits.max_capacity {
+            return Err(DictError::OverLimit {
+                namespace: key.0,
+                name: key.1,
+                requested: capacity,
+                why: format!("the largest dict allowed is {} bytes (--max-shared-dict-size)", self.limits.max_capacity),
+            });
+        }
+        let declared: u64 = dicts
+            .iter()
+            .filter(|((ns, _), _)| *ns == key.0)
+            .map(|(_, d)| d.dict.capacity())
+            .sum();
+        if declared.saturating_add(capacity) > self.limits.max_namespace_total {
+            return Err(DictError::OverLimit {
+                namespace: key.0,
+                name: key.1,
+                requested: capacity,
+                why: format!(
+                    "the namespace already declares {declared} bytes of {} allowed (--max-namespace-shared-dicts)",
+                    self.limits.max_namespace_total
+                ),
+            });
         }
         let dict = match (&self.durable, durable) {
             (Some(store), true) => store.attach(namespace, name, capacity),

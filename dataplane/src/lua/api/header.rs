@@ -92,6 +92,8 @@ pub fn lookup_metatable(lua: &Lua) -> mlua::Result<Table> {
             _ => Ok(Value::Nil),
         })?,
     )?;
+    // Shared by every route of the VM: a route must not be able to change it.
+    mt.set("__metatable", false)?;
     lua.set_named_registry_value("moongate.header_lookup_mt", &mt)?;
     Ok(mt)
 }

@@ -67,6 +67,7 @@ pub fn build(lua: &Lua, yield_marker: &Table, worker_id: usize, worker_count: us
         })?,
     )?;
 
+    sandbox_primitives(lua, &raw)?;
     log::register(lua, &ngx)?;
     misc::register(lua, &ngx, worker_id, worker_count)?;
     output::register(lua, &ngx, &raw, yield_marker)?;
@@ -78,6 +79,81 @@ pub fn build(lua: &Lua, yield_marker: &Table, worker_id: usize, worker_count: us
     re::register(lua, &ngx)?;
     timer::register(lua, &ngx, yield_marker)?;
     Ok((ngx, raw))
+}
+
+/// What `sandbox.lua` and `prelude.lua` build the route environment from.
+fn sandbox_primitives(lua: &Lua, raw: &Table) -> mlua::Result<()> {
+    use crate::lua::budget;
+    raw.set("execution", lua.create_function(|_, ()| Ok(budget::execution()))?)?;
+    raw.set("aborted", lua.create_function(|_, ()| Ok(budget::aborted()))?)?;
+    raw.set("preempted", lua.create_function(|_, keep: bool| Ok(budget::preempted(keep)))?)?;
+    raw.set(
+        "charge",
+        lua.create_function(|_, bytes: f64| budget::charge_bytes(bytes.max(0.0) as usize))?,
+    )?;
+    raw.set(
+        "charge_n",
+        lua.create_function(|_, units: f64| budget::charge(units.max(0.0) as u64))?,
+    )?;
+    raw.set(
+        "gc",
+        lua.create_function(|lua, (opt, _arg): (String, Option<f64>)| {
+            let started = std::time::Instant::now();
+            let result = match opt.as_str() {
+                "count" => return Ok(mlua::Value::Number(crate::lua::memory::used(lua) as f64 / 1024.0)),
+                "step" => mlua::Value::Boolean(lua.gc_step()?),
+                _ => {
+                    lua.gc_collect()?;
+                    mlua::Value::Integer(0)
+                }
+            };
+            budget::charge_elapsed(started.elapsed())?;
+            Ok(result)
+        })?,
+    )?;
+    raw.set("random", lua.create_function(|lua, ()| random_functions(lua))?)?;
+    Ok(())
+}
+
+/// `math.random` and `math.randomseed` over a PRNG of their own (splitmix64,
+/// seeded from the OS), so that one route seeding or drawing never changes
+/// what another draws. Arguments and errors are Lua 5.1's.
+fn random_functions(lua: &Lua) -> mlua::Result<(mlua::Function, mlua::Function)> {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let state = Rc::new(Cell::new(rand::random::<u64>()));
+    let next = {
+        let state = state.clone();
+        move || {
+            let mut z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    };
+    let random = lua.create_function(move |_, args: mlua::Variadic<f64>| {
+        // 53 random bits: uniform in [0, 1).
+        let r = (next() >> 11) as f64 / (1u64 << 53) as f64;
+        let (m, n) = match args.len() {
+            0 => return Ok(mlua::Value::Number(r)),
+            1 => (1.0, args[0].floor()),
+            2 => (args[0].floor(), args[1].floor()),
+            _ => return Err(mlua::Error::runtime("wrong number of arguments to 'random'")),
+        };
+        if m > n {
+            let which = if args.len() == 1 { 1 } else { 2 };
+            return Err(mlua::Error::runtime(format!(
+                "bad argument #{which} to 'random' (interval is empty)"
+            )));
+        }
+        Ok(mlua::Value::Number((m + (r * (n - m + 1.0)).floor()).min(n)))
+    })?;
+    let randomseed = lua.create_function(move |_, seed: f64| {
+        state.set(seed.to_bits());
+        Ok(())
+    })?;
+    Ok((random, randomseed))
 }
 
 /// Formats a number as Lua's `tostring` does (`%.14g`).

@@ -2,10 +2,17 @@
 //! `ngx.timer.pending_count`, with OpenResty semantics: the callback runs in
 //! its own coroutine (it may `ngx.sleep`), outside any request, with
 //! `premature` as its first argument; on shutdown pending timers fire at once
-//! with `premature = true`. Counts and limits are per worker, as per nginx
-//! worker (`lua_max_pending_timers` 1024, `lua_max_running_timers` 256).
+//! with `premature = true`.
+//!
+//! Limits are per route, as nginx's are per worker (`lua_max_pending_timers`
+//! 1024, `lua_max_running_timers` 256), and also per namespace and per worker,
+//! so one tenant filling its pool never starves another's. The counts Lua
+//! reads are the route's own. A timer run spends its route's CPU (see
+//! `crate::sched`'s timer bucket): across all its resumes, a callback cannot
+//! use more than its route's budget, refilled over time.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,16 +21,77 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 use tokio::sync::Notify;
 
 use super::OP_SLEEP;
+use crate::lua::budget::{self, HookHandle, Limits, Running};
 
+/// Per route, as OpenResty's per-worker defaults.
 pub const MAX_PENDING: usize = 1024;
 pub const MAX_RUNNING: usize = 256;
+/// Per namespace.
+pub const MAX_PENDING_NAMESPACE: usize = 4 * MAX_PENDING;
+pub const MAX_RUNNING_NAMESPACE: usize = 4 * MAX_RUNNING;
+/// Per worker.
+pub const MAX_PENDING_WORKER: usize = 16 * MAX_PENDING;
+pub const MAX_RUNNING_WORKER: usize = 16 * MAX_RUNNING;
 
-/// Instructions a timer callback may run per resume (it may sleep between).
-const TIMER_BUDGET: u64 = crate::worker::DEFAULT_INSTRUCTION_BUDGET;
+/// Pending and running timers of one route, one namespace, or the worker.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    pending: usize,
+    running: usize,
+}
+
+/// Where a timer's counts are kept: its route and its namespace.
+#[derive(Clone)]
+struct Owner {
+    route: Rc<str>,
+    namespace: Rc<str>,
+}
+
+impl Owner {
+    fn of(route: &Rc<str>) -> Owner {
+        let namespace = route.split_once('/').map_or("", |(ns, _)| ns);
+        Owner {
+            route: route.clone(),
+            namespace: Rc::from(namespace),
+        }
+    }
+
+    /// Applies `f` to the route's, the namespace's and the worker's counts.
+    fn update(&self, f: impl Fn(&mut Counts)) {
+        COUNTS.with(|c| {
+            let mut c = c.borrow_mut();
+            for key in [&*self.route, &*self.namespace, ""] {
+                let counts = c.entry(Rc::from(key)).or_default();
+                f(counts);
+                if counts.pending == 0 && counts.running == 0 && !key.is_empty() {
+                    c.remove(key);
+                }
+            }
+        })
+    }
+
+    fn counts(&self) -> [Counts; 3] {
+        COUNTS.with(|c| {
+            let c = c.borrow();
+            [&*self.route, &*self.namespace, ""].map(|k| c.get(k).copied().unwrap_or_default())
+        })
+    }
+
+    /// Why a new pending timer is refused, if it is.
+    fn pending_full(&self) -> bool {
+        let [route, namespace, worker] = self.counts();
+        route.pending >= MAX_PENDING || namespace.pending >= MAX_PENDING_NAMESPACE || worker.pending >= MAX_PENDING_WORKER
+    }
+
+    fn running_full(&self) -> bool {
+        let [route, namespace, worker] = self.counts();
+        route.running >= MAX_RUNNING || namespace.running >= MAX_RUNNING_NAMESPACE || worker.running >= MAX_RUNNING_WORKER
+    }
+}
 
 thread_local! {
-    static PENDING: Cell<usize> = const { Cell::new(0) };
-    static RUNNING: Cell<usize> = const { Cell::new(0) };
+    /// By route (`ns/name`), namespace (`ns`) and the worker (``).
+    static COUNTS: RefCell<HashMap<Rc<str>, Counts>> = RefCell::default();
     static SHUTDOWN: Rc<Notify> = Rc::new(Notify::new());
     /// Handles of this worker's pending timers.
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
@@ -37,7 +105,12 @@ pub fn shutdown() {
 
 /// Timers pending or running on this worker.
 pub fn active() -> usize {
-    PENDING.with(Cell::get) + RUNNING.with(Cell::get)
+    COUNTS.with(|c| c.borrow().get("").map_or(0, |w| w.pending + w.running))
+}
+
+/// The running route's counts, as `running_count`/`pending_count` report them.
+fn own_counts() -> Counts {
+    budget::running().map_or_else(Counts::default, |a| Owner::of(a.route()).counts()[0])
 }
 
 pub fn register(lua: &Lua, ngx: &Table, yield_marker: &Table) -> mlua::Result<()> {
@@ -49,14 +122,8 @@ pub fn register(lua: &Lua, ngx: &Table, yield_marker: &Table) -> mlua::Result<()
             lua.create_function(move |lua, args: MultiValue| create(lua, &marker, name, every, args))?,
         )?;
     }
-    timer.set(
-        "running_count",
-        lua.create_function(|_, ()| Ok(RUNNING.with(Cell::get)))?,
-    )?;
-    timer.set(
-        "pending_count",
-        lua.create_function(|_, ()| Ok(PENDING.with(Cell::get)))?,
-    )?;
+    timer.set("running_count", lua.create_function(|_, ()| Ok(own_counts().running))?)?;
+    timer.set("pending_count", lua.create_function(|_, ()| Ok(own_counts().pending))?)?;
     ngx.set("timer", timer)?;
     Ok(())
 }
@@ -98,27 +165,39 @@ fn create(
     if crate::lua::exiting() {
         return Ok((None, Some("process exiting".into())));
     }
-    if PENDING.with(Cell::get) >= MAX_PENDING {
+    let Some(account) = budget::running() else {
+        return Err(mlua::Error::runtime("ngx.timer: no route is running"));
+    };
+    let owner = Owner::of(account.route());
+    if owner.pending_full() {
         return Ok((None, Some("too many pending timers".into())));
     }
     let extra: Vec<Value> = args.collect();
     let site = crate::lua::log_context();
-    PENDING.with(|p| p.set(p.get() + 1));
+    owner.update(|c| c.pending += 1);
     let id = NEXT_ID.with(|n| n.replace(n.get() + 1));
     let cancel = Rc::new(Cancel {
         cancelled: Cell::new(false),
         pending: Cell::new(true),
         notify: Notify::new(),
+        owner: RefCell::new(Some(owner.clone())),
     });
     CANCELS.with(|c| c.borrow_mut().insert(id, cancel.clone()));
     let timer = Timer {
-        lua: lua.clone(),
-        marker: marker.clone(),
+        run: Run {
+            lua: lua.clone(),
+            marker: marker.clone(),
+            hook: HookHandle::of(lua),
+            route: account.route().clone(),
+            limits: account.route_limits(),
+            max_string: account.max_string(),
+        },
         callback,
         extra,
         site,
         id,
         cancel,
+        owner,
     };
     tokio::task::spawn_local(timer.run(Duration::from_secs_f64(delay.min(1e9)), every));
     // A truthy handle, as OpenResty's `1`, that `moongate.timer.cancel` takes.
@@ -128,9 +207,10 @@ fn create(
 /// A pending timer's cancellation signal.
 struct Cancel {
     cancelled: Cell<bool>,
-    /// Waiting to fire (counted in `PENDING`), as opposed to running.
+    /// Waiting to fire (counted as pending), as opposed to running.
     pending: Cell<bool>,
     notify: Notify,
+    owner: RefCell<Option<Owner>>,
 }
 
 /// `moongate.timer.cancel(handle)`: stops a pending `ngx.timer.at`/`every`
@@ -151,8 +231,10 @@ pub fn cancel_function(lua: &Lua) -> mlua::Result<Function> {
         match id.and_then(|id| CANCELS.with(|c| c.borrow_mut().remove(&id))) {
             Some(cancel) => {
                 cancel.cancelled.set(true);
-                if cancel.pending.replace(false) {
-                    PENDING.with(|p| p.set(p.get() - 1));
+                if cancel.pending.replace(false)
+                    && let Some(owner) = cancel.owner.borrow().as_ref()
+                {
+                    owner.update(|c| c.pending -= 1);
                 }
                 cancel.notify.notify_one();
                 Ok((Some(true), None))
@@ -162,15 +244,26 @@ pub fn cancel_function(lua: &Lua) -> mlua::Result<Function> {
     })
 }
 
+/// What a timer's callback runs with: its VM and its route's CPU bounds.
+pub(crate) struct Run {
+    pub lua: Lua,
+    pub marker: Table,
+    pub hook: HookHandle,
+    pub route: Rc<str>,
+    pub limits: Limits,
+    /// The largest string the callback may build outside the VM.
+    pub max_string: usize,
+}
+
 struct Timer {
-    lua: Lua,
-    marker: Table,
+    run: Run,
     callback: Function,
     extra: Vec<Value>,
     /// Where the timer was created, for log lines.
     site: String,
     id: u64,
     cancel: Rc<Cancel>,
+    owner: Owner,
 }
 
 impl Timer {
@@ -195,21 +288,21 @@ impl Timer {
                 return;
             }
             self.cancel.pending.set(false);
-            PENDING.with(|p| p.set(p.get() - 1));
-            if RUNNING.with(Cell::get) >= MAX_RUNNING {
+            self.owner.update(|c| c.pending -= 1);
+            if self.owner.running_full() {
                 tracing::error!("{}lua_max_running_timers are not enough", self.site);
                 CANCELS.with(|c| c.borrow_mut().remove(&self.id));
                 return;
             }
-            RUNNING.with(|r| r.set(r.get() + 1));
+            self.owner.update(|c| c.running += 1);
             self.fire(premature).await;
-            RUNNING.with(|r| r.set(r.get() - 1));
+            self.owner.update(|c| c.running -= 1);
             if !every || premature || crate::lua::exiting() || self.cancel.cancelled.get() {
                 CANCELS.with(|c| c.borrow_mut().remove(&self.id));
                 return;
             }
             self.cancel.pending.set(true);
-            PENDING.with(|p| p.set(p.get() + 1));
+            self.owner.update(|c| c.pending += 1);
         }
     }
 
@@ -218,28 +311,50 @@ impl Timer {
         let args = std::iter::once(Value::Boolean(premature))
             .chain(self.extra.iter().cloned())
             .collect();
-        if let Err(e) = drive(&self.lua, &self.marker, &self.callback, args).await {
+        if let Err(e) = drive(&self.run, &self.callback, args).await {
             tracing::error!("{}timer: lua entry thread aborted: {e}", self.site);
         }
     }
 }
 
 /// Runs `callback(args...)` to completion in its own coroutine, outside any
-/// request, serving `ngx.sleep` yields; shared with durable timers. An error
+/// request, serving `ngx.sleep` yields; shared with durable timers. The run
+/// has one CPU account across its resumes, capped by its route's timer
+/// bucket; past a slice it waits in the worker's background lane. An error
 /// (returned as its message, with the chunk and line) is counted in
 /// `moongate_timer_callback_errors_total`; the caller logs it with context.
-pub(crate) async fn drive(lua: &Lua, marker: &Table, callback: &Function, mut args: MultiValue) -> Result<(), String> {
-    let thread = lua.create_thread(callback.clone()).map_err(|e| {
+pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) -> Result<(), String> {
+    let thread = run.lua.create_thread(callback.clone()).map_err(|e| {
         crate::metrics::timer_callback_error();
         format!("cannot create a coroutine: {e}")
     })?;
+    let sched = crate::sched::current();
+    let account = budget::Account::new(run.route.clone(), run.limits, run.limits, run.max_string);
+    // A route that was just aborted for CPU starts in the background.
+    let mut slice = if sched.is_penalized(&run.route) {
+        Some(sched.background().await)
+    } else {
+        None
+    };
     loop {
+        account.cap_left(sched.timer_allowance(&run.route, run.limits.budget));
+        let before = account.spent();
+        if slice.is_none() {
+            sched.foreground();
+        }
         let result = crate::lua::with_vm_phase("timer", || {
-            crate::lua::budget::with_vm_budget(TIMER_BUDGET, || thread.resume::<MultiValue>(args))
+            let _running = Running::enter(&account, run.hook);
+            thread.resume::<MultiValue>(args)
         });
+        drop(slice.take());
+        account.yielded();
+        sched.timer_spent(&run.route, account.spent() - before);
         let values = match result {
             Ok(v) => v,
             Err(e) => {
+                if account.exceeded().is_some() {
+                    sched.penalize(&run.route);
+                }
                 crate::metrics::timer_callback_error();
                 return Err(crate::lua::error_message(&e));
             }
@@ -247,8 +362,13 @@ pub(crate) async fn drive(lua: &Lua, marker: &Table, callback: &Function, mut ar
         if thread.status() != ThreadStatus::Resumable {
             return Ok(());
         }
+        if values.is_empty() && budget::preempted(false) {
+            slice = Some(sched.background().await);
+            args = MultiValue::new();
+            continue;
+        }
         let mut values = values.into_iter();
-        let is_marker = matches!(values.next(), Some(Value::Table(t)) if t.to_pointer() == marker.to_pointer());
+        let is_marker = matches!(values.next(), Some(Value::Table(t)) if t.to_pointer() == run.marker.to_pointer());
         let op = match values.next() {
             Some(Value::Integer(op)) if is_marker => op,
             _ => 0,

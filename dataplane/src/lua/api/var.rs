@@ -201,17 +201,31 @@ fn protocol(r: &RequestState) -> &'static str {
 
 /// `$host`: the Host header without port, lowercased; else the server name.
 pub fn host(r: &RequestState) -> Vec<u8> {
-    let raw = r
-        .headers
+    r.headers
         .get(http::header::HOST)
-        .map(|v| v.as_bytes())
-        .unwrap_or(b"localhost");
+        .and_then(|v| host_of(v.as_bytes()))
+        .unwrap_or_else(|| b"localhost".to_vec())
+}
+
+/// `$host` of a Host header value: without the port or a trailing dot,
+/// lowercase; `None` where nginx's `ngx_http_validate_host` answers 400
+/// (empty, `/`, NUL, a leading dot or `..`, an unclosed `[`).
+pub fn host_of(raw: &[u8]) -> Option<Vec<u8>> {
     let end = if raw.first() == Some(&b'[') {
-        raw.iter().position(|&b| b == b']').map(|i| i + 1).unwrap_or(raw.len())
+        raw.iter().position(|&b| b == b']')? + 1
     } else {
         raw.iter().position(|&b| b == b':').unwrap_or(raw.len())
     };
-    raw[..end].to_ascii_lowercase()
+    let host = &raw[..end];
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty()
+        || host.first() == Some(&b'.')
+        || host.iter().any(|&b| b == b'/' || b == 0)
+        || host.windows(2).any(|w| w == b"..")
+    {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
 }
 
 fn hostname() -> String {

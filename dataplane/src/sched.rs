@@ -1,0 +1,223 @@
+//! CPU fairness between the routes on one worker.
+//!
+//! Lua that runs past a slice is yielded by the count hook (`lua::budget`);
+//! its driver then waits in this worker's **background lane** before its next
+//! slice. The lane releases one waiting slice at a time, and only when the
+//! foreground had its turn: after a scheduler round in which no foreground
+//! Lua ran (the worker is otherwise idle), or once the foreground has had
+//! [`FOREGROUND_SHARE`] times the last background slice's time since it
+//! ended. So a CPU-bound handler gets the whole worker when nothing else
+//! runs, and about one part in `FOREGROUND_SHARE + 1` when others are
+//! waiting, however many such handlers there are.
+//!
+//! A route whose code was aborted for CPU (budget or unpreemptible stretch)
+//! is **penalized** for [`PENALTY`]: its handlers start in the background
+//! lane, so a stream of hostile requests cannot keep taking the foreground.
+//!
+//! Timers draw on a **per-route bucket**: a route's timers together may spend
+//! at most its budget at once, refilled at its budget per [`REFILL`], so a
+//! timer that sleeps between bursts cannot burn CPU forever.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, oneshot};
+
+/// The foreground's share of the worker against one background slice.
+pub const FOREGROUND_SHARE: u32 = 9;
+/// How long a route aborted for CPU starts its handlers in the background.
+pub const PENALTY: Duration = Duration::from_secs(1);
+/// A route's timers regain their whole budget over this time.
+pub const REFILL: Duration = Duration::from_secs(10);
+
+/// The background lane and CPU state of one worker.
+#[derive(Default)]
+pub struct Sched {
+    /// Waiting slices, oldest first.
+    queue: RefCell<VecDeque<oneshot::Sender<()>>>,
+    /// Bumped whenever foreground Lua runs.
+    progress: Cell<u64>,
+    /// A released slice has not finished yet.
+    busy: Cell<bool>,
+    /// Wakes the dispatcher: a slice was queued or finished.
+    wake: Notify,
+    /// When the last background slice ended, and how long it took.
+    last: Cell<Option<(Instant, Duration)>>,
+    penalized: RefCell<HashMap<Rc<str>, Instant>>,
+    buckets: RefCell<HashMap<Rc<str>, Bucket>>,
+}
+
+/// A running background slice; dropping it ends the slice.
+pub struct Slice {
+    sched: Rc<Sched>,
+    started: Instant,
+}
+
+impl Drop for Slice {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        self.sched.last.set(Some((now, now - self.started)));
+        self.sched.busy.set(false);
+        self.sched.wake.notify_one();
+    }
+}
+
+thread_local! {
+    /// This worker's scheduler, for the timers it spawns.
+    static WORKER: RefCell<Option<Rc<Sched>>> = const { RefCell::new(None) };
+}
+
+/// Makes `sched` this worker thread's scheduler.
+pub fn install(sched: Rc<Sched>) {
+    WORKER.with(|w| *w.borrow_mut() = Some(sched));
+}
+
+/// This worker thread's scheduler (a fresh one where none was installed, as
+/// in `--check`).
+pub fn current() -> Rc<Sched> {
+    WORKER.with(|w| w.borrow_mut().get_or_insert_with(Rc::default).clone())
+}
+
+struct Bucket {
+    tokens: u64,
+    updated: Instant,
+}
+
+impl Sched {
+    /// Foreground Lua is about to run.
+    pub fn foreground(&self) {
+        self.progress.set(self.progress.get().wrapping_add(1));
+    }
+
+    /// Waits for this worker's next background slice.
+    pub async fn background(self: &Rc<Self>) -> Slice {
+        let (tx, rx) = oneshot::channel();
+        self.queue.borrow_mut().push_back(tx);
+        self.wake.notify_one();
+        // The dispatcher never drops a sender without sending.
+        let _ = rx.await;
+        Slice {
+            sched: self.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Releases background slices, one at a time; runs for the worker's life.
+    pub async fn dispatch(self: Rc<Self>) {
+        loop {
+            if self.busy.get() || self.queue.borrow().is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            let seen = self.progress.get();
+            tokio::task::yield_now().await;
+            let idle = self.progress.get() == seen;
+            let fair = self.last.get().is_none_or(|(ended, took)| ended.elapsed() >= took * FOREGROUND_SHARE);
+            if !(idle || fair) {
+                continue;
+            }
+            while let Some(tx) = self.queue.borrow_mut().pop_front() {
+                // A waiter whose request went away is skipped.
+                if tx.send(()).is_ok() {
+                    self.busy.set(true);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Records that `route`'s code was aborted for CPU.
+    pub fn penalize(&self, route: &Rc<str>) {
+        self.penalized.borrow_mut().insert(route.clone(), Instant::now() + PENALTY);
+    }
+
+    /// Whether `route`'s handlers must start in the background lane.
+    pub fn is_penalized(&self, route: &str) -> bool {
+        let mut penalized = self.penalized.borrow_mut();
+        match penalized.get(route) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                penalized.remove(route);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// What `route`'s timers may still spend now, out of `budget`.
+    pub fn timer_allowance(&self, route: &Rc<str>, budget: u64) -> u64 {
+        let mut buckets = self.buckets.borrow_mut();
+        let bucket = buckets.entry(route.clone()).or_insert(Bucket {
+            tokens: budget,
+            updated: Instant::now(),
+        });
+        let elapsed = bucket.updated.elapsed();
+        let refill = (budget as f64 * elapsed.as_secs_f64() / REFILL.as_secs_f64()) as u64;
+        if refill > 0 {
+            bucket.tokens = bucket.tokens.saturating_add(refill).min(budget);
+            bucket.updated = Instant::now();
+        }
+        bucket.tokens
+    }
+
+    /// Takes `spent` from `route`'s timer bucket.
+    pub fn timer_spent(&self, route: &Rc<str>, spent: u64) {
+        if let Some(bucket) = self.buckets.borrow_mut().get_mut(route) {
+            bucket.tokens = bucket.tokens.saturating_sub(spent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn background_slices_run_one_at_a_time_in_order() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let sched = Rc::new(Sched::default());
+                tokio::task::spawn_local(sched.clone().dispatch());
+                let order = Rc::new(RefCell::new(Vec::new()));
+                let mut tasks = Vec::new();
+                for i in 0..3 {
+                    let (sched, order) = (sched.clone(), order.clone());
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let slice = sched.background().await;
+                        assert!(sched.busy.get(), "a released slice is the only one running");
+                        order.borrow_mut().push(i);
+                        tokio::task::yield_now().await;
+                        drop(slice);
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                assert_eq!(*order.borrow(), vec![0, 1, 2]);
+            })
+            .await;
+    }
+
+    #[test]
+    fn a_timer_bucket_empties_and_does_not_exceed_its_budget() {
+        let sched = Sched::default();
+        let route: Rc<str> = Rc::from("a/b");
+        assert_eq!(sched.timer_allowance(&route, 1000), 1000);
+        sched.timer_spent(&route, 600);
+        assert!(sched.timer_allowance(&route, 1000) <= 1000);
+        sched.timer_spent(&route, 1000);
+        assert!(sched.timer_allowance(&route, 1000) < 1000);
+    }
+
+    #[test]
+    fn penalties_name_a_route() {
+        let sched = Sched::default();
+        let a: Rc<str> = Rc::from("a/x");
+        sched.penalize(&a);
+        assert!(sched.is_penalized("a/x"));
+        assert!(!sched.is_penalized("b/y"));
+    }
+}
