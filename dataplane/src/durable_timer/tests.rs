@@ -31,6 +31,7 @@ fn route(name: &str, modules: &[&str]) -> Route {
     Route {
         id: format!("default/{name}"),
         namespace: "default".into(),
+        name: name.into(),
         locations: Vec::new(),
         modules: modules
             .iter()
