@@ -10,7 +10,7 @@
 //! `allowed_namespaces` over the owning namespace's routes that name it, so an
 //! allowance is per hostname, and a route of another namespace grants nothing.
 //!
-//! Why without a second thought: this decides who can take whose requests (a
+//! Why it matters: this decides who can take whose requests (a
 //! Regex location of a newer namespace would otherwise beat an older
 //! namespace's Prefix location on the same host, bearer tokens included).
 //!
