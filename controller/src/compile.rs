@@ -9,7 +9,11 @@ use mlua::chunk::ChunkMode;
 use moongate_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{LocationSpec, LuaRoute, MatchKind, Persistence};
+use std::sync::LazyLock;
+
+use crate::crd::{
+    LocationSpec, LuaRoute, LuaRouteRef, MatchKind, NAMESPACE_OR_ANY_PATTERN, Persistence, ROUTE_NAME_OR_ANY_PATTERN,
+};
 use crate::error::Problem;
 use crate::quantity::parse_bytes;
 
@@ -88,6 +92,27 @@ fn split_lua_error(name: &str, text: &str) -> (Option<u32>, String) {
     (None, text.to_string())
 }
 
+/// The schema's patterns for `allowedNamespaces` and `allowFrom`, compiled once:
+/// standalone mode has no apiserver to check them.
+static NAMESPACE_OR_ANY: LazyLock<pcre2::bytes::Regex> =
+    LazyLock::new(|| pcre2::bytes::Regex::new(NAMESPACE_OR_ANY_PATTERN).expect("a valid pattern"));
+static ROUTE_NAME_OR_ANY: LazyLock<pcre2::bytes::Regex> =
+    LazyLock::new(|| pcre2::bytes::Regex::new(ROUTE_NAME_OR_ANY_PATTERN).expect("a valid pattern"));
+
+/// The schema's bounds, repeated for standalone mode.
+const MAX_ALLOWED_NAMESPACES: usize = 32;
+const MAX_ALLOW_FROM: usize = 16;
+
+/// `s` is a namespace name or `*`.
+fn is_namespace_or_any(s: &str) -> bool {
+    s.len() <= 63 && NAMESPACE_OR_ANY.is_match(s.as_bytes()).unwrap_or(false)
+}
+
+/// `s` is a LuaRoute name or `*`.
+fn is_route_name_or_any(s: &str) -> bool {
+    s.len() <= 253 && ROUTE_NAME_OR_ANY.is_match(s.as_bytes()).unwrap_or(false)
+}
+
 /// nginx refuses `location /p` next to `location ^~ /p` as a duplicate location.
 fn same_location_kind(a: MatchKind, b: MatchKind) -> bool {
     let prefix = |k| matches!(k, MatchKind::Prefix | MatchKind::PrefixPriority);
@@ -131,6 +156,24 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
             problems.push(problem(None, None, None, format!("invalid hostname {host:?}")));
         }
     }
+    if spec.allowed_namespaces.len() > MAX_ALLOWED_NAMESPACES {
+        problems.push(problem(
+            None,
+            Some("allowedNamespaces"),
+            None,
+            format!("at most {MAX_ALLOWED_NAMESPACES} namespaces"),
+        ));
+    }
+    for allowed in &spec.allowed_namespaces {
+        if !is_namespace_or_any(allowed) {
+            problems.push(problem(
+                None,
+                Some("allowedNamespaces"),
+                None,
+                format!("invalid namespace {allowed:?}: a namespace name (a DNS-1123 label) or \"*\""),
+            ));
+        }
+    }
 
     let mut locations = Vec::with_capacity(spec.locations.len());
     for (i, loc) in spec.locations.iter().enumerate() {
@@ -145,7 +188,7 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
                 format!("duplicate location {:?} {}", earlier.match_kind, loc.path),
             ));
         }
-        match compile_location(compiler, &route_id, loc) {
+        match compile_location(compiler, &namespace, &route_id, loc) {
             Ok(l) => locations.push(l),
             Err(errs) => problems.extend(
                 errs.into_iter()
@@ -248,17 +291,59 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
         init_worker,
         limits: Some(limits),
         created_at,
+        allowed_namespaces: spec.allowed_namespaces.clone(),
     })
 }
 
 type LocationProblem = (Option<String>, Option<u32>, String);
 
+/// `allowFrom` with the defaults filled in: an omitted namespace is the route's
+/// own, an omitted name is `*`.
+fn compile_allow_from(
+    namespace: &str,
+    allow_from: &[LuaRouteRef],
+    problems: &mut Vec<LocationProblem>,
+) -> Vec<pb::RouteRef> {
+    let at = || Some("allowFrom".to_string());
+    if allow_from.len() > MAX_ALLOW_FROM {
+        problems.push((at(), None, format!("at most {MAX_ALLOW_FROM} entries")));
+    }
+    let mut out = Vec::with_capacity(allow_from.len());
+    for (i, r) in allow_from.iter().enumerate() {
+        if let Some(ns) = &r.namespace
+            && !is_namespace_or_any(ns)
+        {
+            problems.push((
+                at(),
+                None,
+                format!("entry {i}: invalid namespace {ns:?}: a namespace name (a DNS-1123 label) or \"*\""),
+            ));
+        }
+        if let Some(name) = &r.name
+            && !is_route_name_or_any(name)
+        {
+            problems.push((
+                at(),
+                None,
+                format!("entry {i}: invalid route name {name:?}: a LuaRoute name (a DNS-1123 subdomain) or \"*\""),
+            ));
+        }
+        out.push(pb::RouteRef {
+            namespace: r.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+            name: r.name.clone().unwrap_or_else(|| "*".to_string()),
+        });
+    }
+    out
+}
+
 fn compile_location(
     compiler: &Compiler,
+    namespace: &str,
     route_id: &str,
     loc: &LocationSpec,
 ) -> Result<pb::Location, Vec<LocationProblem>> {
     let mut problems: Vec<LocationProblem> = Vec::new();
+    let allow_from = compile_allow_from(namespace, &loc.allow_from, &mut problems);
     let match_kind = match loc.match_kind {
         MatchKind::Prefix => pb::MatchKind::Prefix,
         MatchKind::Exact => pb::MatchKind::Exact,
@@ -317,6 +402,8 @@ fn compile_location(
             service: u.service.clone(),
             port: u.port.into(),
         }),
+        internal: loc.internal,
+        allow_from,
     };
     if problems.is_empty() {
         Ok(location)
@@ -375,6 +462,46 @@ mod tests {
                 .any(|p| p.location.as_deref() == Some("^/(a") && p.message.contains("invalid regex"))
         );
         assert!(errs.iter().any(|p| p.message.contains("unknown unit")));
+    }
+
+    #[test]
+    fn allow_from_gets_its_defaults_and_allowed_namespaces_are_kept() {
+        let route = compile_yaml(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {name: r, namespace: team}\nspec:\n  allowedNamespaces: [other, '*']\n  locations:\n  - path: /private\n    internal: true\n    allowFrom: [{}, {name: sibling}, {namespace: b}, {namespace: '*', name: x}]\n  - path: /open\n",
+        )
+        .unwrap();
+        assert_eq!(route.allowed_namespaces, ["other", "*"]);
+        let private = &route.locations[0];
+        assert!(private.internal);
+        let refs: Vec<(&str, &str)> = private
+            .allow_from
+            .iter()
+            .map(|r| (r.namespace.as_str(), r.name.as_str()))
+            .collect();
+        assert_eq!(refs, [("team", "*"), ("team", "sibling"), ("b", "*"), ("*", "x")]);
+        assert!(!route.locations[1].internal && route.locations[1].allow_from.is_empty());
+    }
+
+    #[test]
+    fn bad_namespaces_and_route_names_are_named_with_their_site() {
+        let errs = compile_yaml(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {name: r, namespace: team}\nspec:\n  allowedNamespaces: [Other]\n  locations:\n  - path: /p\n    allowFrom: [{namespace: a.b}, {name: 'Bad_Name'}]\n",
+        )
+        .unwrap_err();
+        let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].contains("allowedNamespaces") && lines[0].contains("\"Other\""),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("location /p: allowFrom: entry 0: invalid namespace \"a.b\""),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("location /p: allowFrom: entry 1: invalid route name \"Bad_Name\""),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -43,6 +43,13 @@ pub const MEDIA_TYPE_PATTERN: &str = r"^[A-Za-z0-9][-A-Za-z0-9!#$&^_.+]*/[A-Za-z
 pub const MODULE_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*$";
 /// nginx variable names (`set $name`), as `compile` accepts them.
 pub const VAR_NAME_PATTERN: &str = "^[A-Za-z0-9_]+$";
+/// A namespace name (a DNS-1123 label, at most 63 characters by `maxLength`),
+/// or `*` for any namespace.
+pub const NAMESPACE_OR_ANY_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$";
+/// A LuaRoute name (a DNS-1123 subdomain as the apiserver checks custom
+/// resource names: no per-label limit, at most 253 characters by `maxLength`),
+/// or `*` for any.
+pub const ROUTE_NAME_OR_ANY_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$";
 
 /// The fewest Lua VM instructions a route may budget per handler.
 pub const MIN_INSTRUCTION_BUDGET: u64 = 1000;
@@ -75,6 +82,30 @@ pub struct LuaRouteSpec {
         extend("x-kubernetes-list-type" = "set")
     )]
     pub hostnames: Vec<String>,
+
+    /// Other namespaces whose LuaRoutes may serve this route's hostnames too.
+    ///
+    /// A hostname belongs to one namespace: that of the oldest LuaRoute naming it
+    /// (by creation time, then namespace and name). Routes without hostnames
+    /// share the any-host key `*`, which belongs to a namespace the same way. A
+    /// LuaRoute of another namespace that names an owned hostname is refused
+    /// whole (`Accepted=False`, reason `Conflicted`) unless a route of the owning
+    /// namespace that names that hostname lists the other namespace here. The
+    /// allowance is per hostname: it covers the hostnames of this route only. It
+    /// takes effect only on routes of the owning namespace; listed elsewhere it
+    /// grants nothing. Ownership follows the routes that exist now: when the
+    /// owning namespace's oldest route naming a hostname goes (or is deleted and
+    /// re-created, which makes it newer), the hostname belongs to the namespace
+    /// of the oldest route still naming it.
+    ///
+    /// Namespace names, or `*` for any namespace; at most 32, no duplicates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 63), regex(pattern = NAMESPACE_OR_ANY_PATTERN)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub allowed_namespaces: Vec<String>,
 
     /// The route's nginx `location` blocks (1 to 256), matched by nginx's rules: an
     /// `Exact` match wins; otherwise the longest `Prefix`/`PrefixPriority` match is
@@ -221,6 +252,39 @@ pub struct LocationSpec {
     /// location without a `content` handler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamRef>,
+
+    /// nginx `internal`: only subrequests (`ngx.location.capture`,
+    /// `ngx.location.capture_multi`) and internal redirects (`ngx.exec`,
+    /// `ngx.req.set_uri(uri, true)`) reach this location; a client request that
+    /// matches it gets 404. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+
+    /// Other LuaRoutes whose subrequests and internal redirects (`ngx.exec`) may
+    /// reach this location. They must serve the same hostname to try at all.
+    /// Each entry selects routes by `namespace` (omitted: this route's namespace;
+    /// `*`: any) and `name` (omitted or `*`: any route of that namespace).
+    /// Omitted or empty: only this route's own handlers reach it by subrequest or
+    /// internal redirect; client requests still reach it unless it is
+    /// `internal`. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub allow_from: Vec<LuaRouteRef>,
+}
+
+/// LuaRoutes selected by namespace and name, for a location's `allowFrom`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LuaRouteRef {
+    /// The routes' namespace, or `*` for any namespace. Omitted: the namespace of
+    /// the route this location belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAMESPACE_OR_ANY_PATTERN))]
+    pub namespace: Option<String>,
+    /// The LuaRoute's name, or `*` for any route of the namespace. Omitted: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = ROUTE_NAME_OR_ANY_PATTERN))]
+    pub name: Option<String>,
 }
 
 /// nginx location modifiers.
@@ -677,6 +741,81 @@ mod tests {
         let mut unknown = Vec::new();
         walk("", &schema(), &mut unknown);
         assert!(unknown.is_empty(), "formats the apiserver warns about: {unknown:?}");
+    }
+
+    #[test]
+    fn allowed_namespaces_are_a_bounded_set_of_namespace_names_or_a_star() {
+        let a = &spec()["properties"]["allowedNamespaces"];
+        assert_eq!(a["type"], "array");
+        assert_eq!(a["maxItems"], 32);
+        assert_eq!(a["x-kubernetes-list-type"], "set");
+        assert_eq!(a["items"]["minLength"], 1);
+        assert_eq!(a["items"]["maxLength"], 63);
+        assert_eq!(a["items"]["pattern"], NAMESPACE_OR_ANY_PATTERN);
+        let doc = a["description"].as_str().unwrap();
+        assert!(
+            doc.starts_with("Other namespaces whose LuaRoutes may serve this route's hostnames too."),
+            "{doc}"
+        );
+        for told in [
+            "oldest LuaRoute",
+            "`*`",
+            "Conflicted",
+            "per hostname",
+            "owning namespace",
+        ] {
+            assert!(doc.contains(told), "kubectl explain should say {told:?}: {doc}");
+        }
+        let re = pattern(&a["items"]);
+        for ok in ["b", "team-b", "*", "default", "0ns", &"a".repeat(63)] {
+            assert!(matches(&re, ok), "{ok} should be accepted");
+        }
+        for bad in [
+            "",
+            "B",
+            "team_b",
+            "a.b",
+            "-a",
+            "a-",
+            "*.a",
+            "a*",
+            "**",
+            " *",
+            &"a".repeat(64),
+        ] {
+            assert!(!matches(&re, bad), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn a_location_may_be_internal_and_name_the_routes_allowed_in() {
+        let loc = location();
+        let internal = &loc["properties"]["internal"];
+        assert_eq!(internal["type"], "boolean");
+        assert!(internal["description"].as_str().unwrap().contains("404"));
+
+        let allow = &loc["properties"]["allowFrom"];
+        assert_eq!(allow["type"], "array");
+        assert_eq!(allow["maxItems"], 16);
+        let doc = allow["description"].as_str().unwrap();
+        assert!(doc.contains("ngx.exec") && doc.contains("same hostname"), "{doc}");
+        let entry = &allow["items"];
+        assert!(entry.get("required").is_none(), "namespace and name both default");
+        let namespace = &entry["properties"]["namespace"];
+        assert_eq!(namespace["maxLength"], 63);
+        assert_eq!(namespace["pattern"], NAMESPACE_OR_ANY_PATTERN);
+        let name = &entry["properties"]["name"];
+        assert_eq!(name["maxLength"], 253);
+        let re = pattern(name);
+        for ok in ["shop", "shop.v2", "*", "a-b.c-d", "0", &"a".repeat(100)] {
+            assert!(matches(&re, ok), "{ok} should be accepted");
+        }
+        for bad in ["", "Shop", "shop_", ".a", "a.", "a..b", "*a", "a.*", "a b"] {
+            assert!(!matches(&re, bad), "{bad:?} should be rejected");
+        }
+        // The entry is closed: a misspelt field is refused, not ignored.
+        let parsed: Result<LuaRouteRef, _> = serde_json::from_value(json!({"namespce": "b"}));
+        assert!(parsed.unwrap_err().to_string().contains("namespce"));
     }
 
     #[test]

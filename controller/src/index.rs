@@ -1,5 +1,14 @@
-//! The hostnames × locations index over accepted routes, and the conflicts in it.
+//! The hostnames × locations index over accepted routes: which routes are
+//! refused, by hostname ownership ([`crate::hostnames`]) and by location
+//! conflicts, and why. [`admit`] is the one place both rules run, for the
+//! controller and for standalone mode alike.
 //!
+//! **Order of the rules:** hostname ownership first: a route naming a hostname
+//! of another namespace that did not allow it is refused. Location conflicts
+//! are then found among the routes that remain, so a refused route claims no
+//! location and cannot push out a route of the owning namespace.
+//!
+//! **Location conflicts.**
 //! Routes are taken in dataplane order (creation time, then namespace/name; see
 //! [`crate::snapshot`]). A route *claims* every (hostname, location) pair it
 //! serves: each of its hostnames (or the key `*` when its hostname list is empty,
@@ -12,9 +21,9 @@
 //! only the any-host key, and `*.example.com` is just a name, with no wildcard
 //! matching. Regex locations conflict only with the very same regex and kind.
 //!
-//! **What the caller does with a conflict:** it drops the newer route *entirely*
+//! **What the caller does with a refusal:** it drops the route *entirely*
 //! from what it pushes to dataplanes (never half a route) and reports
-//! [`Conflict::message`] on that route's status. [`retain_unconflicted`] does the
+//! [`Refusal::message`] on that route's status. [`retain_admitted`] does the
 //! dropping.
 //!
 //! Invariants of [`conflicts`]:
@@ -33,6 +42,9 @@
 use std::collections::{HashMap, HashSet};
 
 use moongate_proto::v1 as pb;
+
+use crate::hostnames::{self, HostnameTaken};
+use crate::published::RouteKey;
 
 /// The any-host key: a route with an empty hostname list.
 pub const ANY_HOST: &str = "*";
@@ -84,8 +96,9 @@ pub fn nginx_location(location: &pb::Location) -> String {
     }
 }
 
-/// The keys a route claims on: its lowercased hostnames, or `*` when it has none.
-fn host_keys(route: &pb::Route) -> Vec<String> {
+/// The keys a route claims on: its lowercased hostnames, or `*` when it has
+/// none; in declaration order, without repeats.
+pub(crate) fn host_keys(route: &pb::Route) -> Vec<String> {
     if route.hostnames.is_empty() {
         return vec![ANY_HOST.to_string()];
     }
@@ -140,12 +153,71 @@ pub fn conflicts<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<Con
     out
 }
 
-/// Removes the routes [`conflicts`] finds in conflict from `routes` and returns
-/// the conflicts, so the caller can push what remains and report the rest.
-pub fn retain_unconflicted(routes: &mut Vec<pb::Route>) -> Vec<Conflict> {
-    let found = conflicts(routes.iter());
+/// Why a route is left out of what dataplanes serve.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// It names a hostname another namespace owns and did not share with it.
+    Hostname(HostnameTaken),
+    /// An older route serves one of its (hostname, location) pairs.
+    Location(Conflict),
+}
+
+impl Refusal {
+    /// Namespace and name of the refused route.
+    pub fn route(&self) -> &RouteKey {
+        match self {
+            Refusal::Hostname(t) => &t.route,
+            Refusal::Location(c) => &c.route,
+        }
+    }
+
+    /// The older route that holds what the refused route wanted.
+    pub fn holder(&self) -> &RouteKey {
+        match self {
+            Refusal::Hostname(t) => &t.owner_route,
+            Refusal::Location(c) => &c.owner,
+        }
+    }
+
+    /// For the route's status: names the hostname (and location), the route
+    /// holding it and, for a hostname, how to get access.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Hostname(t) => t.message(),
+            Refusal::Location(c) => c.message(),
+        }
+    }
+}
+
+/// The refusals among `routes` (see the module doc): first every hostname a
+/// route may not serve, oldest route first, then the location conflicts among
+/// the routes that remain. Routes named in [`Refusal::route`] are to be
+/// dropped whole; all others are kept. Independent of the input order.
+pub fn admit<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<Refusal> {
+    let routes: Vec<&pb::Route> = routes.into_iter().collect();
+    let taken = hostnames::taken(routes.iter().copied());
+    let refused: HashSet<(&str, &str)> = taken.iter().map(|t| (t.route.0.as_str(), t.route.1.as_str())).collect();
+    let remaining = routes
+        .iter()
+        .copied()
+        .filter(|r| !refused.contains(&(r.namespace.as_str(), r.name.as_str())));
+    let conflicts = conflicts(remaining);
+    taken
+        .into_iter()
+        .map(Refusal::Hostname)
+        .chain(conflicts.into_iter().map(Refusal::Location))
+        .collect()
+}
+
+/// Removes the routes [`admit`] refuses from `routes` and returns the
+/// refusals, so the caller can push what remains and report the rest.
+pub fn retain_admitted(routes: &mut Vec<pb::Route>) -> Vec<Refusal> {
+    let found = admit(routes.iter());
     if !found.is_empty() {
-        let dropped: HashSet<(&str, &str)> = found.iter().map(|c| (c.route.0.as_str(), c.route.1.as_str())).collect();
+        let dropped: HashSet<(&str, &str)> = found
+            .iter()
+            .map(|r| (r.route().0.as_str(), r.route().1.as_str()))
+            .collect();
         routes.retain(|r| !dropped.contains(&(r.namespace.as_str(), r.name.as_str())));
     }
     found
@@ -322,16 +394,116 @@ mod tests {
     }
 
     #[test]
-    fn retain_unconflicted_drops_whole_routes() {
+    fn retain_admitted_drops_whole_routes() {
         let mut routes = vec![
             route("ns", "new", 2, &["h"], vec![loc(Exact, "/a"), loc(Exact, "/only-new")]),
             route("ns", "old", 1, &["h"], vec![loc(Exact, "/a")]),
             route("ns", "other", 3, &["h"], vec![loc(Exact, "/only-new")]),
         ];
-        let cs = retain_unconflicted(&mut routes);
-        assert_eq!(dropped(&cs), vec!["ns/new"]);
+        let refusals = retain_admitted(&mut routes);
+        assert_eq!(refusals.len(), 1);
+        assert_eq!(refusals[0].route(), &("ns".to_string(), "new".to_string()));
         let kept: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(kept, vec!["old", "other"]);
+    }
+
+    #[test]
+    fn a_route_with_one_foreign_hostname_among_others_is_refused_whole() {
+        let mut routes = vec![
+            route("a", "shop", 1, &["shop.example.com"], vec![loc(Prefix, "/")]),
+            route(
+                "b",
+                "mixed",
+                2,
+                &["b.example.com", "shop.example.com", "b2.example.com"],
+                vec![loc(Prefix, "/"), loc(Regex, r"\.json$")],
+            ),
+            route("b", "own", 3, &["b3.example.com"], vec![loc(Prefix, "/")]),
+        ];
+        let refusals = retain_admitted(&mut routes);
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        match &refusals[0] {
+            Refusal::Hostname(t) => {
+                assert_eq!(t.route, ("b".to_string(), "mixed".to_string()));
+                assert_eq!(t.hostname, "shop.example.com");
+                assert_eq!(t.owner_route, ("a".to_string(), "shop".to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(refusals[0].holder(), &("a".to_string(), "shop".to_string()));
+        let kept: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(kept, ["shop", "own"], "none of b/mixed's hostnames is served");
+    }
+
+    #[test]
+    fn a_route_refused_its_hostname_claims_no_location() {
+        // b/json is refused on h; a's newer route with b's location is not in
+        // conflict with it. Among the remaining routes, conflicts are as before.
+        let routes = [
+            route("a", "shop", 1, &["h"], vec![loc(Prefix, "/")]),
+            route("b", "json", 2, &["h"], vec![loc(Regex, r"\.json$")]),
+            route("a", "json", 3, &["h"], vec![loc(Regex, r"\.json$")]),
+            route("a", "again", 4, &["h"], vec![loc(Prefix, "/")]),
+        ];
+        let refusals = admit(&routes);
+        let got: Vec<(String, &str)> = refusals
+            .iter()
+            .map(|r| {
+                let kind = match r {
+                    Refusal::Hostname(_) => "hostname",
+                    Refusal::Location(_) => "location",
+                };
+                (format!("{}/{}", r.route().0, r.route().1), kind)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("b/json".to_string(), "hostname"), ("a/again".to_string(), "location")]
+        );
+        assert_eq!(refusals[1].holder(), &("a".to_string(), "shop".to_string()));
+    }
+
+    #[test]
+    fn an_allowed_namespace_meets_the_usual_location_conflicts() {
+        let mut owner = route("a", "shop", 1, &["h"], vec![loc(Prefix, "/")]);
+        owner.allowed_namespaces = vec!["b".into()];
+        let routes = [
+            owner,
+            route("b", "json", 2, &["h"], vec![loc(Regex, r"\.json$")]),
+            route("b", "root", 3, &["h"], vec![loc(Prefix, "/")]),
+        ];
+        let refusals = admit(&routes);
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        match &refusals[0] {
+            Refusal::Location(c) => {
+                assert_eq!(c.route, ("b".to_string(), "root".to_string()));
+                assert_eq!(c.owner, ("a".to_string(), "shop".to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn admit_does_not_depend_on_the_input_order() {
+        let mut owner = route("a", "shop", 1, &["h", "k"], vec![loc(Prefix, "/")]);
+        owner.allowed_namespaces = vec!["c".into()];
+        let routes = [
+            owner,
+            route("b", "json", 2, &["h"], vec![loc(Regex, r"\.json$")]),
+            route("c", "json", 3, &["h"], vec![loc(Regex, r"\.json$")]),
+            route("c", "root", 4, &["k"], vec![loc(Prefix, "/")]),
+            route("c", "json2", 5, &["h"], vec![loc(Regex, r"\.json$")]),
+        ];
+        let want = admit(&routes);
+        let names: Vec<&str> = want.iter().map(|r| r.route().1.as_str()).collect();
+        assert_eq!(names, ["json", "root", "json2"]);
+        assert!(matches!(&want[0], Refusal::Hostname(t) if t.route.0 == "b"));
+        let mut order: Vec<&pb::Route> = routes.iter().collect();
+        for _ in 0..routes.len() {
+            order.rotate_left(1);
+            assert_eq!(admit(order.iter().copied()), want);
+            assert_eq!(admit(order.iter().rev().copied()), want);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod endpoints;
 pub mod error;
 pub mod fleet;
+pub mod hostnames;
 pub mod index;
 pub mod leader;
 pub mod metrics;

@@ -7,8 +7,9 @@
 //! - A route whose newest generation is invalid keeps its last good generation
 //!   in the published config, so a bad edit never takes a working route down.
 //!   (That memory is per controller process; see `Entry::last_good`.)
-//! - Of two routes claiming the same location on the same host, the older
-//!   keeps it and the newer is left out entirely (`index`).
+//! - A route naming a hostname another namespace owns and did not share is
+//!   left out entirely; of two routes claiming the same location on the same
+//!   host, the older keeps it and the newer is left out entirely (`index::admit`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,7 +31,8 @@ pub enum Acceptance {
     Accepted,
     /// The Lua or the spec is invalid; each problem names location, phase and line.
     Invalid(String),
-    /// Another, older route serves one of its locations.
+    /// Another, older route holds one of its hostnames (of another namespace,
+    /// which did not allow this one) or one of its locations.
     Conflicted(String),
 }
 
@@ -219,16 +221,17 @@ impl RouteTable {
                 },
             );
         }
-        let conflicts = crate::index::conflicts(candidates.iter().map(|(_, r)| r.as_ref()));
-        for conflict in &conflicts {
-            if let Some(v) = verdicts.get_mut(&conflict.route)
+        let refusals = crate::index::admit(candidates.iter().map(|(_, r)| r.as_ref()));
+        for refusal in &refusals {
+            if let Some(v) = verdicts.get_mut(refusal.route())
                 && !matches!(v.acceptance, Acceptance::Conflicted(_))
             {
-                // The route's first conflict is enough to act on; it names the owner.
-                v.acceptance = Acceptance::Conflicted(conflict.message());
+                // The route's first refusal is enough to act on; it names the
+                // route holding the hostname or location.
+                v.acceptance = Acceptance::Conflicted(refusal.message());
             }
         }
-        let conflicted: std::collections::HashSet<&RouteKey> = conflicts.iter().map(|c| &c.route).collect();
+        let conflicted: std::collections::HashSet<&RouteKey> = refusals.iter().map(|r| r.route()).collect();
         let publish: BTreeMap<RouteKey, Arc<pb::Route>> = candidates
             .into_iter()
             .filter(|(key, _)| !conflicted.contains(key))
@@ -407,5 +410,35 @@ mod tests {
             verdicts[&key("a")].status.is_some(),
             "the newest status is kept for the writer"
         );
+    }
+
+    #[test]
+    fn a_route_of_another_namespace_is_refused_the_hostname_until_the_owner_allows_it() {
+        let mut table = RouteTable::default();
+        table.upsert(route("shop", 1, 100, "ngx.say(1)", ""));
+        let mut json = route("json", 1, 200, "ngx.say(2)", "");
+        json.metadata.namespace = Some("other".into());
+        table.upsert(json);
+        let other = ("other".to_string(), "json".to_string());
+        let (published, verdicts) = table.build();
+        assert!(published.contains_key(&key("shop")) && !published.contains_key(&other));
+        match &verdicts[&other].acceptance {
+            Acceptance::Conflicted(m) => assert!(
+                m.contains(r#"hostname "h.test" belongs to namespace "ns""#)
+                    && m.contains("ns/shop")
+                    && m.contains(r#"must list "other" in spec.allowedNamespaces"#),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(verdicts[&other].published_generation, None);
+
+        let mut shop = route("shop", 2, 100, "ngx.say(1)", "");
+        shop.spec.allowed_namespaces = vec!["other".into()];
+        table.upsert(shop);
+        let (published, verdicts) = table.build();
+        assert!(published.contains_key(&key("shop")) && published.contains_key(&other));
+        assert_eq!(verdicts[&other].acceptance, Acceptance::Accepted);
+        assert_eq!(verdicts[&other].published_generation, Some(1));
     }
 }

@@ -119,6 +119,7 @@ fn ack(version: u64, hash: &[u8]) -> pb::DataplaneMessage {
         kind: Some(Reply::Ack(pb::Ack {
             version,
             content_hash: hash.to_vec(),
+            route_errors: Vec::new(),
         })),
     }
 }

@@ -88,6 +88,53 @@ pub struct Location {
     pub handlers: [Option<Chunk>; 6],
     pub default_type: Option<String>,
     pub need_request_body: bool,
+    /// nginx `internal`: only subrequests and internal redirects may enter;
+    /// a client request matching it gets 404 (the phase driver enforces that).
+    pub internal: bool,
+    /// Routes besides this location's own whose subrequests and internal
+    /// redirects may enter it; see [`Location::admits`].
+    pub allow_from: Vec<RouteSelector>,
+}
+
+/// Routes selected by namespace and name (`allowFrom`); `None` is "any".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteSelector {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl RouteSelector {
+    /// Converts `allowFrom` as the controller sends it: an empty namespace is
+    /// `own_namespace`, an empty name or `*` is any, a namespace `*` is any.
+    fn from_proto(r: &pb::RouteRef, own_namespace: &str) -> RouteSelector {
+        let any = |s: &str| s.is_empty() || s == "*";
+        RouteSelector {
+            namespace: match r.namespace.as_str() {
+                "" => Some(own_namespace.to_string()),
+                "*" => None,
+                ns => Some(ns.to_string()),
+            },
+            name: (!any(&r.name)).then(|| r.name.clone()),
+        }
+    }
+
+    pub fn selects(&self, route: &Route) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == route.namespace)
+            && self.name.as_deref().is_none_or(|name| name == route.name)
+    }
+}
+
+impl Location {
+    /// Whether a subrequest (`ngx.location.capture*`) or internal redirect
+    /// (`ngx.exec`, `ngx.req.set_uri(uri, true)`) issued by a handler of
+    /// `caller` may enter this location, which belongs to `own`: always from
+    /// `own` itself, otherwise only when `allow_from` selects `caller`.
+    /// Whether the request came from a client (`internal`) and whether `caller`
+    /// serves the hostname are the caller's checks, not this one's.
+    pub fn admits(&self, own: &Route, caller: &Route) -> bool {
+        (caller.namespace == own.namespace && caller.name == own.name)
+            || self.allow_from.iter().any(|s| s.selects(caller))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +151,7 @@ pub struct Route {
     pub namespace: String,
     /// Lowercase, without a trailing dot; empty: any host.
     pub hostnames: Vec<String>,
+    pub name: String,
     pub locations: Vec<Location>,
     pub modules: Vec<(String, Chunk)>,
     pub init: Option<Chunk>,
@@ -276,6 +324,12 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
             ],
             default_type: l.default_type.clone(),
             need_request_body: l.need_request_body,
+            internal: l.internal,
+            allow_from: l
+                .allow_from
+                .iter()
+                .map(|a| RouteSelector::from_proto(a, &r.namespace))
+                .collect(),
         });
     }
     let mut modules = Vec::with_capacity(r.modules.len());
@@ -289,6 +343,7 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
         id: id.clone(),
         namespace: r.namespace.clone(),
         hostnames: r.hostnames.iter().map(|h| normalize_host(h.as_bytes())).collect(),
+        name: r.name.clone(),
         locations,
         modules,
         init: chunk(&r.init)?,
@@ -380,6 +435,19 @@ impl Config {
     pub fn location(&self, at: LocationRef) -> &Location {
         &self.routes[at.route].locations[at.location]
     }
+
+    /// Whether a subrequest or internal redirect issued by a handler of route
+    /// `caller` (an index into `routes`) may enter `target`: see
+    /// [`Location::admits`].
+    /// An index outside `routes` (such as [`LocationRef::NONE`]) admits nothing.
+    pub fn admits(&self, caller: usize, target: LocationRef) -> bool {
+        let (Some(own), Some(calling)) = (self.routes.get(target.route), self.routes.get(caller)) else {
+            return false;
+        };
+        own.locations
+            .get(target.location)
+            .is_some_and(|location| location.admits(own, calling))
+    }
 }
 
 #[cfg(test)]
@@ -396,7 +464,9 @@ mod tests {
                 route,
             })
             .collect();
-        Config::try_from(&snapshot::from_sources(&sourced, 1).unwrap()).unwrap()
+        let built = snapshot::from_sources(&sourced, 1).unwrap();
+        assert!(built.refused.is_empty(), "{:?}", built.refused);
+        Config::try_from(&built.snapshot).unwrap()
     }
 
     fn path_of(c: &Config, host: &str, uri: &str) -> Option<String> {
@@ -466,6 +536,140 @@ spec:
             path_of(&c, "EXAMPLE.COM.", "/a").unwrap(),
             "/a",
             "a trailing dot and case do not matter, as for nginx server_name"
+        );
+    }
+
+    /// Routes in namespaces a, b and c on one hostname (a shares it with all),
+    /// with a location per `allowFrom` case on a/target.
+    const ACCESS: &str = r#"
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: target, namespace: a}
+spec:
+  hostnames: [shop.example.com]
+  allowedNamespaces: ["*"]
+  locations:
+  - {path: /private, internal: true}
+  - {path: /own-namespace, internal: true, allowFrom: [{}]}
+  - {path: /just-a-sibling, allowFrom: [{name: sibling}]}
+  - {path: /all-of-b, allowFrom: [{namespace: b}, {namespace: c, name: "*"}]}
+  - {path: /anyone, internal: true, allowFrom: [{namespace: "*"}]}
+  - {path: /b-caller, allowFrom: [{namespace: b, name: caller}]}
+---
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: sibling, namespace: a}
+spec:
+  hostnames: [shop.example.com]
+  locations: [{path: /sibling}]
+---
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: cousin, namespace: a}
+spec:
+  hostnames: [shop.example.com]
+  locations: [{path: /cousin}]
+---
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: caller, namespace: b}
+spec:
+  hostnames: [shop.example.com]
+  locations: [{path: /b}]
+---
+apiVersion: moongate.dev/v1alpha1
+kind: LuaRoute
+metadata: {name: caller, namespace: c}
+spec:
+  hostnames: [shop.example.com]
+  locations: [{path: /c}]
+"#;
+
+    /// Which of the routes (as `ns/name`) may enter `path` of a/target by subrequest.
+    fn admitted(c: &Config, path: &str) -> Vec<String> {
+        let target = c
+            .find_location(c.server("shop.example.com"), path.as_bytes())
+            .unwrap_or_else(|| panic!("{path} not found"));
+        assert_eq!(c.routes[target.route].id, "a/target");
+        (0..c.routes.len())
+            .filter(|&caller| c.admits(caller, target))
+            .map(|caller| c.routes[caller].id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn admits_follows_allow_from() {
+        let c = config(ACCESS);
+        assert_eq!(
+            admitted(&c, "/private"),
+            ["a/target"],
+            "without allowFrom: only the own route"
+        );
+        assert_eq!(
+            admitted(&c, "/own-namespace"),
+            ["a/target", "a/sibling", "a/cousin"],
+            "an empty entry: any route of the own namespace"
+        );
+        assert_eq!(admitted(&c, "/just-a-sibling"), ["a/target", "a/sibling"]);
+        assert_eq!(
+            admitted(&c, "/all-of-b"),
+            ["a/target", "b/caller", "c/caller"],
+            "a namespace with no name or name *: any of its routes"
+        );
+        assert_eq!(admitted(&c, "/anyone").len(), 5, "namespace *: every route");
+        assert_eq!(
+            admitted(&c, "/b-caller"),
+            ["a/target", "b/caller"],
+            "a name selects within its namespace only"
+        );
+    }
+
+    #[test]
+    fn internal_is_parsed_and_defaults_to_false() {
+        let c = config(ACCESS);
+        let internal = |path: &str| {
+            let at = c.find_location(c.server("shop.example.com"), path.as_bytes()).unwrap();
+            c.location(at).internal
+        };
+        assert!(internal("/private") && internal("/own-namespace") && internal("/anyone"));
+        assert!(!internal("/just-a-sibling") && !internal("/b"));
+    }
+
+    #[test]
+    fn admits_refuses_what_is_not_a_location() {
+        let c = config(ACCESS);
+        assert!(!c.admits(0, LocationRef::NONE));
+        assert!(!c.admits(usize::MAX, LocationRef { route: 0, location: 0 }));
+        assert!(!c.admits(0, LocationRef { route: 0, location: 99 }));
+    }
+
+    #[test]
+    fn allow_from_as_sent_defaults_to_the_own_namespace_and_any_name() {
+        let own = |ns: &str, name: &str| pb::RouteRef {
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        let sel = |r: &pb::RouteRef| RouteSelector::from_proto(r, "a");
+        assert_eq!(
+            sel(&own("", "")),
+            RouteSelector {
+                namespace: Some("a".into()),
+                name: None
+            }
+        );
+        assert_eq!(
+            sel(&own("*", "*")),
+            RouteSelector {
+                namespace: None,
+                name: None
+            }
+        );
+        assert_eq!(
+            sel(&own("b", "x")),
+            RouteSelector {
+                namespace: Some("b".into()),
+                name: Some("x".into())
+            }
         );
     }
 }

@@ -203,10 +203,23 @@ fn check(cli: &Cli) -> ExitCode {
     };
     let settings = Arc::new(settings(cli));
     let dicts = Arc::new(DictStore::default().with_limits(dict_limits(cli)));
-    match standalone::load(routes, 1).and_then(|config| worker::check_loads(Arc::new(config), settings, dicts)) {
-        Ok(()) => {
+    let checked = standalone::load(routes, 1).and_then(|loaded| {
+        worker::check_loads(Arc::new(loaded.config), settings, dicts)?;
+        Ok(loaded.refused)
+    });
+    match checked {
+        Ok(refused) if refused.is_empty() => {
             println!("moongate-dataplane: the configuration in {} is ok", routes.display());
             ExitCode::SUCCESS
+        }
+        // Served, the others would run without these: as `nginx -t` fails on a
+        // duplicate location, the test fails.
+        Ok(refused) => {
+            for r in &refused {
+                println!("moongate-dataplane: {r}");
+            }
+            println!("moongate-dataplane: configuration test failed");
+            ExitCode::FAILURE
         }
         Err(e) => {
             for line in e.to_string().lines() {
@@ -231,7 +244,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     );
     let result = match &cli.routes {
         Some(routes) => {
-            let config = Arc::new(standalone::load(routes, 1)?);
+            let loaded = standalone::load(routes, 1)?;
+            standalone::log_refused(&loaded.refused);
+            let config = Arc::new(loaded.config);
             let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
             standalone::report(&workers.apply(config.clone()).await?);
             admin_state.set_config(config.version, &config.content_hash);

@@ -56,6 +56,10 @@ pub struct RequestState {
 
     /// The virtual server the request arrived on; it never leaves it.
     pub server: ServerId,
+    /// The route (index into the config) whose handler sent the request to
+    /// its next location: the parent of a subrequest, the caller of
+    /// `ngx.exec`. `None` for a client request.
+    pub caller: Option<usize>,
     pub location: LocationRef,
     /// "route default/hello, location /hello", for log lines.
     pub site: Arc<str>,
@@ -130,6 +134,7 @@ impl RequestState {
             start_time: 0.0,
             internal: false,
             server: ServerId::ANY,
+            caller: None,
             location: LocationRef::NONE,
             site: Arc::from(""),
             phase: Phase::Rewrite,

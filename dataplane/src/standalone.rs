@@ -1,7 +1,10 @@
 //! Standalone mode: LuaRoutes from YAML files, no cluster.
 //!
 //! The files are validated and compiled by the same code the controller uses
-//! (`moongate_controller::{source, snapshot}`). A change to the files — seen by
+//! (`moongate_controller::{source, snapshot}`), which also applies the
+//! controller's hostname ownership and location conflict rules: a refused route
+//! is logged as an error (file, both routes, the hostname or location) and left
+//! out, and the others are served. A change to the files — seen by
 //! polling their content once a second, or on SIGHUP — reloads atomically: a
 //! bad file is reported and the last good config keeps serving. Polling the
 //! content rather than watching inotify events handles editors' rename-on-save
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use moongate_controller::snapshot::RefusedRoute;
 use moongate_controller::{snapshot, source};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,11 +24,29 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::worker::Workers;
 
-/// Reads, validates and compiles the routes at `path`.
-pub fn load(path: &Path, version: u64) -> Result<Config> {
+/// A config read from files, and the routes left out of it.
+pub struct Loaded {
+    pub config: Config,
+    /// Routes refused by hostname ownership or a location conflict; not in `config`.
+    pub refused: Vec<RefusedRoute>,
+}
+
+/// Reads, validates and compiles the routes at `path`. An invalid route fails
+/// the load; a refused one is left out and listed in [`Loaded::refused`].
+pub fn load(path: &Path, version: u64) -> Result<Loaded> {
     let sources = source::load_path(path)?;
-    let snapshot = snapshot::from_sources(&sources, version)?;
-    Config::try_from(&snapshot)
+    let built = snapshot::from_sources(&sources, version)?;
+    Ok(Loaded {
+        config: Config::try_from(&built.snapshot)?,
+        refused: built.refused,
+    })
+}
+
+/// Logs each refused route as an error.
+pub fn log_refused(refused: &[RefusedRoute]) {
+    for r in refused {
+        tracing::error!("route refused, serving the others without it: {r}");
+    }
 }
 
 /// A fingerprint of the route files' names and contents.
@@ -105,9 +127,10 @@ pub async fn watch(path: PathBuf, workers: &Workers, mut version: u64, admin: &A
 }
 
 async fn reload(path: &Path, workers: &Workers, version: u64) -> Result<Vec<u8>> {
-    let config = load(path, version)?;
-    let hash = config.content_hash.clone();
-    report(&workers.apply(Arc::new(config)).await?);
+    let loaded = load(path, version)?;
+    let hash = loaded.config.content_hash.clone();
+    report(&workers.apply(Arc::new(loaded.config)).await?);
+    log_refused(&loaded.refused);
     Ok(hash)
 }
 

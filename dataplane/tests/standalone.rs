@@ -409,10 +409,11 @@ fn durable_dicts_survive_restart_and_kill_9() {
 fn check_reports_a_dict_declared_twice_with_different_sizes() {
     let dict = |name: &str, ns: &str, size: &str, path: &str| {
         format!(
-            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  sharedDicts: [{{name: d, capacity: {size}}}]\n  locations: [{{path: {path}, content: \"ngx.say(1)\"}}]\n"
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hostnames: [{ns}.example.com]\n  sharedDicts: [{{name: d, capacity: {size}}}]\n  locations: [{{path: {path}, content: \"ngx.say(1)\"}}]\n"
         )
     };
-    // Another namespace may use the same name at any size: dicts are scoped to it.
+    // Another namespace (on a hostname of its own) may use the same name at any
+    // size: dicts are scoped to it.
     let ok = [dict("a", "default", "1Mi", "/a"), dict("c", "other", "2Mi", "/c")].join("---\n");
     let (code, out) = run_check("scoped.yaml", &ok);
     assert_eq!(code, Some(0), "{out}");

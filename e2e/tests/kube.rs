@@ -343,6 +343,18 @@ fn the_api_server_rejects_what_can_be_checked_without_lua() {
             "  locations: [{path: /}]\n  limits: {instructionBudget: 10}\n",
             "spec.limits.instructionBudget",
         ),
+        (
+            "  allowedNamespaces: [team_b]\n  locations: [{path: /}]\n",
+            "spec.allowedNamespaces[0]",
+        ),
+        (
+            "  allowedNamespaces: [b, b]\n  locations: [{path: /}]\n",
+            "Duplicate value",
+        ),
+        (
+            "  locations: [{path: /, allowFrom: [{name: Not.A.Name}]}]\n",
+            "spec.locations[0].allowFrom[0].name",
+        ),
     ];
     for (spec, expected) in cases {
         let error = env.apply(&doc(spec)).expect_err(spec);
@@ -353,4 +365,56 @@ fn the_api_server_rejects_what_can_be_checked_without_lua() {
     }
     // Nothing was stored.
     assert!(env.kubectl_ok(&["get", "luaroutes", "-o", "name"]).trim().is_empty());
+}
+
+/// Namespace `owner`'s route on shop.test: a Prefix `/` answering "owner", with
+/// `allowed` (a YAML flow list) as its `allowedNamespaces`.
+fn shop_yaml(allowed: &str) -> String {
+    format!(
+        "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata:\n  name: shop\nspec:\n  hostnames: [shop.test]\n  allowedNamespaces: {allowed}\n  locations:\n    - path: /\n      content: ngx.say(\"owner\")\n"
+    )
+}
+
+#[test]
+fn a_hostname_belongs_to_the_first_namespace_until_it_allows_another() {
+    // Namespace names sort "hosts-a-…" before "hosts-b-…": even at the same
+    // creation second, the owner's route is the older.
+    let mut env = Env::new("hosts-a");
+    let tenant = env.add_namespace("hosts-b");
+    let owner = env.namespace.clone();
+    let grpc = free_port();
+    let _controller = env.controller("controller-0", grpc, free_port());
+    let dp = env.dataplane("dp-a", &[grpc]);
+
+    env.apply(&shop_yaml("[]")).unwrap();
+    env.wait_status("shop", "Programmed", |r| programmed_on_all(r, 1));
+    // Without ownership, this regex location would win `/a.json` from the owner's `/`.
+    let json = "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata:\n  name: json\nspec:\n  hostnames: [shop.test]\n  locations:\n    - path: '\\.json$'\n      match: Regex\n      content: ngx.say(\"tenant\")\n";
+    env.apply_in(&tenant, json).unwrap();
+    let status = env.wait_status_in(&tenant, "json", "Conflicted", |r| {
+        condition(r, "Accepted").is_some_and(|c| c.0 == "False" && c.1 == "Conflicted")
+    });
+    let message = condition(&status, "Accepted").unwrap().2;
+    for part in [
+        "hostname \"shop.test\"".to_string(),
+        format!("belongs to namespace {owner:?}"),
+        format!("route {owner}/shop"),
+        format!("must list {tenant:?} in spec.allowedNamespaces"),
+    ] {
+        assert!(message.contains(&part), "{part:?} missing from {message:?}");
+    }
+    assert_eq!(condition(&status, "Programmed").unwrap().1, "NotAccepted");
+    assert_eq!(dp.get("shop.test", "/a.json"), Some((200, "owner\n".to_string())));
+    assert_eq!(condition(&env.route_json("shop"), "Accepted").unwrap().0, "True");
+
+    // The owner shares the hostname: the tenant's route is accepted and served.
+    env.apply(&shop_yaml(&format!("[{tenant}]"))).unwrap();
+    env.wait_status_in(&tenant, "json", "Programmed", |r| programmed_on_all(r, 1));
+    let mut last = None;
+    wait_for(WAIT, || {
+        last = dp.get("shop.test", "/a.json");
+        (last == Some((200, "tenant\n".to_string()))).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the tenant's location never served /a.json; last: {last:?}"));
+    assert_eq!(dp.get("shop.test", "/index.html"), Some((200, "owner\n".to_string())));
 }

@@ -32,6 +32,7 @@ fn route(name: &str, modules: &[&str]) -> Route {
         id: format!("default/{name}"),
         namespace: "default".into(),
         hostnames: Vec::new(),
+        name: name.into(),
         locations: Vec::new(),
         modules: modules
             .iter()

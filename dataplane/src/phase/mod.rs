@@ -164,6 +164,9 @@ impl Lifecycle {
             let Some(at) = found else {
                 return Finish::Status(404);
             };
+            if let Some(status) = self.may_enter(at) {
+                return Finish::Status(status);
+            }
             if let Some(status) = self.enter_location(at) {
                 return Finish::Status(status);
             }
@@ -191,6 +194,27 @@ impl Lifecycle {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the request may enter `at`: a client only a location that is
+    /// not `internal` (else 404, as nginx), and a subrequest or internal
+    /// redirect only its caller's own route's locations or those that allow
+    /// the caller (else 403).
+    fn may_enter(&self, at: LocationRef) -> Option<u16> {
+        let config = &self.loaded.config;
+        let r = self.req.borrow();
+        match r.caller {
+            None if config.location(at).internal => Some(404),
+            Some(caller) if !config.admits(caller, at) => {
+                tracing::error!(
+                    "{}: refused a subrequest or internal redirect from route {}: the location does not allow it (allowFrom)",
+                    config.location(at).site,
+                    config.routes[caller].id
+                );
+                Some(403)
+            }
+            _ => None,
         }
     }
 
@@ -621,6 +645,7 @@ fn exit_finish(status: i64, headers_sent: bool) -> Finish {
 /// with a fresh `ngx.ctx`.
 fn internal_redirect(lc: &mut Lifecycle, uri: Vec<u8>, args: Option<Vec<u8>>) -> Flow {
     let mut r = lc.req.borrow_mut();
+    r.caller = Some(r.location.route);
     match request::normalize_path(&uri) {
         Some(path) => r.uri = path,
         None => return Flow::Finish(Finish::Status(400)),

@@ -20,6 +20,8 @@ use crate::request::{Body, RequestState};
 
 /// nginx's limit on nested subrequests.
 const MAX_DEPTH: u8 = 50;
+/// nginx's limit on the subrequests of one request, all levels together.
+const MAX_SUBREQUESTS: u32 = 65535;
 
 /// What a subrequest produced.
 #[derive(Default)]
@@ -72,6 +74,13 @@ impl Lifecycle {
             if parent.subrequest_depth >= MAX_DEPTH {
                 return Err(mlua::Error::runtime("subrequests cycle"));
             }
+            if parent.subrequests.get() >= MAX_SUBREQUESTS {
+                return Err(mlua::Error::runtime(format!(
+                    "request reached the limit of {MAX_SUBREQUESTS} subrequests"
+                )));
+            }
+            parent.subrequests.set(parent.subrequests.get() + 1);
+            self.refuse_foreign_state(&parent, &spec)?;
             sub_state(&parent, spec)
         };
         let mut sub = Lifecycle {
@@ -94,6 +103,27 @@ impl Lifecycle {
             captured.status = 500;
         }
         Ok(captured)
+    }
+}
+
+impl Lifecycle {
+    /// `ctx` (a table of the caller's VM, which may hold its functions) and
+    /// `vars` may only go to a location of the caller's own route: another
+    /// route's handlers would run the caller's code, or trust variables its
+    /// own checks set.
+    fn refuse_foreign_state(&self, parent: &RequestState, spec: &Spec) -> mlua::Result<()> {
+        if spec.ctx.is_none() && spec.vars.is_empty() && !spec.copy_all_vars {
+            return Ok(());
+        }
+        let config = &self.loaded.config;
+        let target = crate::request::normalize_path(&spec.uri).and_then(|uri| config.find_location(parent.server, &uri));
+        match target {
+            Some(at) if at.route != parent.location.route => Err(mlua::Error::runtime(format!(
+                "ctx and vars cannot be passed to {}, a location of another route",
+                config.location(at).site
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -208,6 +238,11 @@ fn sub_state(parent: &RequestState, spec: Spec) -> RequestState {
     );
     state.body = body;
     state.internal = true;
+    state.server = parent.server;
+    state.caller = Some(parent.location.route);
+    state.account = parent.account.clone();
+    state.hook = parent.hook;
+    state.subrequests = parent.subrequests.clone();
     state.start_time = parent.start_time;
     state.subrequest_depth = parent.subrequest_depth + 1;
     state.ctx = spec.ctx;

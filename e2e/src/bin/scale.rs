@@ -391,7 +391,11 @@ async fn dataplane(
         applied = version;
         replies
             .send(pb::DataplaneMessage {
-                kind: Some(Reply::Ack(pb::Ack { version, content_hash })),
+                kind: Some(Reply::Ack(pb::Ack {
+                    version,
+                    content_hash,
+                    route_errors: Vec::new(),
+                })),
             })
             .await?;
         tally.acked(version, snapshot);

@@ -157,6 +157,8 @@ impl Drop for Process {
 pub struct Env {
     pub cluster: &'static Cluster,
     pub namespace: String,
+    /// More namespaces the controller watches (`add_namespace`).
+    pub other_namespaces: Vec<String>,
     pub dir: tempfile::TempDir,
     pub controller_kubeconfig: PathBuf,
     ca: Ca,
@@ -195,10 +197,28 @@ impl Env {
         Env {
             cluster,
             namespace,
+            other_namespaces: Vec::new(),
             dir,
             controller_kubeconfig,
             ca,
         }
+    }
+
+    /// Another namespace for this test, where the controller's ServiceAccount
+    /// is bound to its ClusterRole too; controllers started afterwards watch it.
+    pub fn add_namespace(&mut self, prefix: &str) -> String {
+        let namespace = self.cluster.temp_namespace(prefix);
+        self.cluster.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            "moongate-controller",
+            "--clusterrole=moongate-controller",
+            &format!("--serviceaccount={}:moongate-controller", self.namespace),
+            "-n",
+            &namespace,
+        ]);
+        self.other_namespaces.push(namespace.clone());
+        namespace
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -219,9 +239,16 @@ impl Env {
 
     /// `kubectl apply -f` of `yaml`; the output on success, stderr on failure.
     pub fn apply(&self, yaml: &str) -> Result<String, String> {
+        self.apply_in(&self.namespace, yaml)
+    }
+
+    /// `kubectl apply -f` of `yaml` in `namespace`.
+    pub fn apply_in(&self, namespace: &str, yaml: &str) -> Result<String, String> {
         let file = self.path(&format!("apply-{}.yaml", unique()));
         std::fs::write(&file, yaml).unwrap();
-        let out = self.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+        let out = self
+            .cluster
+            .kubectl(&["-n", namespace, "apply", "-f", file.to_str().unwrap()]);
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -230,17 +257,38 @@ impl Env {
     }
 
     pub fn route_json(&self, name: &str) -> Value {
-        serde_json::from_str(&self.kubectl_ok(&["get", "luaroute", name, "-o", "json"])).unwrap()
+        self.route_json_in(&self.namespace, name)
+    }
+
+    pub fn route_json_in(&self, namespace: &str, name: &str) -> Value {
+        let json = self
+            .cluster
+            .kubectl_ok(&["-n", namespace, "get", "luaroute", name, "-o", "json"]);
+        serde_json::from_str(&json).unwrap()
     }
 
     /// Waits until `name`'s status satisfies `f`; returns it. Panics with the last status.
     pub fn wait_status(&self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        self.wait_status_in(&self.namespace, name, what, f)
+    }
+
+    /// As `wait_status`, for a route in `namespace`.
+    pub fn wait_status_in(&self, namespace: &str, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
         wait_for(WAIT, || {
-            last = self.route_json(name);
+            last = self.route_json_in(namespace, name);
             f(&last).then(|| last.clone())
         })
-        .unwrap_or_else(|| panic!("{name}: status never became {what}; last:\n{last:#}"))
+        .unwrap_or_else(|| panic!("{namespace}/{name}: status never became {what}; last:\n{last:#}"))
+    }
+
+    /// `--namespaces` for the controller: this test's namespace and the added ones.
+    fn watched_namespaces(&self) -> String {
+        std::iter::once(&self.namespace)
+            .chain(&self.other_namespaces)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The controller's command line, as this test's ServiceAccount, without TLS flags.
@@ -249,7 +297,12 @@ impl Env {
         command
             .args(["run", "--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--namespaces", &self.namespace, "--lease-namespace", &self.namespace])
+            .args([
+                "--namespaces",
+                &self.watched_namespaces(),
+                "--lease-namespace",
+                &self.namespace,
+            ])
             .args(["--identity", identity, "--lease-duration", "6s"])
             .env("KUBECONFIG", &self.controller_kubeconfig)
             .env_remove("POD_NAME")
