@@ -182,15 +182,20 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             .instruction_budget
             .max(u64::from(moongate_dataplane::lua::budget::HOOK_INTERVAL)),
     });
-    let admin_state = Arc::new(admin::AdminState::default());
-    if let Some(addr) = cli.admin {
-        let bound = admin::start(addr, admin_state.clone()).await?;
-        tracing::info!("admin on http://{bound}");
-    }
     let dicts = Arc::new(moongate_dataplane::shdict::DictStore::with_data_dir(
         &cli.data_dir,
         Duration::from_millis(cli.commit_window_ms.max(1)),
     ));
+    // A data dir another dataplane holds is refused before serving anything.
+    dicts.open_existing()?;
+    let admin_state = Arc::new(admin::AdminState::default());
+    if let Some(seq) = dicts.sequencer() {
+        admin_state.set_durable(seq.clone());
+    }
+    if let Some(addr) = cli.admin {
+        let bound = admin::start(addr, admin_state.clone()).await?;
+        tracing::info!("admin on http://{bound}");
+    }
     let result = match &cli.routes {
         Some(routes) => {
             let config = Arc::new(standalone::load(routes, 1)?);
@@ -207,7 +212,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
         None => {
             let controller = controller_settings(&cli)?;
-            let store = SnapshotStore::open(&cli.data_dir);
+            let store = SnapshotStore::open(&cli.data_dir)?;
             let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
             let mut client = Client::new(controller, &workers, &admin_state, store);
             client.restore().await;

@@ -38,6 +38,8 @@ pub struct Vm {
     budget: u64,
     /// `moongate.timer.cancel`, shared by every route.
     cancel_timer: Function,
+    /// The functions of `moongate.durable`.
+    durable_api: api::durable::Api,
 }
 
 /// A config version loaded into one VM.
@@ -83,6 +85,7 @@ impl Vm {
         super::budget::install(&lua)?;
         crate::durable_timer::attach(&lua, &yield_marker, &dicts);
         let cancel_timer = api::timer::cancel_function(&lua)?;
+        let durable_api = api::durable::Api::new(&lua, &dicts)?;
         Ok(Vm {
             lua,
             yield_marker,
@@ -94,6 +97,7 @@ impl Vm {
             dicts,
             budget,
             cancel_timer,
+            durable_api,
         })
     }
 
@@ -142,6 +146,7 @@ impl Vm {
                 .and_then(|m| m.get("timer"))
                 .map_err(fail)?;
             moongate_timer.set("cancel", self.cancel_timer.clone()).map_err(fail)?;
+            self.durable_api.install(&self.lua, &env).map_err(fail)?;
             let load = |chunk: &Chunk| -> Result<Function> {
                 self.lua
                     .load(&chunk.bytecode[..])

@@ -351,6 +351,7 @@ impl Lifecycle {
                         }
                     }
                 }
+                api::OP_DURABLE_SYNC => args = api::durable::wait(worker.vm.lua(), values.next()).await,
                 api::OP_READ_BODY => {
                     if let Err(status) = self.read_body().await {
                         return HandlerEnd::Abort(status);

@@ -14,8 +14,9 @@
 //! report `forcible`; the `safe_*` variants fail with "no memory" instead.
 //!
 //! Dicts declared `Durable` are also written behind to redb (see `durable`
-//! for the file, the commit window and what a crash can lose); memory dicts
-//! never touch the disk.
+//! for the file and the commit rounds, and `seq` for the sequence numbers
+//! and the committed watermark that state what a crash can lose); memory
+//! dicts never touch the disk.
 
 mod durable;
 #[cfg(test)]
@@ -24,6 +25,9 @@ mod entries;
 mod expiry;
 mod list;
 mod record;
+pub mod seq;
+#[cfg(test)]
+mod seq_tests;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use durable::{DEFAULT_COMMIT_WINDOW, FILE_NAME as DURABLE_FILE_NAME};
+pub use seq::{Sequencer, SyncError, SyncTicket};
+
+use crate::redb_file::HeldElsewhere;
 
 use entries::{Entries, Found, Stored};
 
@@ -186,6 +193,9 @@ pub enum DictError {
         existing: &'static str,
         requested: &'static str,
     },
+    /// The durable store is open in another process (another dataplane).
+    #[error(transparent)]
+    StoreHeldElsewhere(#[from] HeldElsewhere),
 }
 
 /// One shared dict. All methods lock once; none panics on any input.
@@ -195,6 +205,8 @@ pub struct Dict {
     capacity: u64,
     clock: fn() -> u64,
     entries: Mutex<Entries>,
+    /// Numbers the changes of a durable dict; None for memory dicts.
+    seq: Option<Arc<Sequencer>>,
 }
 
 impl Dict {
@@ -210,7 +222,28 @@ impl Dict {
             capacity,
             clock,
             entries: Mutex::new(Entries::new(usable_bytes(capacity))),
+            seq: None,
         }
+    }
+
+    /// A dict whose changes are journaled for the durable store and
+    /// numbered by `seq`.
+    fn durable(name: impl Into<String>, capacity: u64, seq: Arc<Sequencer>) -> Dict {
+        let mut entries = Entries::new(usable_bytes(capacity));
+        entries.enable_journal();
+        Dict {
+            name: name.into(),
+            capacity,
+            clock: unix_ms,
+            entries: Mutex::new(entries),
+            seq: Some(seq),
+        }
+    }
+
+    /// A wait for the commit of every change made so far (this caller's
+    /// last one included); None for a dict that is not persisted.
+    pub fn sync_ticket(&self) -> Option<SyncTicket> {
+        self.seq.as_ref().map(|seq| seq.ticket())
     }
 
     pub fn name(&self) -> &str {
@@ -232,12 +265,30 @@ impl Dict {
     /// expired entries), runs through here. Durable dicts journal their
     /// changed keys inside `Entries` (the only code that changes slots), so
     /// the write-behind costs the request path a set insert under this lock.
+    /// An operation that journaled a change takes its sequence number here,
+    /// before the lock is released (the invariant `seq` relies on).
     fn locked<R>(&self, f: impl FnOnce(&mut Entries, u64) -> R) -> R {
         let now = (self.clock)();
         // A panic while locked cannot leave the entries half-updated in a way
         // that breaks memory safety; keep serving rather than poisoning.
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut entries, now)
+        let out = f(&mut entries, now);
+        if let Some(seq) = &self.seq
+            && entries.take_changed()
+        {
+            seq.assign();
+        }
+        out
+    }
+
+    /// As `locked`, for the durable store's own bookkeeping (restore, the
+    /// commit thread): what it journals is nobody's write and gets no number.
+    fn locked_quiet<R>(&self, f: impl FnOnce(&mut Entries, u64) -> R) -> R {
+        let now = (self.clock)();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut entries, now);
+        entries.take_changed();
+        out
     }
 
     /// `get`: the live value, or None when absent or expired.
@@ -494,7 +545,7 @@ impl DictStore {
             return Ok(dict.clone());
         }
         let dict = match (&self.durable, durable) {
-            (Some(store), true) => store.attach(namespace, name, capacity),
+            (Some(store), true) => store.attach(namespace, name, capacity)?,
             (None, true) => {
                 tracing::warn!(
                     namespace,
@@ -513,6 +564,19 @@ impl DictStore {
             },
         );
         Ok(dict)
+    }
+
+    /// Opens the durable store now if its file exists (call at start): an
+    /// error when another process (dataplane) holds it. Without it, the file
+    /// opens at the first durable declaration.
+    pub fn open_existing(&self) -> Result<(), HeldElsewhere> {
+        self.durable.as_ref().map_or(Ok(()), |s| s.open_existing())
+    }
+
+    /// The sequence numbers and committed watermark of durable writes; None
+    /// without a data dir.
+    pub fn sequencer(&self) -> Option<&Arc<Sequencer>> {
+        self.durable.as_ref().map(|s| s.sequencer())
     }
 
     /// The dict (namespace, name) if it was ever declared.
