@@ -135,13 +135,14 @@ impl Sequencer {
     }
 
     /// A round with cut `seq` committed.
+    /// Called by the commit thread only.
     pub fn committed_through(&self, seq: u64) {
-        self.watermark.send_if_modified(|w| {
-            let advanced = seq > w.committed;
-            w.committed = w.committed.max(seq);
-            advanced
-        });
-        crate::metrics::durable_committed_seq(self.committed());
+        if seq <= self.committed() {
+            return;
+        }
+        // The metric first: whoever the watermark wakes must find it there.
+        crate::metrics::durable_committed_seq(seq);
+        self.watermark.send_modify(|w| w.committed = w.committed.max(seq));
     }
 
     /// A round with cut `seq` failed with `error`; its writes are retried.
