@@ -45,7 +45,10 @@ thread_local! {
 }
 
 /// The sequence number of the latest durable write this thread made (0 if
-/// none): a worker's `moongate.durable.last_seq()`.
+/// none): a worker's `moongate.durable.last_seq()`. Other requests of the
+/// worker write while a handler is parked on I/O, so a handler reads it
+/// right after its write; [`SyncTicket::wait`] puts back the caller's value
+/// when it resolves, so after a sync write it is that write's number.
 pub fn last_on_thread() -> u64 {
     LAST_ON_THREAD.with(Cell::get)
 }
@@ -162,6 +165,7 @@ impl Sequencer {
     pub fn ticket(&self) -> SyncTicket {
         let ticket = SyncTicket {
             seq: self.assigned(),
+            last_on_thread: last_on_thread(),
             watermark: self.watermark.subscribe(),
         };
         if ticket.seq > self.committed() {
@@ -175,6 +179,8 @@ impl Sequencer {
 #[derive(Debug)]
 pub struct SyncTicket {
     seq: u64,
+    /// `last_on_thread()` of the thread that made the ticket, when it did.
+    last_on_thread: u64,
     watermark: watch::Receiver<Watermark>,
 }
 
@@ -186,7 +192,15 @@ impl SyncTicket {
 
     /// Resolves with the watermark once it is at or above `seq`; with an
     /// error once a round covering `seq` failed or the store closed first.
+    /// Either way `last_on_thread()` is then what it was when the ticket was
+    /// made (poll it on that thread, as the drivers do).
     pub async fn wait(mut self) -> Result<u64, SyncError> {
+        let outcome = self.resolve().await;
+        LAST_ON_THREAD.with(|l| l.set(self.last_on_thread));
+        outcome
+    }
+
+    async fn resolve(&mut self) -> Result<u64, SyncError> {
         let seq = self.seq;
         let mut verdict = None;
         // `wait_for` checks the current value first, then each change.

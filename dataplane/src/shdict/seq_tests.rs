@@ -265,6 +265,19 @@ fn waiters_hear_about_failed_rounds_and_closing() {
 }
 
 #[test]
+fn a_wait_gives_back_the_callers_last_seq() {
+    let seq = Sequencer::new(|| {});
+    let mine = seq.assign();
+    let ticket = seq.ticket();
+    // Another request of this worker writes while the first one waits.
+    let other = seq.assign();
+    assert_eq!(last_on_thread(), other);
+    seq.committed_through(other);
+    assert_eq!(block_on(ticket.wait()), Ok(other));
+    assert_eq!(last_on_thread(), mine);
+}
+
+#[test]
 fn a_ticket_wakes_the_commit_thread() {
     let woken = Arc::new(AtomicBool::new(false));
     let seq = Sequencer::new({

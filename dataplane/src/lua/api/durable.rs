@@ -4,7 +4,9 @@
 //! In route code:
 //! - `moongate.durable.last_seq()`: the sequence number of the latest durable
 //!   write (durable dict change, durable timer create/complete) this worker
-//!   made, 0 if none. Read right after a write, it is that write's number.
+//!   made, 0 if none. Read right after a write, before anything yields, it
+//!   is that write's number; after a sync write (which yields, so other
+//!   requests may write meanwhile) it is that sync write's number.
 //! - `moongate.durable.committed_seq()`: the committed watermark: every
 //!   durable write numbered at or below it is in a completed commit.
 //! - `moongate.durable.sync()`: waits until every durable write made so far,
