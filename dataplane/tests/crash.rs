@@ -135,7 +135,9 @@ fn corrupt_count(s: &Server) -> u64 {
 /// goes away, sending each acknowledgement; every 16th key also creates a
 /// durable timer, every 32nd is written with `{sync = true}`.
 fn write_until_killed(addr: String, first: u64, timer_ms: Vec<u64>, acks: mpsc::Sender<Ack>) -> u64 {
-    let Ok(stream) = TcpStream::connect(&addr) else { return first };
+    let Ok(stream) = TcpStream::connect(&addr) else {
+        return first;
+    };
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     stream.set_nodelay(true).unwrap();
     let mut conn = BufReader::new(stream);
@@ -149,14 +151,28 @@ fn write_until_killed(addr: String, first: u64, timer_ms: Vec<u64>, acks: mpsc::
     loop {
         if key.is_multiple_of(16) {
             let ms = timer_ms[(key / 16) as usize % timer_ms.len()];
-            let Some(r) = request(format!("/timer?id={key}&ms={ms}")) else { return key };
+            let Some(r) = request(format!("/timer?id={key}&ms={ms}")) else {
+                return key;
+            };
             assert_eq!(r.text(), "ok", "timer {key} was refused");
-            let _ = acks.send(Ack::Timer { id: key, seq: seq_of(&r) });
+            let _ = acks.send(Ack::Timer {
+                id: key,
+                seq: seq_of(&r),
+            });
         }
         let sync = key.is_multiple_of(32);
-        let Some(r) = request(format!("/w?k={key}&sync={}", if sync { 1 } else { 0 })) else { return key };
+        let Some(r) = request(format!("/w?k={key}&sync={}", if sync { 1 } else { 0 })) else {
+            return key;
+        };
         assert_eq!(r.text(), "ok", "write {key} failed");
-        if acks.send(Ack::Write { key, seq: seq_of(&r), sync }).is_err() {
+        if acks
+            .send(Ack::Write {
+                key,
+                seq: seq_of(&r),
+                sync,
+            })
+            .is_err()
+        {
             return key;
         }
         key += 1;
@@ -222,7 +238,12 @@ fn acknowledged_durable_writes_survive_repeated_kill_9_up_to_the_committed_water
             "round {round}: the recovered sequence went down from {recovered_before} to {recovered}"
         );
         recovered_before = recovered;
-        assert_eq!(corrupt_count(&s), 0, "round {round}: the store did not open cleanly:\n{}", s.logs());
+        assert_eq!(
+            corrupt_count(&s),
+            0,
+            "round {round}: the store did not open cleanly:\n{}",
+            s.logs()
+        );
         assert!(!s.logs().contains("corrupt"), "round {round}:\n{}", s.logs());
 
         let mut conn = BufReader::new(s.connect());
@@ -254,17 +275,30 @@ fn acknowledged_durable_writes_survive_repeated_kill_9_up_to_the_committed_water
             } else if got == "nil" {
                 above_lost += 1;
             } else {
-                assert_eq!(got, k.to_string(), "round {round}: write {k} came back with another value");
+                assert_eq!(
+                    got,
+                    k.to_string(),
+                    "round {round}: write {k} came back with another value"
+                );
                 above_kept += 1;
                 verified.push(k);
             }
         }
         // A timer is stored exactly when its creation's number is committed.
-        guaranteed_timers.extend(round_timers.drain(..).filter(|&(_, seq)| seq <= recovered).map(|(id, _)| id));
+        guaranteed_timers.extend(
+            round_timers
+                .drain(..)
+                .filter(|&(_, seq)| seq <= recovered)
+                .map(|(id, _)| id),
+        );
         // A sample of older writes, each verified after an earlier crash, is still here.
         for _ in 0..verified.len().min(20) {
             let k = verified[(rng.next() % verified.len() as u64) as usize];
-            assert_eq!(get(k.to_string()), k.to_string(), "round {round}: key {k}, verified earlier, was lost by a later crash");
+            assert_eq!(
+                get(k.to_string()),
+                k.to_string(),
+                "round {round}: key {k}, verified earlier, was lost by a later crash"
+            );
         }
 
         // Write from another thread; kill -9 after a random number of acknowledgements.
@@ -308,10 +342,19 @@ fn acknowledged_durable_writes_survive_repeated_kill_9_up_to_the_committed_water
     // The last kill's writes were checked above for every round but this one.
     for &(k, seq, _) in &last_round {
         if seq <= recovered {
-            assert_eq!(s.get(&format!("/g?k={k}")).text(), k.to_string(), "last round: write {k} (#{seq}) lost");
+            assert_eq!(
+                s.get(&format!("/g?k={k}")).text(),
+                k.to_string(),
+                "last round: write {k} (#{seq}) lost"
+            );
         }
     }
-    guaranteed_timers.extend(round_timers.iter().filter(|&&(_, seq)| seq <= recovered).map(|&(id, _)| id));
+    guaranteed_timers.extend(
+        round_timers
+            .iter()
+            .filter(|&&(_, seq)| seq <= recovered)
+            .map(|&(id, _)| id),
+    );
     let mut conn = BufReader::new(s.connect());
     let mut fired = |id: u64| -> String {
         let req = format!("GET /g?k=fired:{id} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -325,7 +368,8 @@ fn acknowledged_durable_writes_survive_repeated_kill_9_up_to_the_committed_water
             let count = fired(id);
             (count != "nil").then_some(count)
         });
-        let count = count.unwrap_or_else(|| panic!("durable timer {id}, stored by a commit, never fired:\n{}", s.logs()));
+        let count =
+            count.unwrap_or_else(|| panic!("durable timer {id}, stored by a commit, never fired:\n{}", s.logs()));
         twice += usize::from(count != "1");
     }
     assert!(!guaranteed_timers.is_empty(), "no durable timer was checked");

@@ -30,18 +30,29 @@ fn a_zero_length_dict_store_is_logged_counted_and_replaced() {
     let file = data.path().join("shared_dicts.redb");
     std::fs::write(&file, b"").unwrap();
     let yaml = route("zero", DURABLE);
-    let mut s = Server::builder(&yaml).durable(dir).arg("--admin").arg("127.0.0.1:0").start();
+    let mut s = Server::builder(&yaml)
+        .durable(dir)
+        .arg("--admin")
+        .arg("127.0.0.1:0")
+        .start();
     let line = s
         .wait_log("is empty (zero length)", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no log line for the empty file:\n{}", s.logs()));
     assert!(line.contains(&file.display().to_string()), "names the file: {line}");
-    assert!(line.contains("starting with an empty store"), "says what happens: {line}");
+    assert!(
+        line.contains("starting with an empty store"),
+        "says what happens: {line}"
+    );
     assert_eq!(corrupt_count(&s), 1.0);
     // The store made in its place works and keeps what is written.
     assert_eq!(s.get("/set?k=a&v=kept").text(), "true");
     s.signal(libc::SIGKILL);
     let _ = s.wait_exit(Duration::from_secs(30));
-    let s = Server::builder(&yaml).durable(dir).arg("--admin").arg("127.0.0.1:0").start();
+    let s = Server::builder(&yaml)
+        .durable(dir)
+        .arg("--admin")
+        .arg("127.0.0.1:0")
+        .start();
     assert_eq!(s.get("/get?k=a").text(), "kept");
     assert_eq!(corrupt_count(&s), 0.0, "a good file is not counted:\n{}", s.logs());
 }
@@ -74,10 +85,15 @@ fn a_second_dataplane_on_a_held_dict_store_exits_at_start() {
     assert_eq!(first.get("/set?k=a&v=first").text(), "true");
     // Whatever the second one's routes: the file is held, so it must not run.
     for (what, spec) in [("durable", DURABLE), ("memory-only", MEMORY)] {
-        let (status, logs) = Server::builder(&route("second", spec)).durable(dir).start_expecting_exit();
+        let (status, logs) = Server::builder(&route("second", spec))
+            .durable(dir)
+            .start_expecting_exit();
         assert!(!status.success(), "{what}: exited with {status}");
         let expected = format!("another dataplane holds the data dir {dir}");
-        assert!(logs.contains(&expected), "{what}: no clear error naming the dir:\n{logs}");
+        assert!(
+            logs.contains(&expected),
+            "{what}: no clear error naming the dir:\n{logs}"
+        );
         assert!(logs.contains("shared_dicts.redb"), "{what}: names the file:\n{logs}");
     }
     // The first one is untouched.
@@ -100,7 +116,9 @@ fn a_config_declaring_a_durable_dict_on_a_held_store_is_refused() {
     // The first one's reload creates and holds the file…
     first.write_routes(&route("r", DURABLE));
     assert!(
-        first.wait_log("durable store opened", Duration::from_secs(30)).is_some(),
+        first
+            .wait_log("durable store opened", Duration::from_secs(30))
+            .is_some(),
         "{}",
         first.logs()
     );

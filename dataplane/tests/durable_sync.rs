@@ -114,7 +114,10 @@ fn a_sync_write_is_committed_when_the_call_returns() {
     assert_eq!(r.status, 200, "{}", s.logs());
     let async_seq = seq_header(&r);
     assert!(async_seq >= 1);
-    assert!(durable_field(&s, "committed") < async_seq, "nothing should have committed yet");
+    assert!(
+        durable_field(&s, "committed") < async_seq,
+        "nothing should have committed yet"
+    );
 
     let r = s.get("/sync?k=s");
     assert_eq!(r.status, 200, "{}\n{}", r.text(), s.logs());

@@ -417,7 +417,12 @@ struct Inbox {
 }
 
 impl Committer {
-    fn start(db: Arc<Database>, window: Duration, shared: Arc<Shared>, seq: Arc<Sequencer>) -> std::io::Result<Committer> {
+    fn start(
+        db: Arc<Database>,
+        window: Duration,
+        shared: Arc<Shared>,
+        seq: Arc<Sequencer>,
+    ) -> std::io::Result<Committer> {
         let thread = std::thread::Builder::new().name("shdict-commit".to_string()).spawn({
             let shared = shared.clone();
             move || {

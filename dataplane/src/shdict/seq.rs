@@ -210,7 +210,9 @@ impl SyncTicket {
                 verdict = Some(if w.committed >= seq {
                     Ok(w.committed)
                 } else if w.failed_through >= seq {
-                    Err(SyncError::CommitFailed(w.failure.clone().unwrap_or_else(|| Arc::from("commit failed"))))
+                    Err(SyncError::CommitFailed(
+                        w.failure.clone().unwrap_or_else(|| Arc::from("commit failed")),
+                    ))
                 } else if w.closed {
                     Err(SyncError::Closed)
                 } else {

@@ -28,7 +28,11 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(async { tokio::time::timeout(Duration::from_secs(60), f).await.expect("the wait hung") })
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), f)
+                .await
+                .expect("the wait hung")
+        })
 }
 
 /// Waits for the commit of everything numbered so far; the watermark.
@@ -148,7 +152,10 @@ fn the_watermark_never_passes_a_write_that_is_not_on_disk() {
                     if *n > watermark {
                         return true;
                     }
-                    let on_disk = table.as_ref().and_then(|t| t.get(key.as_slice()).ok().flatten()).is_some();
+                    let on_disk = table
+                        .as_ref()
+                        .and_then(|t| t.get(key.as_slice()).ok().flatten())
+                        .is_some();
                     assert!(
                         on_disk,
                         "write #{n} ({}) is at or below the watermark {watermark} but not on disk",
@@ -170,7 +177,11 @@ fn the_watermark_never_passes_a_write_that_is_not_on_disk() {
     let last = sync(&store);
     done.store(true, Ordering::Release);
     let (verified, checks) = checker.join().expect("checker");
-    assert_eq!(verified, WRITERS * WRITES, "every write was checked under the watermark");
+    assert_eq!(
+        verified,
+        WRITERS * WRITES,
+        "every write was checked under the watermark"
+    );
     assert!(checks > 1);
     assert_eq!(last, (WRITERS * WRITES) as u64);
     assert_eq!(committed_keys(&store, "ns/race").len(), WRITERS * WRITES);
@@ -246,7 +257,10 @@ fn waiters_hear_about_failed_rounds_and_closing() {
     assert_eq!(n, 11);
     let ticket = seq.ticket();
     seq.failed_through(11, "disk full");
-    assert_eq!(block_on(ticket.wait()), Err(SyncError::CommitFailed(Arc::from("disk full"))));
+    assert_eq!(
+        block_on(ticket.wait()),
+        Err(SyncError::CommitFailed(Arc::from("disk full")))
+    );
     // A later write waits for a later round, which may succeed.
     seq.assign();
     let ticket = seq.ticket();

@@ -483,10 +483,7 @@ mod tests {
             err("d:set('k', 1, 0, 0, 'yes')"),
             "test:1: bad \"opts\" argument (table expected, got string)"
         );
-        assert_eq!(
-            err("d:lpush('l', 1, true)"),
-            "expecting 3 arguments, but only seen 4"
-        );
+        assert_eq!(err("d:lpush('l', 1, true)"), "expecting 3 arguments, but only seen 4");
         // No request and not a timer: the phase is init, which cannot yield;
         // the write is refused before it is made.
         for call in [
