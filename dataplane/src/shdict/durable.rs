@@ -4,7 +4,8 @@
 //! In: dicts declared durable (`DictStore::declare`), and the keys their
 //! operations change (the journal of `Entries`). Out: one redb file,
 //! `<data-dir>/shared_dicts.redb`, with a table `"<namespace>/<dict>"` per
-//! dict whose rows are dict key → `record` bytes; and, at start, dicts
+//! dict whose rows are dict key → `record` bytes, plus `moongate.meta` (the
+//! cut of the last commit) and `moongate.timers`; and, at start, dicts
 //! restored from it.
 //!
 //! **Write-behind.** An operation changes the in-memory dict at once and only
@@ -44,9 +45,10 @@
 //! dataplane with only memory dicts never creates it), or at start when it
 //! exists already (`DictStore::open_existing`), with redb's integrity
 //! check, so corruption shows at open rather than mid-serving. The cut of
-//! the last commit is read back and numbering continues after it. Entries keep
-//! their flags, value types and absolute expiry times; those that expired
-//! while the process was down are dropped (and deleted from disk). A file
+//! the last commit is read back and numbering continues after it. Entries
+//! keep their flags, value types and absolute expiry times; those that
+//! expired while the process was down are dropped (and deleted from disk,
+//! unnumbered: that is nobody's write). A file
 //! that is corrupt, empty (zero length) or unreadable is handled by
 //! `redb_file::open_store`: logged, counted, moved aside or started empty;
 //! if even that fails, durable dicts run in memory only for this process.
@@ -62,8 +64,11 @@
 //! in the same round transaction as the dicts: one file, one fsync per
 //! window. The last operation queued for an id wins, so a timer created and
 //! completed within one window costs nothing on disk. Each queued operation
-//! takes a sequence number under the inbox lock, like a dict write. The rows found at open
-//! are kept for the workers to take (`take_restored_timers`) when they re-arm.
+//! takes a sequence number under the inbox lock, which the round's cut is
+//! read under too, so a timer change is in a commit exactly when the
+//! commit's cut covers its number (no riding along, unlike dict values). The
+//! rows found at open are kept for the workers to take
+//! (`take_restored_timers`) when they re-arm.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -20,7 +20,8 @@
 //! (`super::durable`), then returns as usual. It raises where yielding is not
 //! allowed (init, init_worker, header/body filter, log), even on a memory
 //! dict, so code behaves the same whatever the persistence. On a dict that is
-//! not persisted (Memory, or no data dir) it returns at once. When the
+//! not persisted (Memory, no data dir, or a store file that could not be
+//! used, which is logged) it returns at once. When the
 //! commit covering the write fails, or the store closes first, the call
 //! returns `false, "not committed: ..."` (`nil, ...` for `incr` and the
 //! pushes): the write stays applied in memory and is retried by later
