@@ -23,9 +23,9 @@
 //!
 //! **Across restarts** each commit stores its cut in the file (table
 //! `moongate.meta`), and a restarted process continues numbering after the
-//! value it finds there ([`Sequencer::recovered`]). Numbers given to writes
-//! that were lost are given again after a restart; numbers of writes that
-//! survived never are.
+//! value it finds there ([`Sequencer::recovered`]). Numbers above that cut
+//! are given again after a restart, whether their writes were lost or rode
+//! along in the last commit; numbers at or below it never are.
 //!
 //! **Waiting for a commit.** [`Sequencer::ticket`] captures the current
 //! `assigned()` — which covers the caller's own write and every write whose
