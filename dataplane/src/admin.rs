@@ -1,10 +1,13 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (a config is
-//! loaded), `/config` (its version and content hash) and `/metrics` (Prometheus).
+//! loaded), `/config` (its version and content hash), `/durable` (the
+//! sequence numbers of durable writes: `{"recovered": R, "committed": C,
+//! "assigned": A}` — the cut found in the file at open, the committed
+//! watermark, the last number given out) and `/metrics` (Prometheus).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,15 +15,23 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 use crate::error::{Error, Result};
+use crate::shdict::Sequencer;
 
 #[derive(Default)]
 pub struct AdminState {
     ready: AtomicBool,
     version: AtomicU64,
     content_hash: Mutex<String>,
+    /// The durable store's numbering; unset without a data dir.
+    durable: OnceLock<Arc<Sequencer>>,
 }
 
 impl AdminState {
+    /// Serves `/durable` from `seq`.
+    pub fn set_durable(&self, seq: Arc<Sequencer>) {
+        let _ = self.durable.set(seq);
+    }
+
     pub fn set_config(&self, version: u64, content_hash: &[u8]) {
         self.version.store(version, Ordering::Relaxed);
         if let Ok(mut h) = self.content_hash.lock() {
@@ -81,6 +92,18 @@ fn respond(state: &AdminState, path: &str) -> http::Response<Full<Bytes>> {
                 ),
             )
         }
+        "/durable" => match state.durable.get() {
+            Some(seq) => (
+                200,
+                format!(
+                    "{{\"recovered\":{},\"committed\":{},\"assigned\":{}}}\n",
+                    seq.recovered(),
+                    seq.committed(),
+                    seq.assigned()
+                ),
+            ),
+            None => (404, "no data dir: durable dicts are not persisted\n".to_string()),
+        },
         _ => (404, "not found\n".to_string()),
     };
     let mut resp = http::Response::new(Full::new(Bytes::from(body)));

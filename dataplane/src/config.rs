@@ -271,10 +271,10 @@ impl Config {
         }
     }
 
-    /// This config with only the routes at `kept` (indices, in order), as
-    /// served when the others failed to load.
-    pub fn with_routes(&self, kept: &[usize]) -> Config {
-        let routes = kept.iter().filter_map(|&i| self.routes.get(i).cloned()).collect();
+    /// This version with `routes` instead of its own, as served when some of
+    /// its routes failed to load (they are left out, or replaced by their
+    /// serving version).
+    pub fn with_routes(&self, routes: Vec<Arc<Route>>) -> Config {
         Config::index(self.version, self.content_hash.clone(), routes)
     }
 }

@@ -233,22 +233,27 @@ fn check(cli: &Cli) -> ExitCode {
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(settings(&cli));
-    let admin_state = Arc::new(admin::AdminState::default());
-    if let Some(addr) = cli.admin {
-        let bound = admin::start(addr, admin_state.clone()).await?;
-        tracing::info!("admin on http://{bound}");
-    }
     let dicts = Arc::new(
         DictStore::with_data_dir(&cli.data_dir, Duration::from_millis(cli.commit_window_ms.max(1)))
             .with_limits(dict_limits(&cli)),
     );
+    // A data dir another dataplane holds is refused before serving anything.
+    dicts.open_existing()?;
+    let admin_state = Arc::new(admin::AdminState::default());
+    if let Some(seq) = dicts.sequencer() {
+        admin_state.set_durable(seq.clone());
+    }
+    if let Some(addr) = cli.admin {
+        let bound = admin::start(addr, admin_state.clone()).await?;
+        tracing::info!("admin on http://{bound}");
+    }
     let result = match &cli.routes {
         Some(routes) => {
             let loaded = standalone::load(routes, 1)?;
             standalone::log_refused(&loaded.refused);
             let config = Arc::new(loaded.config);
             let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
-            standalone::report(&workers.apply(config.clone()).await?);
+            workers.apply(config.clone()).await?.log();
             admin_state.set_config(config.version, &config.content_hash);
             tracing::info!(
                 workers = workers.len(),
@@ -260,7 +265,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
         None => {
             let controller = controller_settings(&cli)?;
-            let store = SnapshotStore::open(&cli.data_dir);
+            let store = SnapshotStore::open(&cli.data_dir)?;
             let (workers, bound) = server::start(cli.listen, settings, dicts.clone())?;
             let mut client = Client::new(controller, &workers, &admin_state, store);
             client.restore().await;

@@ -38,6 +38,7 @@ struct Metrics {
     config_version: Gauge,
     controller_connected: Gauge,
     durable_store_corrupt: Counter,
+    durable_committed_seq: Gauge,
     durable_timers_fired: Counter,
     durable_timers_dropped: Counter,
     timer_callback_errors: Counter,
@@ -85,8 +86,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let durable_store_corrupt = Counter::default();
     registry.register(
         "shared_dict_store_corrupt",
-        "Durable shared dict files found corrupt or unreadable, moved aside and started empty",
+        "Store files (shared_dicts.redb, config.redb) found corrupt, empty or unreadable, \
+         and replaced by an empty store",
         durable_store_corrupt.clone(),
+    );
+    let durable_committed_seq = Gauge::default();
+    registry.register(
+        "durable_committed_seq",
+        "Committed watermark of durable writes: every durable dict write and durable timer change \
+         numbered at or below it is in a completed commit",
+        durable_committed_seq.clone(),
     );
     let durable_timers_fired = Counter::default();
     registry.register(
@@ -136,6 +145,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_version,
         controller_connected,
         durable_store_corrupt,
+        durable_committed_seq,
         durable_timers_fired,
         durable_timers_dropped,
         timer_callback_errors,
@@ -175,9 +185,21 @@ pub fn config_version(version: u64) {
     METRICS.config_version.set(i64::try_from(version).unwrap_or(i64::MAX));
 }
 
-/// Counts a durable shared dict file that was corrupt or unreadable.
+/// Counts a store file that was corrupt, empty or unreadable.
 pub fn durable_store_corrupt() {
     METRICS.durable_store_corrupt.inc();
+}
+
+/// Store files found bad so far; for tests.
+pub fn durable_store_corrupt_count() -> u64 {
+    METRICS.durable_store_corrupt.get()
+}
+
+/// The committed watermark of the durable store.
+pub fn durable_committed_seq(seq: u64) {
+    METRICS
+        .durable_committed_seq
+        .set(i64::try_from(seq).unwrap_or(i64::MAX));
 }
 
 pub fn durable_timer_fired() {

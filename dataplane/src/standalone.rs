@@ -129,15 +129,8 @@ pub async fn watch(path: PathBuf, workers: &Workers, mut version: u64, admin: &A
 async fn reload(path: &Path, workers: &Workers, version: u64) -> Result<Vec<u8>> {
     let loaded = load(path, version)?;
     let hash = loaded.config.content_hash.clone();
-    report(&workers.apply(Arc::new(loaded.config)).await?);
+    workers.apply(Arc::new(loaded.config)).await?.log();
     log_refused(&loaded.refused);
     Ok(hash)
 }
 
-/// Logs the routes a config left out because they failed to load.
-pub fn report(applied: &crate::worker::Applied) {
-    crate::metrics::routes_failed(applied.failed.len());
-    for (route, message) in &applied.failed {
-        tracing::error!(route = %route, "route not loaded, the other routes serve: {message}");
-    }
-}

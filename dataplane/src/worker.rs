@@ -6,9 +6,10 @@
 //! serves the same routes.
 //!
 //! A route that fails to load on any worker (its `init` throws, a dict it
-//! declares is refused) is left out of the version on every worker, and
-//! reported; the other routes are applied. Only a failure that cannot be
-//! pinned on a route aborts the version.
+//! declares is refused) keeps serving its previous version on every worker,
+//! or is left out if it had none, and is reported; the other routes are
+//! applied. Only a failure that cannot be pinned on a route aborts the
+//! version.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -71,6 +72,15 @@ impl Settings {
     }
 }
 
+/// Where a committed route comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    /// The prepared version's route at this index.
+    Prepared(usize),
+    /// The serving version's route at this index (the new one failed).
+    Serving(usize),
+}
+
 /// What a worker reports for a prepared version.
 pub type Prepared = Result<Vec<(usize, RouteLoadError)>, crate::Error>;
 
@@ -81,10 +91,12 @@ pub enum Control {
         config: Arc<Config>,
         reply: oneshot::Sender<Prepared>,
     },
-    /// Serve the prepared config from now on, as `config` (the prepared one
-    /// without the routes that failed anywhere; `kept[i]` is the index in the
-    /// prepared config of `config.routes[i]`).
-    Commit { config: Arc<Config>, kept: Arc<Vec<usize>> },
+    /// Serve `config` from now on: `sources[i]` says where the loaded form of
+    /// `config.routes[i]` is.
+    Commit {
+        config: Arc<Config>,
+        sources: Arc<Vec<Source>>,
+    },
     /// Forget the prepared config.
     Abort,
 }
@@ -96,7 +108,7 @@ pub struct Worker {
     dicts: Arc<DictStore>,
     tenants: RefCell<HashMap<Rc<str>, Rc<Vm>>>,
     current: RefCell<Rc<LoadedConfig>>,
-    pending: RefCell<Option<Vec<Option<LoadedRoute>>>>,
+    pending: RefCell<Option<Vec<Option<Rc<LoadedRoute>>>>>,
     serving: Cell<bool>,
 }
 
@@ -142,7 +154,7 @@ impl Worker {
             memory_limit: self.settings.memory_limit,
         };
         let vm = Rc::new(
-            Vm::new(namespace, &settings).map_err(|e| format!("creating the Lua VM of namespace {namespace}: {e}"))?,
+            Vm::new(namespace, &settings, &self.dicts).map_err(|e| format!("creating the Lua VM of namespace {namespace}: {e}"))?,
         );
         self.tenants.borrow_mut().insert(vm.tenant.clone(), vm.clone());
         crate::metrics::tenant_vms(self.tenants.borrow().len());
@@ -169,9 +181,9 @@ impl Worker {
                     )
                 });
             match result {
-                Ok(r) => loaded.push(Some(r)),
+                Ok(r) => loaded.push(Some(Rc::new(r))),
                 Err(e) => {
-                    tracing::error!(worker = self.id, version = config.version, "{e}; the route is left out");
+                    tracing::debug!(worker = self.id, version = config.version, "{e}");
                     loaded.push(None);
                     failed.push((i, e));
                 }
@@ -186,11 +198,18 @@ impl Worker {
             Control::Prepare { config, reply } => {
                 let _ = reply.send(Ok(self.prepare(&config)));
             }
-            Control::Commit { config, kept } => {
+            Control::Commit { config, sources } => {
                 let Some(mut pending) = self.pending.borrow_mut().take() else {
                     return;
                 };
-                let routes: Vec<LoadedRoute> = kept.iter().filter_map(|&i| pending.get_mut(i)?.take()).collect();
+                let serving = self.config();
+                let routes: Vec<Rc<LoadedRoute>> = sources
+                    .iter()
+                    .filter_map(|source| match *source {
+                        Source::Prepared(i) => pending.get_mut(i)?.take(),
+                        Source::Serving(i) => serving.routes.get(i).cloned(),
+                    })
+                    .collect();
                 if routes.len() != config.routes.len() {
                     // A route failed here but not elsewhere and the control
                     // thread did not leave it out: never serve a half config.
@@ -199,8 +218,10 @@ impl Worker {
                 }
                 let loaded = LoadedConfig { config, routes };
                 crate::durable_timer::commit(self.id, self.settings.workers, &loaded);
-                for (route, lr) in loaded.config.routes.iter().zip(&loaded.routes) {
-                    lr.run_init_worker(route);
+                for ((route, lr), source) in loaded.config.routes.iter().zip(&loaded.routes).zip(sources.iter()) {
+                    if matches!(source, Source::Prepared(_)) {
+                        lr.run_init_worker(route);
+                    }
                 }
                 *self.current.borrow_mut() = Rc::new(loaded);
                 self.serving.set(true);
@@ -225,8 +246,36 @@ impl Worker {
 /// What applying a version did.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Routes left out because they failed to load, by route id.
-    pub failed: BTreeMap<String, String>,
+    /// Routes whose new version failed to load, by route id: why, and
+    /// whether their previous version keeps serving (else they are left out).
+    pub failed: BTreeMap<String, Failed>,
+}
+
+impl Applied {
+    /// Logs and counts the routes that failed to load.
+    pub fn log(&self) {
+        crate::metrics::routes_failed(self.failed.len());
+        for (route, failed) in &self.failed {
+            tracing::error!(route = %route, "route failed to load, the other routes serve: {failed}");
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub message: String,
+    pub kept_previous: bool,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.kept_previous {
+            "its previous version keeps serving"
+        } else {
+            "it is not served"
+        };
+        write!(f, "{}; {what}", self.message)
+    }
 }
 
 /// The control thread's handle on all workers.
@@ -234,6 +283,8 @@ pub struct Workers {
     senders: Vec<mpsc::UnboundedSender<Control>>,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// What every worker serves.
+    serving: std::sync::Mutex<Option<Arc<Config>>>,
 }
 
 impl Workers {
@@ -246,11 +297,13 @@ impl Workers {
             senders,
             shutdown,
             threads,
+            serving: std::sync::Mutex::new(None),
         }
     }
 
-    /// Loads `config` into every worker, then switches all of them to it,
-    /// without the routes that failed to load on any worker.
+    /// Loads `config` into every worker, then switches all of them to it;
+    /// a route that failed to load on any worker keeps its serving version
+    /// (or is left out).
     pub async fn apply(&self, config: Arc<Config>) -> crate::Result<Applied> {
         let mut replies = Vec::with_capacity(self.senders.len());
         for (id, tx) in self.senders.iter().enumerate() {
@@ -281,18 +334,45 @@ impl Workers {
             }
             return Err(e);
         }
-        let kept: Vec<usize> = (0..config.routes.len()).filter(|i| !failed.contains_key(i)).collect();
-        let serving = if failed.is_empty() { config } else { Arc::new(config.with_routes(&kept)) };
-        let kept = Arc::new(kept);
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sources = Vec::with_capacity(config.routes.len());
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut report = Applied::default();
+        for (i, route) in config.routes.iter().enumerate() {
+            let Some(e) = failed.remove(&i) else {
+                sources.push(Source::Prepared(i));
+                routes.push(route.clone());
+                continue;
+            };
+            let previous = serving
+                .as_ref()
+                .and_then(|s| s.routes.iter().position(|r| r.id == route.id).map(|j| (j, s.routes[j].clone())));
+            if let Some((j, old)) = &previous {
+                sources.push(Source::Serving(*j));
+                routes.push(old.clone());
+            }
+            report.failed.insert(
+                e.route,
+                Failed {
+                    message: e.message,
+                    kept_previous: previous.is_some(),
+                },
+            );
+        }
+        let committed = if report.failed.is_empty() {
+            config
+        } else {
+            Arc::new(config.with_routes(routes))
+        };
+        let sources = Arc::new(sources);
         for tx in &self.senders {
             let _ = tx.send(Control::Commit {
-                config: serving.clone(),
-                kept: kept.clone(),
+                config: committed.clone(),
+                sources: sources.clone(),
             });
         }
-        Ok(Applied {
-            failed: failed.into_values().map(|e| (e.route, e.message)).collect(),
-        })
+        *serving = Some(committed);
+        Ok(report)
     }
 
     pub fn len(&self) -> usize {

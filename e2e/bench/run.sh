@@ -5,9 +5,11 @@
 #
 # Usage: e2e/bench/run.sh
 # Environment:
-#   SCENARIOS    scenarios to run            (default "hello headers dict dict-get dict-durable")
+#   SCENARIOS    scenarios to run            (default "hello headers dict dict-get dict-durable dict-sync")
 #                  dict: incr on a memory dict; dict-get: get; dict-durable: incr on a
-#                  Moongate durable dict (redb write-behind) against nginx's memory dict
+#                  Moongate durable dict (redb write-behind) against nginx's memory dict;
+#                  dict-sync: the same incr with {sync = true} (each request waits for the
+#                  group commit that includes its write), against nginx's memory dict incr
 #   CONFIGS      configurations to run       (default "pinned unpinned")
 #                  pinned:   1 server worker on CPU 0, wrk -t1 on CPU 1
 #                  unpinned: nproc server workers, wrk -t2, no pinning
@@ -20,7 +22,7 @@
 #   KEEP=1       keep the work directory (configs, logs, raw wrk output)
 set -euo pipefail
 
-SCENARIOS=${SCENARIOS:-"hello headers dict dict-get dict-durable"}
+SCENARIOS=${SCENARIOS:-"hello headers dict dict-get dict-durable dict-sync"}
 CONFIGS=${CONFIGS:-"pinned unpinned"}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -37,7 +39,7 @@ for v in DURATION WARMUP CONNECTIONS ROUNDS; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 for s in $SCENARIOS; do
-    case $s in hello | headers | dict | dict-get | dict-durable) ;; *) die "unknown scenario '$s' (hello, headers, dict, dict-get, dict-durable)" ;; esac
+    case $s in hello | headers | dict | dict-get | dict-durable | dict-sync) ;; *) die "unknown scenario '$s' (hello, headers, dict, dict-get, dict-durable, dict-sync)" ;; esac
 done
 for c in $CONFIGS; do
     case $c in pinned | unpinned) ;; *) die "unknown config '$c' (pinned, unpinned)" ;; esac
@@ -149,11 +151,17 @@ probe() {
 
 # --- server configurations --------------------------------------------------
 
+# lua_for SCENARIO [KIND]: the handler. nginx has no sync writes: its dict-sync
+# runs the plain memory-dict incr (the baseline the durable cost is compared to).
 lua_for() {
+    if [[ $1 == dict-sync && ${2:-moongate} == moongate ]]; then
+        echo 'local v = ngx.shared.d:incr("k", 1, 0, 0, {sync = true}) ngx.say(v)'
+        return
+    fi
     case $1 in
     hello) echo 'ngx.say("hello")' ;;
     headers) echo 'local h = ngx.req.get_headers()["x-test"] or "-" local x = ngx.var.arg_x or "-" ngx.header["X-A"] = h ngx.header["X-B"] = x ngx.say("ok ", h, " ", x)' ;;
-    dict | dict-durable) echo 'local v = ngx.shared.d:incr("k", 1, 0) ngx.say(v)' ;;
+    dict | dict-durable | dict-sync) echo 'local v = ngx.shared.d:incr("k", 1, 0) ngx.say(v)' ;;
     dict-get) echo 'local v = ngx.shared.d:get("k") if not v then ngx.shared.d:set("k", "value") end ngx.say(v)' ;;
     esac
 }
@@ -164,7 +172,7 @@ apiVersion: moongate.dev/v1alpha1
 kind: LuaRoute
 metadata: {name: bench, namespace: default}
 spec:
-  sharedDicts: [{name: d, capacity: 1m, persistence: $([[ $1 == dict-durable ]] && echo Durable || echo Memory)}]
+  sharedDicts: [{name: d, capacity: 1m, persistence: $([[ $1 == dict-durable || $1 == dict-sync ]] && echo Durable || echo Memory)}]
   locations:
     - path: /t
       match: Exact
@@ -203,7 +211,7 @@ http {
         listen 127.0.0.1:$3;
         location = /t {
             content_by_lua_block {
-                $(lua_for "$1")
+                $(lua_for "$1" nginx)
             }
         }
     }
@@ -326,12 +334,12 @@ for config in $CONFIGS; do
         notes=""
         [[ $m_err != 0 ]] && notes+="moongate:$m_err "
         [[ $n_err != 0 ]] && notes+="nginx:$n_err"
-        ROWS+=("$(printf '%-9s %-8s %14s %14s %7s %13s %13s  %s' "$config" "$scenario" "$m_rps" "$n_rps" \
+        ROWS+=("$(printf '%-9s %-12s %14s %14s %7s %13s %13s  %s' "$config" "$scenario" "$m_rps" "$n_rps" \
             "$ratio" "$m_p99" "$n_p99" "${notes:--}")")
     done
 done
 
-printf '\n%-9s %-8s %14s %14s %7s %13s %13s  %s\n' config scenario "moongate rps" "nginx rps" ratio \
+printf '\n%-9s %-12s %14s %14s %7s %13s %13s  %s\n' config scenario "moongate rps" "nginx rps" ratio \
     "moongate p99" "nginx p99" "errors"
-printf '%-9s %-8s %14s %14s %7s %13s %13s  %s\n' "" "" "" "" "m/n" "(ms)" "(ms)" ""
+printf '%-9s %-12s %14s %14s %7s %13s %13s  %s\n' "" "" "" "" "m/n" "(ms)" "(ms)" ""
 printf '%s\n' "${ROWS[@]}"

@@ -270,15 +270,16 @@ impl<'a> Client<'a> {
         };
         crate::metrics::reload(loaded.is_ok());
         let applied = loaded.map_err(Rejection::from)?;
+        applied.log();
         let left_out: Vec<pb::RouteError> = applied
             .failed
             .iter()
-            .map(|(id, message)| {
+            .map(|(id, failed)| {
                 let (namespace, name) = id.split_once('/').unwrap_or(("", id));
                 pb::RouteError {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
-                    message: message.clone(),
+                    message: failed.to_string(),
                 }
             })
             .collect();

@@ -3,8 +3,11 @@
 //! config instead of nothing.
 //!
 //! Written after every applied version (one small transaction; versions are
-//! debounced upstream). A file that is corrupt or holds an undecodable
-//! snapshot is reported and set aside, and the dataplane starts empty.
+//! debounced upstream). A file that is corrupt, empty or unreadable is
+//! handled by `redb_file::open_store` (logged, counted, set aside or started
+//! empty); an undecodable snapshot is reported and ignored. A file open in
+//! another process (another dataplane on this data dir) is an error: the
+//! dataplane refuses to start rather than run without persistence.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +15,7 @@ use moongate_proto::v1 as pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use crate::redb_file::{OpenError, open_db, replace_bad_file};
+use crate::redb_file::{HeldElsewhere, open_store};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const KEY: &str = "last_applied";
@@ -24,26 +27,16 @@ pub struct SnapshotStore {
 }
 
 impl SnapshotStore {
-    /// Opens (or creates) the store in `dir`; `None` when it cannot be used
-    /// (logged), in which case the dataplane runs without persistence.
-    pub fn open(dir: &Path) -> Option<SnapshotStore> {
+    /// Opens (or creates) the store in `dir`; `Ok(None)` when it cannot be
+    /// used (logged), in which case the dataplane runs without persistence;
+    /// an error when another process holds it.
+    pub fn open(dir: &Path) -> Result<Option<SnapshotStore>, HeldElsewhere> {
         let path = dir.join(FILE_NAME);
         if let Err(e) = std::fs::create_dir_all(dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cannot create the data dir; the last config will not be persisted");
-            return None;
+            return Ok(None);
         }
-        let db = match open_db(&path) {
-            Ok(db) => db,
-            Err(OpenError::InUse(e)) => {
-                tracing::error!(file = %path.display(), error = %e, "the config store is in use by another process; not persisting");
-                return None;
-            }
-            Err(OpenError::Bad(e)) => {
-                tracing::error!(file = %path.display(), error = %e, "the config store is corrupt; moving it aside");
-                replace_bad_file(&path, "config store")?
-            }
-        };
-        Some(SnapshotStore { db, path })
+        Ok(open_store(&path, "config store")?.map(|db| SnapshotStore { db, path }))
     }
 
     /// The last applied snapshot, if one was saved and still decodes.
@@ -100,8 +93,9 @@ mod tests {
             }],
             42,
         );
-        SnapshotStore::open(dir.path()).unwrap().save(&snapshot).unwrap();
-        let restored = SnapshotStore::open(dir.path()).unwrap().load().unwrap();
+        let open = || SnapshotStore::open(dir.path()).unwrap().unwrap();
+        open().save(&snapshot).unwrap();
+        let restored = open().load().unwrap();
         assert_eq!(restored, snapshot);
     }
 
@@ -113,12 +107,38 @@ mod tests {
             b"not a redb file at all, just garbage bytes",
         )
         .unwrap();
-        let store = SnapshotStore::open(dir.path()).expect("a fresh store replaces the corrupt one");
+        let store = SnapshotStore::open(dir.path())
+            .unwrap()
+            .expect("a fresh store replaces the corrupt one");
         assert!(store.load().is_none());
         let aside = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().starts_with("config.redb.corrupt-"));
         assert!(aside, "the corrupt file must be kept for inspection");
+    }
+
+    #[test]
+    fn an_empty_file_is_counted_and_the_store_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), b"").unwrap();
+        let before = crate::metrics::durable_store_corrupt_count();
+        let store = SnapshotStore::open(dir.path()).unwrap().expect("usable");
+        assert!(store.load().is_none());
+        assert!(crate::metrics::durable_store_corrupt_count() > before);
+        // And it works as a store from now on.
+        store.save(&pb::Snapshot::default()).unwrap();
+        drop(store);
+        assert!(SnapshotStore::open(dir.path()).unwrap().unwrap().load().is_some());
+    }
+
+    #[test]
+    fn a_file_open_elsewhere_is_an_error_naming_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SnapshotStore::open(dir.path()).unwrap().unwrap();
+        let err = SnapshotStore::open(dir.path()).err().expect("refused");
+        let text = err.to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains("another dataplane holds the data dir"), "{text}");
     }
 }

@@ -14,13 +14,14 @@
 //! config being served at fire time. Arguments are plain data (`codec`).
 //!
 //! **Crash guarantee.** Creation and completion are both write-behind, in
-//! the dicts' group commits. A timer is stored once the first commit round
-//! after `at_durable` returned has committed (one commit window, default
-//! 10 ms, plus the commit in flight); a crash before that loses it. Its
-//! deletion is queued when the callback finishes (success or error), so it
-//! fires again after a crash only if that crash came before the deletion
-//! was committed: within one commit window of completion, or while the
-//! callback ran. Otherwise each stored timer fires exactly once. A graceful
+//! the dicts' group commits, and each takes a durable sequence number
+//! (`shdict::seq`; `moongate.durable.last_seq()` right after `at_durable`).
+//! A timer is stored exactly when a completed commit covers its creation's
+//! number (the committed watermark reached it; `moongate.durable.sync()`
+//! waits for that); a crash before that loses it. Its deletion is queued
+//! when the callback finishes (success or error), so it fires again after a
+//! crash only if that crash came before a commit covered the deletion, or
+//! while the callback ran. Otherwise each stored timer fires exactly once. A graceful
 //! shutdown never runs durable timers prematurely: pending ones stay stored
 //! (the final commit flushes queued changes) and fire after the next start.
 //!

@@ -57,12 +57,15 @@ pub struct Vm {
     threads: RefCell<Vec<Thread>>,
     /// `moongate.timer.cancel`, shared by the tenant's routes.
     cancel_timer: Function,
+    /// The functions of `moongate.durable`.
+    durable_api: api::durable::Api,
 }
 
 /// A config version loaded into a worker: one entry per route of `config`.
 pub struct LoadedConfig {
     pub config: Arc<Config>,
-    pub routes: Vec<LoadedRoute>,
+    /// Shared with the next version when a route's new version fails to load.
+    pub routes: Vec<Rc<LoadedRoute>>,
 }
 
 /// A route loaded into its tenant's VM.
@@ -95,7 +98,7 @@ pub struct RouteLoadError {
 }
 
 impl Vm {
-    pub fn new(tenant: &str, settings: &VmSettings) -> mlua::Result<Vm> {
+    pub fn new(tenant: &str, settings: &VmSettings, dicts: &Arc<DictStore>) -> mlua::Result<Vm> {
         // No `jit`, `io`, `debug`, `ffi` or `package` at all; `os` loses
         // everything but its clocks in the sandbox.
         let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::BIT | StdLib::OS;
@@ -120,6 +123,7 @@ impl Vm {
         super::budget::install(&lua)?;
         super::memory::install(&lua, settings.memory_limit)?;
         let hook = HookHandle::of(&lua);
+        let durable_api = api::durable::Api::new(&lua, &dicts)?;
         Ok(Vm {
             tenant: Rc::from(tenant),
             lua,
@@ -132,6 +136,7 @@ impl Vm {
             ngx_metatable,
             threads: RefCell::new(Vec::new()),
             cancel_timer,
+            durable_api,
         })
     }
 
@@ -199,6 +204,7 @@ impl Vm {
             .and_then(|m| m.get("timer"))
             .map_err(lua_fail)?;
         moongate_timer.set("cancel", self.cancel_timer.clone()).map_err(lua_fail)?;
+        self.durable_api.install(&self.lua, &env).map_err(lua_fail)?;
         let load = |chunk: &Chunk| -> Result<Function, RouteLoadError> {
             self.lua
                 .load(&chunk.bytecode[..])

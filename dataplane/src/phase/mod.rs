@@ -415,6 +415,7 @@ impl Lifecycle {
                         sched.penalize(&key);
                     }
                 }
+                api::OP_DURABLE_SYNC => args = api::durable::wait(vm.lua(), values.next()).await,
                 api::OP_READ_BODY => {
                     if let Err(status) = self.read_body().await {
                         return HandlerEnd::Abort(status);

@@ -4,7 +4,8 @@
 //! In: dicts declared durable (`DictStore::declare`), and the keys their
 //! operations change (the journal of `Entries`). Out: one redb file,
 //! `<data-dir>/shared_dicts.redb`, with a table `"<namespace>/<dict>"` per
-//! dict whose rows are dict key → `record` bytes; and, at start, dicts
+//! dict whose rows are dict key → `record` bytes, plus `moongate.meta` (the
+//! cut of the last commit) and `moongate.timers`; and, at start, dicts
 //! restored from it.
 //!
 //! **Write-behind.** An operation changes the in-memory dict at once and only
@@ -17,15 +18,21 @@
 //! fsynced on commit (`Durability::Immediate`). A key written many times in a
 //! window — a counter — is written once.
 //!
-//! **Guarantee.** A write acknowledged at time t is in the journal at t, so
-//! the first commit round that starts after t takes it, and that round is
-//! durable once its commit returns. Rounds start every window, or right after
-//! the previous one when a commit takes longer than the window. So a crash
-//! (process or machine) loses at most the writes acknowledged in the last
-//! commit window plus the duration of the commit in flight — with the default
-//! 10 ms window, the last 10 ms of writes and one fsync. A failed commit
-//! (disk full, I/O error) is logged and its keys go back in the journal, to
-//! be retried next round; the dicts keep serving from memory meanwhile.
+//! **Guarantee, stated in commits.** Every change of durable state (a dict
+//! operation that changed a key, a durable timer created or completed) takes
+//! a sequence number under the lock that journaled it, and each round's
+//! transaction stores the round's cut and, once fsynced, publishes it as the
+//! committed watermark (`seq`, which proves the invariant): **an
+//! acknowledged write is lost in a crash (process or machine) only if it was
+//! not yet in a completed commit**, i.e. its number is above the watermark
+//! the file holds. Rounds start every window, or right after the previous one
+//! when a commit takes longer than the window or a sync write is waiting, so
+//! the watermark trails the writes by about a window and one fsync; that is
+//! a typical figure, not a promise, and a write that must not be lost waits
+//! for its commit (`d:set(..., {sync = true})`, `SyncTicket`). A failed
+//! commit (disk full, I/O error) is logged, fails the sync writes it covered,
+//! and its keys go back in the journal, to be retried next round; the dicts
+//! keep serving from memory meanwhile.
 //!
 //! **One file for all dicts**, not a file per dict: a round is one
 //! transaction and one fsync however many dicts changed, so the guarantee
@@ -35,26 +42,33 @@
 //! only damage from outside does that).
 //!
 //! **Restore.** The file is opened at the first durable declaration (so a
-//! dataplane with only memory dicts never creates it), with redb's integrity
-//! check, so corruption shows at open rather than mid-serving. Entries keep
-//! their flags, value types and absolute expiry times; those that expired
-//! while the process was down are dropped (and deleted from disk). A file
-//! that is corrupt or unreadable is logged (`tracing::error!` naming the file
-//! and the error), counted (`metrics::durable_store_corrupt`), renamed aside
-//! to `shared_dicts.redb.corrupt-<unix-seconds>` (never overwritten) and
-//! replaced by a new empty file; if even that fails, durable dicts run in
-//! memory only for this process. None of this ever panics or exits, so a bad
-//! file cannot cause a crash loop. A file held by another process (a second
-//! dataplane on the same data dir) is left alone; durable dicts then run in
-//! memory only, with an error log.
+//! dataplane with only memory dicts never creates it), or at start when it
+//! exists already (`DictStore::open_existing`), with redb's integrity
+//! check, so corruption shows at open rather than mid-serving. The cut of
+//! the last commit is read back and numbering continues after it. Entries
+//! keep their flags, value types and absolute expiry times; those that
+//! expired while the process was down are dropped (and deleted from disk,
+//! unnumbered: that is nobody's write). A file
+//! that is corrupt, empty (zero length) or unreadable is handled by
+//! `redb_file::open_store`: logged, counted, moved aside or started empty;
+//! if even that fails, durable dicts run in memory only for this process.
+//! None of this ever panics or exits, so a bad file cannot cause a crash
+//! loop. A file held by another process (a second dataplane on the same data
+//! dir) is left alone and is an error ([`HeldElsewhere`]): at start the
+//! dataplane exits with it, and a config declaring a durable dict is refused
+//! with it; durable dicts never silently fall back to memory for that.
 //!
 //! **Durable timers** (`crate::durable_timer`) live in the same file, in the
 //! table [`TIMERS_TABLE`] (timer id → record bytes, opaque here). Their
 //! inserts and deletes are queued in the commit thread's inbox and written
 //! in the same round transaction as the dicts: one file, one fsync per
 //! window. The last operation queued for an id wins, so a timer created and
-//! completed within one window costs nothing on disk. The rows found at open
-//! are kept for the workers to take (`take_restored_timers`) when they re-arm.
+//! completed within one window costs nothing on disk. Each queued operation
+//! takes a sequence number under the inbox lock, which the round's cut is
+//! read under too, so a timer change is in a commit exactly when the
+//! commit's cut covers its number (no riding along, unlike dict values). The
+//! rows found at open are kept for the workers to take
+//! (`take_restored_timers`) when they re-arm.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,11 +76,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::redb_file::{OpenError, open_db, replace_bad_file};
+use crate::redb_file::{HeldElsewhere, open_store};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::entries::{Stored, expired_for_eviction};
-use super::{Dict, entry_cost, list_entry_cost, list_node_cost, record};
+use super::seq::Sequencer;
+use super::{Dict, DictError, entry_cost, list_entry_cost, list_node_cost, record};
 
 /// The commit window used when none is configured.
 pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(10);
@@ -82,6 +97,11 @@ const SNAPSHOT_CHUNK: usize = 256;
 /// are named `"<namespace>/<dict>"`, always with a slash, so this name never
 /// collides with one.
 pub const TIMERS_TABLE: &str = "moongate.timers";
+
+/// Bookkeeping of the store itself: [`COMMITTED_SEQ_KEY`] → u64 (LE), the cut
+/// of the last completed commit. Named like `TIMERS_TABLE`, without a slash.
+const META_TABLE: &str = "moongate.meta";
+const COMMITTED_SEQ_KEY: &[u8] = b"committed_seq";
 
 /// A queued timer change: the record to store, or None to delete it.
 pub type TimerOp = Option<Vec<u8>>;
@@ -100,6 +120,10 @@ pub(super) struct DurableStore {
     state: Mutex<State>,
     /// Timer rows found in the file when it was opened, not yet taken.
     restored_timers: Mutex<Vec<Row>>,
+    /// What the commit thread shares with the writers; created up front so
+    /// the sequencer can wake the thread.
+    shared: Arc<Shared>,
+    seq: Arc<Sequencer>,
 }
 
 #[derive(Debug)]
@@ -116,28 +140,60 @@ enum State {
 
 impl DurableStore {
     pub fn new(dir: &Path, window: Duration) -> DurableStore {
+        let shared = Arc::new(Shared::default());
+        let seq = Arc::new(Sequencer::new({
+            let shared = shared.clone();
+            move || {
+                lock_inbox(&shared).sync_wanted = true;
+                shared.wake.notify_all();
+            }
+        }));
         DurableStore {
             path: dir.join(FILE_NAME),
             // A zero window would spin the commit thread.
             window: window.max(Duration::from_millis(1)),
             state: Mutex::new(State::Unopened),
             restored_timers: Mutex::default(),
+            shared,
+            seq,
         }
     }
 
+    /// The sequence numbers and watermark of this store.
+    pub fn sequencer(&self) -> &Arc<Sequencer> {
+        &self.seq
+    }
+
+    /// Opens the file now if it exists (at start, so a data dir held by
+    /// another process is an error before serving); a no-op otherwise.
+    pub fn open_existing(&self) -> Result<(), HeldElsewhere> {
+        let mut state = self.lock();
+        if matches!(*state, State::Unopened) && self.path.exists() {
+            *state = self.open()?;
+        }
+        Ok(())
+    }
+
     /// Queues a durable timer change for the next round, opening the file
-    /// first if needed. False when it cannot be persisted (file unavailable
-    /// or closed): the timer then lives in memory only.
+    /// first if needed, and numbers it. False when it cannot be persisted
+    /// (file unavailable, held by another process (logged) or closed): the
+    /// timer then lives in memory only.
     pub fn queue_timer(&self, id: &str, op: TimerOp) -> bool {
         let mut state = self.lock();
         // A delete never needs to create the file: nothing can be stored yet.
         if matches!(*state, State::Unopened) && op.is_some() {
-            *state = self.open();
+            match self.open() {
+                Ok(opened) => *state = opened,
+                Err(_) => return false,
+            }
         }
-        let State::Open(_, committer) = &*state else {
+        let State::Open(..) = &*state else {
             return false;
         };
-        lock_inbox(&committer.shared).timers.insert(id.to_string(), op);
+        let mut inbox = lock_inbox(&self.shared);
+        inbox.timers.insert(id.to_string(), op);
+        // Under the inbox lock, as the round's cut is read (see `seq`).
+        self.seq.assign();
         true
     }
 
@@ -145,12 +201,8 @@ impl DurableStore {
     /// returns true (each worker takes its share). Opens an existing file
     /// that no dict opened yet; never creates one.
     pub fn take_restored_timers(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-        {
-            let mut state = self.lock();
-            if matches!(*state, State::Unopened) && self.path.exists() {
-                *state = self.open();
-            }
-        }
+        // A file held elsewhere was refused at start, or is logged by `open`.
+        let _ = self.open_existing();
         let mut restored = self.restored_timers.lock().unwrap_or_else(|e| e.into_inner());
         let (taken, left) = std::mem::take(&mut *restored).into_iter().partition(|(id, _)| keep(id));
         *restored = left;
@@ -158,22 +210,22 @@ impl DurableStore {
     }
 
     /// A dict `namespace/name` restored from disk and registered for commits;
-    /// a plain memory dict when the file is unavailable or closed.
-    pub fn attach(&self, namespace: &str, name: &str, capacity: u64) -> Arc<Dict> {
+    /// a plain memory dict when the file is unavailable (logged) or closed.
+    /// An error when another process holds the file.
+    pub fn attach(&self, namespace: &str, name: &str, capacity: u64) -> Result<Arc<Dict>, DictError> {
         let full = format!("{namespace}/{name}");
         let mut state = self.lock();
         if matches!(*state, State::Unopened) {
-            *state = self.open();
+            *state = self.open()?;
         }
         let State::Open(db, committer) = &*state else {
             tracing::warn!(dict = %full, "durable shared dict kept in memory only: its store is not available");
-            return Arc::new(Dict::new(full, capacity));
+            return Ok(Arc::new(Dict::new(full, capacity)));
         };
-        let dict = Arc::new(Dict::new(full.clone(), capacity));
-        dict.locked(|e, _| e.enable_journal());
+        let dict = Arc::new(Dict::durable(full.clone(), capacity, self.seq.clone()));
         restore(db, &self.path, &full, &dict);
         committer.register(full, dict.clone());
-        dict
+        Ok(dict)
     }
 
     /// Commits everything pending, stops the thread and closes the file.
@@ -202,41 +254,41 @@ impl DurableStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn open(&self) -> State {
+    /// Opens the file, reads the timers and the last commit's cut, and starts
+    /// the commit thread. Only a file held by another process is an error;
+    /// anything else unusable is logged and leaves the store `Unavailable`.
+    fn open(&self) -> Result<State, HeldElsewhere> {
         if let Some(dir) = self.path.parent()
             && let Err(e) = std::fs::create_dir_all(dir)
         {
             tracing::error!(dir = %dir.display(), error = %e, "cannot create the shared dict data dir; durable dicts stay in memory");
-            return State::Unavailable;
+            return Ok(State::Unavailable);
         }
-        let db = match open_db(&self.path) {
-            Ok(db) => db,
-            Err(OpenError::InUse(e)) => {
-                tracing::error!(file = %self.path.display(), error = %e,
-                    "durable shared dict store is in use by another process; durable dicts stay in memory");
-                return State::Unavailable;
-            }
-            Err(OpenError::Bad(e)) => {
-                tracing::error!(file = %self.path.display(), error = %e,
-                    "durable shared dict store is corrupt or unreadable; moving it aside and starting empty");
-                crate::metrics::durable_store_corrupt();
-                let Some(db) = replace_bad_file(&self.path, "shared dict store") else {
-                    return State::Unavailable;
-                };
-                db
-            }
+        let Some(db) = open_store(&self.path, "durable shared dict store")? else {
+            return Ok(State::Unavailable);
         };
         match read_table(&db, TIMERS_TABLE) {
             Ok(rows) => *self.restored_timers.lock().unwrap_or_else(|e| e.into_inner()) = rows,
             Err(e) => tracing::error!(file = %self.path.display(), error = %e,
                 "cannot read the durable timers; they are not re-armed"),
         }
+        let recovered = match read_committed_seq(&db) {
+            Ok(seq) => seq,
+            Err(e) => {
+                // The data is still good; only the numbering restarts.
+                tracing::error!(file = %self.path.display(), error = %e,
+                    "cannot read the last committed sequence number; numbering durable writes from 0");
+                0
+            }
+        };
+        self.seq.recover(recovered);
+        tracing::info!(file = %self.path.display(), recovered_seq = recovered, "durable store opened");
         let db = Arc::new(db);
-        match Committer::start(db.clone(), self.window) {
-            Ok(committer) => State::Open(db, committer),
+        match Committer::start(db.clone(), self.window, self.shared.clone(), self.seq.clone()) {
+            Ok(committer) => Ok(State::Open(db, committer)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the shared dict commit thread; durable dicts stay in memory");
-                State::Unavailable
+                Ok(State::Unavailable)
             }
         }
     }
@@ -255,7 +307,8 @@ fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
         }
     };
     let mut malformed = 0usize;
-    dict.locked(|e, now| {
+    // Quiet: dropping what expired while down is no write of anyone's.
+    dict.locked_quiet(|e, now| {
         for (key, bytes) in rows {
             let key: Arc<[u8]> = Arc::from(key);
             let Some(rec) = record::decode(&bytes) else {
@@ -290,6 +343,16 @@ fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
 /// A row as read from disk: key and record bytes.
 type Row = (Vec<u8>, Vec<u8>);
 
+/// The cut of the last completed commit (0 for a file without one).
+pub(super) fn read_committed_seq(db: &Database) -> Result<u64, redb::Error> {
+    let rows = read_table(db, META_TABLE)?;
+    Ok(rows
+        .iter()
+        .find(|(k, _)| k.as_slice() == COMMITTED_SEQ_KEY)
+        .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
 fn read_table(db: &Database, name: &str) -> Result<Vec<Row>, redb::Error> {
     let txn = db.begin_read()?;
     let t = match txn.open_table(table(name)) {
@@ -308,18 +371,19 @@ fn read_table(db: &Database, name: &str) -> Result<Vec<Row>, redb::Error> {
 impl Dict {
     /// The keys changed since the last call (the commit thread's take).
     fn take_dirty(&self) -> Vec<Arc<[u8]>> {
-        self.locked(|e, _| e.take_dirty())
+        self.locked_quiet(|e, _| e.take_dirty())
     }
 
-    /// Puts keys of a failed commit back, to be retried.
+    /// Puts keys of a failed commit back, to be retried (their writes keep
+    /// their numbers).
     fn mark_dirty_again(&self, keys: &[Arc<[u8]>]) {
-        self.locked(|e, _| keys.iter().for_each(|k| e.mark_dirty(k)));
+        self.locked_quiet(|e, _| keys.iter().for_each(|k| e.mark_dirty(k)));
     }
 
     /// The record to store for each key, or None to delete it: absent or
     /// expired (expired entries are not restored, so they need no bytes).
     fn snapshot(&self, keys: &[Arc<[u8]>]) -> Vec<Option<Vec<u8>>> {
-        self.locked(|e, now| {
+        self.locked_quiet(|e, now| {
             keys.iter()
                 .map(|key| {
                     let slot = e.peek(key).and_then(|idx| e.slot(idx))?;
@@ -352,15 +416,25 @@ struct Inbox {
     new: Vec<(String, Arc<Dict>)>,
     /// Durable timer changes since the last round, by timer id.
     timers: HashMap<String, TimerOp>,
+    /// A sync write waits: start the next round without waiting the window.
+    sync_wanted: bool,
     stop: bool,
 }
 
 impl Committer {
-    fn start(db: Arc<Database>, window: Duration) -> std::io::Result<Committer> {
-        let shared = Arc::new(Shared::default());
+    fn start(
+        db: Arc<Database>,
+        window: Duration,
+        shared: Arc<Shared>,
+        seq: Arc<Sequencer>,
+    ) -> std::io::Result<Committer> {
         let thread = std::thread::Builder::new().name("shdict-commit".to_string()).spawn({
             let shared = shared.clone();
-            move || run(db, window, &shared)
+            move || {
+                run(&db, window, &shared, &seq);
+                // Nothing above the watermark will commit now.
+                seq.close();
+            }
         })?;
         Ok(Committer {
             shared,
@@ -390,15 +464,18 @@ fn lock_inbox(shared: &Shared) -> MutexGuard<'_, Inbox> {
     shared.inbox.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The commit loop: a round per window until stopped, then a last round.
-fn run(db: Arc<Database>, window: Duration, shared: &Shared) {
+/// The commit loop: a round per window (or at once when a sync write
+/// waits) until stopped, then a last round.
+fn run(db: &Database, window: Duration, shared: &Shared, seq: &Sequencer) {
     let mut dicts: Vec<(String, Arc<Dict>)> = Vec::new();
     let mut failing = false;
+    // The cut stored by the last completed commit.
+    let mut persisted = seq.committed();
     let mut next = Instant::now() + window;
     loop {
-        let (stop, mut timers) = {
+        let (stop, mut timers, cut) = {
             let mut inbox = lock_inbox(shared);
-            while !inbox.stop {
+            while !inbox.stop && !inbox.sync_wanted {
                 let left = next.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -409,39 +486,46 @@ fn run(db: Arc<Database>, window: Duration, shared: &Shared) {
                     .map(|(guard, _)| guard)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
+            inbox.sync_wanted = false;
+            // The cut, read before any journal is taken and under the inbox
+            // lock that timer changes are numbered under (see `seq`).
+            let cut = seq.assigned();
             dicts.append(&mut inbox.new);
-            (inbox.stop, std::mem::take(&mut inbox.timers))
+            (inbox.stop, std::mem::take(&mut inbox.timers), cut)
         };
         // Schedule from the round's start, so the window is the period.
         next = Instant::now() + window;
         let started = Instant::now();
-        let result = commit_round(&db, &dicts, &timers);
+        let result = commit_round(db, &dicts, &timers, cut, persisted);
         let took = started.elapsed();
         if took > window * 4 {
-            // The crash-loss bound is the window plus this commit: say when it grows.
             tracing::warn!(
                 took_ms = took.as_millis() as u64,
                 window_ms = window.as_millis() as u64,
-                "slow durable commit (fsync); writes are at risk for this long"
+                "slow durable commit (fsync); the committed watermark trails the writes by this long"
             );
         }
-        if result.is_err() {
-            // Retry next round; a change queued meanwhile is newer and wins.
-            let mut inbox = lock_inbox(shared);
-            for (id, op) in timers.drain() {
-                inbox.timers.entry(id).or_insert(op);
-            }
-        }
         match result {
-            Ok(()) if failing => {
-                tracing::info!("durable shared dict commits succeed again");
-                failing = false;
+            Ok(()) => {
+                persisted = persisted.max(cut);
+                seq.committed_through(cut);
+                if failing {
+                    tracing::info!("durable shared dict commits succeed again");
+                    failing = false;
+                }
             }
-            Ok(()) => {}
             Err(e) => {
+                // Retry next round; a change queued meanwhile is newer and wins.
+                let mut inbox = lock_inbox(shared);
+                for (id, op) in timers.drain() {
+                    inbox.timers.entry(id).or_insert(op);
+                }
+                drop(inbox);
+                let message = e.to_string();
+                seq.failed_through(cut, &message);
                 // Once per failing streak: a full disk would log every 10 ms.
                 if !failing {
-                    tracing::error!(error = %e, "cannot commit durable shared dicts; retrying every window");
+                    tracing::error!(error = %message, "cannot commit durable shared dicts; retrying every window");
                 }
                 failing = true;
             }
@@ -455,23 +539,26 @@ fn run(db: Arc<Database>, window: Duration, shared: &Shared) {
 /// One dict's part of a round: its table, the dict and its changed keys.
 type Batch<'a> = (&'a str, &'a Dict, Vec<Arc<[u8]>>);
 
-/// Writes every changed key of every dict and the timer changes in one
-/// transaction. On failure the keys go back into their journals (the caller
-/// requeues the timer changes).
-fn commit_round(
+/// Writes every changed key of every dict, the timer changes and `cut` in
+/// one transaction. Skipped when there is nothing to write and `cut` is
+/// already stored (`persisted`): an idle store does no I/O. On failure the
+/// keys go back into their journals (the caller requeues the timer changes).
+pub(super) fn commit_round(
     db: &Database,
     dicts: &[(String, Arc<Dict>)],
     timers: &HashMap<String, TimerOp>,
+    cut: u64,
+    persisted: u64,
 ) -> Result<(), redb::Error> {
     let batches: Vec<Batch<'_>> = dicts
         .iter()
         .map(|(table, dict)| (table.as_str(), &**dict, dict.take_dirty()))
         .filter(|(_, _, keys)| !keys.is_empty())
         .collect();
-    if batches.is_empty() && timers.is_empty() {
+    if batches.is_empty() && timers.is_empty() && cut <= persisted {
         return Ok(());
     }
-    let result = write_batches(db, &batches, timers);
+    let result = write_batches(db, &batches, timers, cut);
     if result.is_err() {
         for (_, dict, keys) in &batches {
             dict.mark_dirty_again(keys);
@@ -480,8 +567,15 @@ fn commit_round(
     result
 }
 
-fn write_batches(db: &Database, batches: &[Batch<'_>], timers: &HashMap<String, TimerOp>) -> Result<(), redb::Error> {
+fn write_batches(
+    db: &Database,
+    batches: &[Batch<'_>],
+    timers: &HashMap<String, TimerOp>,
+    cut: u64,
+) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
+    txn.open_table(table(META_TABLE))?
+        .insert(COMMITTED_SEQ_KEY, cut.to_le_bytes().as_slice())?;
     if !timers.is_empty() {
         let mut t = txn.open_table(table(TIMERS_TABLE))?;
         for (id, op) in timers {

@@ -268,17 +268,22 @@ fn smaller_capacity_after_restart_evicts_what_does_not_fit() {
 }
 
 #[test]
-fn file_in_use_is_left_alone() {
+fn file_in_use_is_an_error_and_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = open(dir.path());
     let d = first.declare("ns", "d", MB, true).expect("declare");
     d.set(b"k", s("first"), 0, 0);
     // A second store on the same dir (another dataplane) cannot lock the
-    // file: its dict runs in memory, and nothing is moved aside.
+    // file: declaring a durable dict is an error naming the dir, opening at
+    // start too, and nothing is moved aside or falls back to memory.
     let second = open(dir.path());
-    let other = second.declare("ns", "d", MB, true).expect("declare");
-    assert_eq!(fetched(&other, "k"), None);
-    other.set(b"k", s("second"), 0, 0);
+    let err = second.declare("ns", "d", MB, true).expect_err("held elsewhere");
+    let text = err.to_string();
+    assert!(matches!(err, DictError::StoreHeldElsewhere(_)), "{err:?}");
+    assert!(text.contains("another dataplane holds the data dir"), "{text}");
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(second.get("ns", "d").is_none(), "no memory-only dict was registered");
+    assert!(second.open_existing().is_err());
     drop(second);
     drop(first);
     let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -290,4 +295,26 @@ fn file_in_use_is_left_alone() {
     let store = open(dir.path());
     let d = store.declare("ns", "d", MB, true).expect("declare");
     assert_eq!(fetched(&d, "k"), Some((s("first"), 0)));
+}
+
+#[test]
+fn zero_length_file_is_counted_and_started_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(DURABLE_FILE_NAME);
+    std::fs::write(&path, b"").expect("write empty file");
+    let before = crate::metrics::durable_store_corrupt_count();
+    {
+        let store = open(dir.path());
+        let d = store.declare("ns", "z", MB, true).expect("declare");
+        assert!(d.get_keys(0).is_empty());
+        assert!(
+            crate::metrics::durable_store_corrupt_count() > before,
+            "an empty file counts as a bad store"
+        );
+        d.set(b"k", s("after"), 0, 0);
+    }
+    // The store made in its place works.
+    let store = open(dir.path());
+    let d = store.declare("ns", "z", MB, true).expect("declare");
+    assert_eq!(fetched(&d, "k"), Some((s("after"), 0)));
 }

@@ -12,7 +12,10 @@
 //!   or expiry may have changed since the last `take_dirty` is in it. Keys
 //!   are marked by `insert`, `remove`, `slot_mut` and `expire_all`, the only
 //!   ways to change what a slot holds; LRU relinking and cost changes are not
-//!   persisted and do not mark.
+//!   persisted and do not mark. Marking also raises the journal's `changed`
+//!   flag, which `Dict::locked` takes before releasing the lock to number
+//!   the operation (`seq`): an operation that journaled nothing gets no
+//!   number.
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -75,7 +78,23 @@ pub(super) struct Entries {
     usable: u64,
     /// Keys changed since the durable store last took them; None for memory
     /// dicts, which then pay nothing for persistence.
-    journal: Option<HashSet<Arc<[u8]>>>,
+    journal: Option<Journal>,
+}
+
+/// The changed keys of a durable dict.
+#[derive(Debug, Default)]
+struct Journal {
+    keys: HashSet<Arc<[u8]>>,
+    /// A key was marked since the last `take_changed`.
+    changed: bool,
+}
+
+/// Records `key` as changed; a no-op without a journal.
+fn note(journal: &mut Option<Journal>, key: &Arc<[u8]>) {
+    if let Some(journal) = journal.as_mut() {
+        journal.keys.insert(key.clone());
+        journal.changed = true;
+    }
 }
 
 impl Entries {
@@ -94,20 +113,23 @@ impl Entries {
 
     /// Starts recording changed keys (durable dicts).
     pub fn enable_journal(&mut self) {
-        self.journal.get_or_insert_with(HashSet::new);
+        self.journal.get_or_insert_with(Journal::default);
     }
 
     /// Records `key` as changed; a no-op without a journal.
     pub fn mark_dirty(&mut self, key: &Arc<[u8]>) {
-        if let Some(journal) = self.journal.as_mut() {
-            journal.insert(key.clone());
-        }
+        note(&mut self.journal, key);
+    }
+
+    /// Whether a key was marked since the last call (clears the flag).
+    pub fn take_changed(&mut self) -> bool {
+        self.journal.as_mut().is_some_and(|j| std::mem::take(&mut j.changed))
     }
 
     /// The keys changed since the last call, leaving the journal empty.
     pub fn take_dirty(&mut self) -> Vec<Arc<[u8]>> {
         match self.journal.as_mut() {
-            Some(journal) if !journal.is_empty() => std::mem::take(journal).into_iter().collect(),
+            Some(journal) if !journal.keys.is_empty() => std::mem::take(&mut journal.keys).into_iter().collect(),
             _ => Vec::new(),
         }
     }
@@ -116,7 +138,7 @@ impl Entries {
     /// those match the disk, and only the removals need writing.
     pub fn keep_dirty_removals(&mut self) {
         if let Some(journal) = self.journal.as_mut() {
-            journal.retain(|key| !self.map.contains_key(key));
+            journal.keys.retain(|key| !self.map.contains_key(key));
         }
     }
 
@@ -136,9 +158,7 @@ impl Entries {
     /// change its value, flags or expiry.
     pub fn slot_mut(&mut self, idx: u32) -> Option<&mut Slot> {
         let slot = self.slots.get_mut(idx as usize).and_then(Option::as_mut)?;
-        if let Some(journal) = self.journal.as_mut() {
-            journal.insert(slot.key.clone());
-        }
+        note(&mut self.journal, &slot.key);
         Some(slot)
     }
 
@@ -189,9 +209,7 @@ impl Entries {
                 (self.slots.len() - 1) as u32
             }
         };
-        if let Some(journal) = self.journal.as_mut() {
-            journal.insert(key.clone());
-        }
+        note(&mut self.journal, &key);
         match self.map.entry(key) {
             MapEntry::Occupied(mut e) => {
                 // Not reachable when callers keep the contract; keep the
@@ -218,9 +236,7 @@ impl Entries {
         self.unlink(idx);
         let slot = self.slots.get_mut(idx as usize).and_then(Option::take)?;
         self.map.remove(&slot.key);
-        if let Some(journal) = self.journal.as_mut() {
-            journal.insert(slot.key.clone());
-        }
+        note(&mut self.journal, &slot.key);
         self.free.push(idx);
         self.used = self.used.saturating_sub(slot.cost);
         Some(slot)
@@ -294,9 +310,7 @@ impl Entries {
     pub fn expire_all(&mut self) {
         for slot in self.slots.iter_mut().flatten() {
             slot.expires = 1;
-            if let Some(journal) = self.journal.as_mut() {
-                journal.insert(slot.key.clone());
-            }
+            note(&mut self.journal, &slot.key);
         }
     }
 

@@ -14,8 +14,9 @@
 //! report `forcible`; the `safe_*` variants fail with "no memory" instead.
 //!
 //! Dicts declared `Durable` are also written behind to redb (see `durable`
-//! for the file, the commit window and what a crash can lose); memory dicts
-//! never touch the disk.
+//! for the file and the commit rounds, and `seq` for the sequence numbers
+//! and the committed watermark that state what a crash can lose); memory
+//! dicts never touch the disk.
 
 mod durable;
 #[cfg(test)]
@@ -24,15 +25,21 @@ mod entries;
 mod expiry;
 mod list;
 mod record;
+pub mod seq;
+#[cfg(test)]
+mod seq_tests;
+mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use durable::{DEFAULT_COMMIT_WINDOW, FILE_NAME as DURABLE_FILE_NAME};
+pub use seq::{Sequencer, SyncError, SyncTicket};
+pub use store::{DictLimits, DictStore};
+
+use crate::redb_file::HeldElsewhere;
 
 use entries::{Entries, Found, Stored};
 
@@ -193,6 +200,9 @@ pub enum DictError {
         requested: u64,
         why: String,
     },
+    /// The durable store is open in another process (another dataplane).
+    #[error(transparent)]
+    StoreHeldElsewhere(#[from] HeldElsewhere),
 }
 
 /// One shared dict. All methods lock once; none panics on any input.
@@ -202,6 +212,8 @@ pub struct Dict {
     capacity: u64,
     clock: fn() -> u64,
     entries: Mutex<Entries>,
+    /// Numbers the changes of a durable dict; None for memory dicts.
+    seq: Option<Arc<Sequencer>>,
 }
 
 impl Dict {
@@ -217,7 +229,28 @@ impl Dict {
             capacity,
             clock,
             entries: Mutex::new(Entries::new(usable_bytes(capacity))),
+            seq: None,
         }
+    }
+
+    /// A dict whose changes are journaled for the durable store and
+    /// numbered by `seq`.
+    fn durable(name: impl Into<String>, capacity: u64, seq: Arc<Sequencer>) -> Dict {
+        let mut entries = Entries::new(usable_bytes(capacity));
+        entries.enable_journal();
+        Dict {
+            name: name.into(),
+            capacity,
+            clock: unix_ms,
+            entries: Mutex::new(entries),
+            seq: Some(seq),
+        }
+    }
+
+    /// A wait for the commit of every change made so far (this caller's
+    /// last one included); None for a dict that is not persisted.
+    pub fn sync_ticket(&self) -> Option<SyncTicket> {
+        self.seq.as_ref().map(|seq| seq.ticket())
     }
 
     pub fn name(&self) -> &str {
@@ -239,12 +272,30 @@ impl Dict {
     /// expired entries), runs through here. Durable dicts journal their
     /// changed keys inside `Entries` (the only code that changes slots), so
     /// the write-behind costs the request path a set insert under this lock.
+    /// An operation that journaled a change takes its sequence number here,
+    /// before the lock is released (the invariant `seq` relies on).
     fn locked<R>(&self, f: impl FnOnce(&mut Entries, u64) -> R) -> R {
         let now = (self.clock)();
         // A panic while locked cannot leave the entries half-updated in a way
         // that breaks memory safety; keep serving rather than poisoning.
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut entries, now)
+        let out = f(&mut entries, now);
+        if let Some(seq) = &self.seq
+            && entries.take_changed()
+        {
+            seq.assign();
+        }
+        out
+    }
+
+    /// As `locked`, for the durable store's own bookkeeping (restore, the
+    /// commit thread): what it journals is nobody's write and gets no number.
+    fn locked_quiet<R>(&self, f: impl FnOnce(&mut Entries, u64) -> R) -> R {
+        let now = (self.clock)();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut entries, now);
+        entries.take_changed();
+        out
     }
 
     /// `get`: the live value, or None when absent or expired.
@@ -429,195 +480,6 @@ impl Dict {
             e.insert(key, Stored::Scalar(value), 0, expires, cost);
             WriteOutcome::ok(num, forcible)
         })
-    }
-}
-
-/// All dicts of the process by (namespace, name). Dicts are created on first
-/// declaration and kept across config reloads, as nginx keeps shared memory
-/// zones across reloads.
-#[derive(Debug, Default)]
-pub struct DictStore {
-    dicts: Mutex<HashMap<(String, String), Declared>>,
-    /// Where durable dicts are persisted; None: they stay in memory.
-    durable: Option<durable::DurableStore>,
-    limits: DictLimits,
-}
-
-/// The operator's ceilings on what routes may declare.
-#[derive(Clone, Copy, Debug)]
-pub struct DictLimits {
-    /// The largest capacity of one dict.
-    pub max_capacity: u64,
-    /// The most capacity one namespace may declare over all its dicts.
-    pub max_namespace_total: u64,
-}
-
-impl Default for DictLimits {
-    fn default() -> Self {
-        DictLimits {
-            max_capacity: u64::MAX,
-            max_namespace_total: u64::MAX,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Declared {
-    dict: Arc<Dict>,
-    /// As declared, whether or not its store could be used.
-    durable: bool,
-}
-
-impl DictStore {
-    /// A store without persistence: durable dicts stay in memory (warned).
-    pub fn new() -> DictStore {
-        DictStore::default()
-    }
-
-    /// A store persisting durable dicts in `dir` (created when the first
-    /// durable dict is declared), committing every `commit_window`
-    /// ([`DEFAULT_COMMIT_WINDOW`] is 10 ms). Never fails: a bad or unusable
-    /// file is handled (logged, counted, moved aside) when first opened.
-    pub fn with_data_dir(dir: &Path, commit_window: Duration) -> DictStore {
-        DictStore {
-            dicts: Mutex::default(),
-            durable: Some(durable::DurableStore::new(dir, commit_window)),
-            limits: DictLimits::default(),
-        }
-    }
-
-    /// This store, refusing declarations over `limits`.
-    pub fn with_limits(mut self, limits: DictLimits) -> DictStore {
-        self.limits = limits;
-        self
-    }
-
-    /// The memory dict (namespace, name); see `declare`.
-    pub fn dict(&self, namespace: &str, name: &str, capacity: u64) -> Result<Arc<Dict>, DictError> {
-        self.declare(namespace, name, capacity, false)
-    }
-
-    /// The dict (namespace, name), created with `capacity` bytes if new, and
-    /// restored from disk if `durable` (which reads the disk: call it when
-    /// loading config, not per request). A redeclaration with another
-    /// capacity or persistence is an error naming both (nginx refuses to
-    /// resize a zone on reload, too).
-    pub fn declare(&self, namespace: &str, name: &str, capacity: u64, durable: bool) -> Result<Arc<Dict>, DictError> {
-        let mut dicts = self.dicts.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (namespace.to_string(), name.to_string());
-        if let Some(found) = dicts.get(&key) {
-            let dict = &found.dict;
-            if dict.capacity() != capacity {
-                return Err(DictError::CapacityMismatch {
-                    namespace: key.0,
-                    name: key.1,
-                    existing: dict.capacity(),
-                    requested: capacity,
-                });
-            }
-            if found.durable != durable {
-                let word = |d: bool| if d { "Durable" } else { "Memory" };
-                return Err(DictError::PersistenceMismatch {
-                    namespace: key.0,
-                    name: key.1,
-                    existing: word(found.durable),
-                    requested: word(durable),
-                });
-            }
-            return Ok(dict.clone());
-        }
-        if capacity > self.limits.max_capacity {
-            return Err(DictError::OverLimit {
-                namespace: key.0,
-                name: key.1,
-                requested: capacity,
-                why: format!("the largest dict allowed is {} bytes (--max-shared-dict-size)", self.limits.max_capacity),
-            });
-        }
-        let declared: u64 = dicts
-            .iter()
-            .filter(|((ns, _), _)| *ns == key.0)
-            .map(|(_, d)| d.dict.capacity())
-            .sum();
-        if declared.saturating_add(capacity) > self.limits.max_namespace_total {
-            return Err(DictError::OverLimit {
-                namespace: key.0,
-                name: key.1,
-                requested: capacity,
-                why: format!(
-                    "the namespace already declares {declared} bytes of {} allowed (--max-namespace-shared-dicts)",
-                    self.limits.max_namespace_total
-                ),
-            });
-        }
-        let dict = match (&self.durable, durable) {
-            (Some(store), true) => store.attach(namespace, name, capacity),
-            (None, true) => {
-                tracing::warn!(
-                    namespace,
-                    dict = name,
-                    "durable shared dict kept in memory only: no data dir configured"
-                );
-                Arc::new(Dict::new(format!("{namespace}/{name}"), capacity))
-            }
-            (_, false) => Arc::new(Dict::new(format!("{namespace}/{name}"), capacity)),
-        };
-        dicts.insert(
-            key,
-            Declared {
-                dict: dict.clone(),
-                durable,
-            },
-        );
-        Ok(dict)
-    }
-
-    /// The dict (namespace, name) if it was ever declared.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Dict>> {
-        let dicts = self.dicts.lock().unwrap_or_else(|e| e.into_inner());
-        dicts
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(|d| d.dict.clone())
-    }
-
-    /// Queues durable timer `id` with its `record` (opaque bytes) for the
-    /// next group commit, in the same file and transaction as the durable
-    /// dicts. False when it cannot be persisted (no data dir, file
-    /// unavailable or closed): the caller keeps the timer in memory only.
-    pub fn put_timer(&self, id: &str, record: Vec<u8>) -> bool {
-        self.durable.as_ref().is_some_and(|s| s.queue_timer(id, Some(record)))
-    }
-
-    /// Queues the deletion of durable timer `id` (write-behind, as `put_timer`).
-    pub fn delete_timer(&self, id: &str) {
-        if let Some(store) = &self.durable {
-            store.queue_timer(id, None);
-        }
-    }
-
-    /// Takes the (id, record) rows of the durable timers earlier processes
-    /// left in the file, for which `keep(id)` is true; each row is handed
-    /// out once per process. Empty without a data dir or a file.
-    pub fn take_restored_timers(&self, keep: impl FnMut(&[u8]) -> bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.durable
-            .as_ref()
-            .map_or_else(Vec::new, |s| s.take_restored_timers(keep))
-    }
-
-    /// For graceful shutdown: commits every pending durable change, stops
-    /// the commit thread and closes the file (blocking for one commit).
-    /// Durable dicts keep working in memory afterwards, unpersisted.
-    /// Idempotent; dropping the store does the same.
-    pub fn flush_and_close(&self) {
-        if let Some(store) = &self.durable {
-            store.close();
-        }
-    }
-}
-
-impl Drop for DictStore {
-    fn drop(&mut self) {
-        self.flush_and_close();
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Server {
     child: Option<Child>,
     pub port: u16,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The stderr reader saw the end of the stream.
+    reader_done: Arc<Mutex<bool>>,
     routes: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -114,6 +116,39 @@ impl Builder {
     }
 
     pub fn start(self) -> Server {
+        let mut server = self.launch();
+        let port = wait_for(STARTUP, || {
+            if let Some(status) = server.try_wait() {
+                panic!("dataplane exited early with {status}; stderr:\n{}", server.logs());
+            }
+            server.find_log_map(|l| {
+                let rest = &l[l.find("serving http://127.0.0.1:")? + "serving http://127.0.0.1:".len()..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u16>().ok()
+            })
+        });
+        server.port = port.unwrap_or_else(|| panic!("dataplane never said it was serving; stderr:\n{}", server.logs()));
+        server
+    }
+
+    /// Starts the dataplane expecting it to refuse to run: its exit status
+    /// and everything it logged. Panics if it starts serving instead.
+    pub fn start_expecting_exit(self) -> (ExitStatus, String) {
+        let mut server = self.launch();
+        let status = wait_for(STARTUP, || {
+            if server.logs().contains("serving http://") {
+                panic!("the dataplane started serving; stderr:\n{}", server.logs());
+            }
+            server.try_wait()
+        })
+        .unwrap_or_else(|| panic!("the dataplane neither exited nor served; stderr:\n{}", server.logs()));
+        // The stderr reader may still be draining the last lines.
+        wait_for(IO_TIMEOUT, || server.reader_done.lock().unwrap().then_some(()));
+        (status, server.logs())
+    }
+
+    /// Spawns the process; `port` is 0 until it says where it serves.
+    fn launch(self) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let routes = dir.path().join("routes.yaml");
         std::fs::write(&routes, &self.yaml).expect("write routes");
@@ -137,33 +172,24 @@ impl Builder {
             .spawn()
             .expect("spawn moongate-dataplane");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let reader_done = Arc::new(Mutex::new(false));
         let stderr = child.stderr.take().expect("stderr");
-        let sink = logs.clone();
+        let (sink, done) = (logs.clone(), reader_done.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push(strip_ansi(&line));
             }
+            *done.lock().unwrap() = true;
         });
-        let mut server = Server {
+        Server {
             child: Some(child),
             port: 0,
             logs,
+            reader_done,
             routes,
             _dir: dir,
-        };
-        let port = wait_for(STARTUP, || {
-            if let Some(status) = server.try_wait() {
-                panic!("dataplane exited early with {status}; stderr:\n{}", server.logs());
-            }
-            server.find_log_map(|l| {
-                let rest = &l[l.find("serving http://127.0.0.1:")? + "serving http://127.0.0.1:".len()..];
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                digits.parse::<u16>().ok()
-            })
-        });
-        server.port = port.unwrap_or_else(|| panic!("dataplane never said it was serving; stderr:\n{}", server.logs()));
-        server
+        }
     }
 }
 
@@ -309,6 +335,20 @@ impl Server {
     pub fn get_host(&self, host: &str, path: &str) -> Response {
         self.try_get_host(host, path, "")
             .unwrap_or_else(|e| panic!("GET {host}{path}: no response ({e}); logs:\n{}", self.logs()))
+    }
+
+    /// `GET path` on the admin listener (started with `--admin 127.0.0.1:0`),
+    /// at the address the server logged.
+    pub fn admin_get(&self, path: &str) -> Response {
+        let line = self
+            .wait_log("admin on http://", STARTUP)
+            .unwrap_or_else(|| panic!("no admin address logged:\n{}", self.logs()));
+        let addr = line[line.find("admin on http://").unwrap() + "admin on http://".len()..].trim();
+        let mut s = TcpStream::connect(addr).expect("connect admin");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+            .expect("send");
+        read_response(&mut BufReader::new(s)).expect("read admin response")
     }
 
     /// `GET path` over HTTP/1.1 with `Connection: close`.

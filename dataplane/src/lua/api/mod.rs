@@ -2,6 +2,7 @@
 //! the per-VM base `ngx` table; each route gets its own copy (see `vm`).
 
 pub mod codec;
+pub mod durable;
 pub mod header;
 pub mod log;
 pub mod misc;
@@ -24,6 +25,9 @@ pub const OP_FLUSH: i64 = 3;
 pub const OP_EOF: i64 = 4;
 pub const OP_READ_BODY: i64 = 5;
 pub const OP_CAPTURE: i64 = 6;
+/// Wait for a durable commit (`durable::wait`): `{sync = true}` writes and
+/// `moongate.durable.sync()`.
+pub const OP_DURABLE_SYNC: i64 = 7;
 
 /// Builds the base `ngx` table and the private `raw` table of primitives the
 /// Lua prelude wraps. `yield_marker` is the sentinel the driver recognises.
@@ -58,14 +62,10 @@ pub fn build(lua: &Lua, yield_marker: &Table, worker_id: usize, worker_count: us
             if seconds.is_nan() || seconds < 0.0 {
                 return Err(mlua::Error::runtime("invalid sleep duration"));
             }
-            if !crate::request::has_current() && crate::lua::phase_name() == "timer" {
-                return Ok(());
-            }
-            let r = crate::request::current(&api)?;
-            let r = r.borrow();
-            crate::request::check_phase(&r, &api, &[Phase::Rewrite, Phase::Access, Phase::Content])
+            check_may_yield(&api)
         })?,
     )?;
+    durable::register(lua, yield_marker)?;
 
     sandbox_primitives(lua, &raw)?;
     log::register(lua, &ngx)?;
@@ -154,6 +154,18 @@ fn random_functions(lua: &Lua) -> mlua::Result<(mlua::Function, mlua::Function)>
         Ok(())
     })?;
     Ok((random, randomseed))
+}
+
+/// Raises unless the running code may yield to a driver for `api`: a
+/// rewrite, access or content handler, or a timer callback (nginx's rule
+/// for `ngx.sleep`).
+pub fn check_may_yield(api: &str) -> mlua::Result<()> {
+    if !crate::request::has_current() && crate::lua::phase_name() == "timer" {
+        return Ok(());
+    }
+    let r = crate::request::current(api)?;
+    let r = r.borrow();
+    crate::request::check_phase(&r, api, &[Phase::Rewrite, Phase::Access, Phase::Content])
 }
 
 /// Formats a number as Lua's `tostring` does (`%.14g`).

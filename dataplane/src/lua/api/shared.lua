@@ -9,12 +9,16 @@
 -- numeric store ops are nginx's (0 set, 1 add, 2 replace, 4 safe_set,
 -- 5 safe_add). Only locals are used, so changing this chunk's environment
 -- changes nothing.
+--
+-- Beyond OpenResty, the writes take an options table as their last argument;
+-- `{sync = true}` waits for the write's commit (see shared.rs).
 local raw = ...
 local r_get, r_store, r_incr = raw.get, raw.store, raw.incr
 local r_push, r_pop, r_llen = raw.push, raw.pop, raw.llen
 local r_ttl, r_expire, r_flush_all = raw.ttl, raw.expire, raw.flush_all
 local r_flush_expired, r_get_keys = raw.flush_expired, raw.get_keys
 local r_capacity, r_free_space, argerror = raw.capacity, raw.free_space, raw.argerror
+local r_sync_check, r_sync_ticket, r_await = raw.sync_check, raw.sync_ticket, raw.await
 local type, tostring, tonumber, error, select, rawget = type, tostring, tonumber, error, select, rawget
 
 local function check_zone(zone)
@@ -73,6 +77,35 @@ local function c_zone(zone)
     return ud
 end
 
+-- The options table of a write: true when it asks for a sync write, after
+-- checking that this context may wait for it. `level` is the user's call.
+local function want_sync(opts, level)
+    if opts == nil then
+        return false
+    end
+    if type(opts) ~= "table" then
+        error('bad "opts" argument (table expected, got ' .. type(opts) .. ")", level + 1)
+    end
+    if not opts.sync then
+        return false
+    end
+    local refused = r_sync_check()
+    if refused then
+        error(refused, 0)
+    end
+    return true
+end
+
+-- Waits for the commit of everything written so far, this call's write
+-- included: true, or false and why. At once for a dict without persistence.
+local function await_commit(ud)
+    local ticket = r_sync_ticket(ud)
+    if ticket == nil then
+        return true
+    end
+    return r_await(ticket)
+end
+
 local function get(zone, key)
     local ud = check_zone(zone)
     if key == nil then
@@ -117,8 +150,9 @@ local function get_stale(zone, key)
     return val, nil, stale
 end
 
-local function store(op, zone, key, value, exptime, flags)
+local function store(op, zone, key, value, exptime, flags, opts)
     local ud = check_zone(zone)
+    local sync = want_sync(opts, 2)
     if not exptime then
         exptime = 0
     elseif exptime < 0 then
@@ -140,11 +174,19 @@ local function store(op, zone, key, value, exptime, flags)
     if t ~= "string" and t ~= "number" and t ~= "boolean" and t ~= "nil" then
         return nil, "bad value type"
     end
-    return r_store(ud, op, k, value, exptime * 1000, flags)
+    local ok, serr, forcible = r_store(ud, op, k, value, exptime * 1000, flags)
+    if sync and ok then
+        local done, why = await_commit(ud)
+        if not done then
+            return false, why, forcible
+        end
+    end
+    return ok, serr, forcible
 end
 
-local function incr(zone, key, value, init, init_ttl)
+local function incr(zone, key, value, init, init_ttl, opts)
     local ud = check_zone(zone)
+    local sync = want_sync(opts, 2)
     if key == nil then
         return nil, "nil key"
     end
@@ -188,6 +230,12 @@ local function incr(zone, key, value, init, init_ttl)
     if ierr then
         return nil, ierr
     end
+    if sync then
+        local done, why = await_commit(ud)
+        if not done then
+            return nil, why
+        end
+    end
     if not init then
         return num
     end
@@ -196,11 +244,13 @@ end
 
 local function push(front, ...)
     local n = select("#", ...)
-    if n ~= 3 then
+    local zone, key, value, opts = ...
+    -- A fourth argument is accepted only as the options table.
+    if n ~= 3 and not (n == 4 and (opts == nil or type(opts) == "table")) then
         error("expecting 3 arguments, but only seen " .. n, 0)
     end
-    local zone, key, value = ...
     local ud = c_zone(zone)
+    local sync = want_sync(opts, 3)
     if key == nil then
         return nil, "nil key"
     end
@@ -215,7 +265,14 @@ local function push(front, ...)
     if t ~= "string" and t ~= "number" then
         return nil, "bad value type"
     end
-    return r_push(ud, front, k, value)
+    local len, perr = r_push(ud, front, k, value)
+    if sync and len then
+        local done, why = await_commit(ud)
+        if not done then
+            return nil, why
+        end
+    end
+    return len, perr
 end
 
 -- pop and llen share everything but the primitive.
@@ -267,23 +324,23 @@ local mt = {}
 mt.__index = mt
 mt.get = get
 mt.get_stale = get_stale
-mt.set = function(zone, key, value, exptime, flags)
-    return store(0, zone, key, value, exptime, flags)
+mt.set = function(zone, key, value, exptime, flags, opts)
+    return store(0, zone, key, value, exptime, flags, opts)
 end
-mt.safe_set = function(zone, key, value, exptime, flags)
-    return store(4, zone, key, value, exptime, flags)
+mt.safe_set = function(zone, key, value, exptime, flags, opts)
+    return store(4, zone, key, value, exptime, flags, opts)
 end
-mt.add = function(zone, key, value, exptime, flags)
-    return store(1, zone, key, value, exptime, flags)
+mt.add = function(zone, key, value, exptime, flags, opts)
+    return store(1, zone, key, value, exptime, flags, opts)
 end
-mt.safe_add = function(zone, key, value, exptime, flags)
-    return store(5, zone, key, value, exptime, flags)
+mt.safe_add = function(zone, key, value, exptime, flags, opts)
+    return store(5, zone, key, value, exptime, flags, opts)
 end
-mt.replace = function(zone, key, value, exptime, flags)
-    return store(2, zone, key, value, exptime, flags)
+mt.replace = function(zone, key, value, exptime, flags, opts)
+    return store(2, zone, key, value, exptime, flags, opts)
 end
-mt.delete = function(zone, key)
-    return store(0, zone, key, nil)
+mt.delete = function(zone, key, opts)
+    return store(0, zone, key, nil, nil, nil, opts)
 end
 mt.incr = incr
 mt.lpush = function(...)

@@ -12,6 +12,20 @@
 //! under the dict lock. The primitives are created once per VM and cached in
 //! the registry; the Lua layer is instantiated per route so a route that
 //! tampers with its dict metatable affects only itself.
+//!
+//! **Sync writes** (beyond OpenResty): `set`, `safe_set`, `add`, `safe_add`,
+//! `replace`, `delete`, `incr`, `lpush` and `rpush` take an optional last
+//! argument, an options table; with `{sync = true}` a call that succeeded
+//! yields until a commit including its write has completed
+//! (`super::durable`), then returns as usual. It raises where yielding is not
+//! allowed (init, init_worker, header/body filter, log), even on a memory
+//! dict, so code behaves the same whatever the persistence. On a dict that is
+//! not persisted (Memory, no data dir, or a store file that could not be
+//! used, which is logged) it returns at once. When the
+//! commit covering the write fails, or the store closes first, the call
+//! returns `false, "not committed: ..."` (`nil, ...` for `incr` and the
+//! pushes): the write stays applied in memory and is retried by later
+//! commits, but was not confirmed durable.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -222,6 +236,27 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
 
+    // Sync writes: the context check comes before the write, the ticket after
+    // it (so it covers it); `await` yields the ticket to the driver.
+    raw.set(
+        "sync_check",
+        // The refusal is returned, for the Lua layer to raise as a plain
+        // message (as lua-nginx-module's C functions do).
+        lua.create_function(|_, ()| {
+            Ok(super::check_may_yield("ngx.shared.DICT sync write")
+                .err()
+                .map(|e| crate::lua::error_message(&e)))
+        })?,
+    )?;
+    raw.set(
+        "sync_ticket",
+        lua.create_function(|lua, zone: ZoneRef| match zone.0.sync_ticket() {
+            Some(ticket) => Ok(Some(lua.create_userdata(super::durable::Ticket(ticket))?)),
+            None => Ok(None),
+        })?,
+    )?;
+    raw.set("await", super::durable::await_function(lua)?)?;
+
     raw.set(
         "capacity",
         lua.create_function(|_, zone: ZoneRef| Ok(zone.0.capacity() as f64))?,
@@ -290,6 +325,9 @@ mod tests {
     /// installed as the global `shared`.
     fn vm() -> (Lua, Arc<Dict>) {
         let lua = Lua::new_with(StdLib::ALL_SAFE, LuaOptions::new()).expect("lua");
+        let marker = lua.create_table().expect("marker");
+        crate::lua::api::durable::register(&lua, &marker).expect("durable api");
+        lua.globals().set("YIELD", marker).expect("set");
         let dogs = Arc::new(Dict::new("dogs", 1 << 20));
         let dicts = [
             ("dogs".to_string(), dogs.clone()),
@@ -431,6 +469,43 @@ mod tests {
         );
         // The error position is the user's call site, as with lua-resty-core.
         assert_eq!(err("d.get('foo')"), "test:1: bad \"zone\" argument");
+    }
+
+    #[test]
+    fn sync_option_is_checked_and_refused_where_it_cannot_wait() {
+        let (lua, _) = vm();
+        let err = |call: &str| {
+            eval(
+                &lua,
+                &format!("local d = shared.dogs local ok, e = pcall(function() {call} end) return tostring(e)"),
+            )
+        };
+        assert_eq!(
+            err("d:set('k', 1, 0, 0, 'yes')"),
+            "test:1: bad \"opts\" argument (table expected, got string)"
+        );
+        assert_eq!(err("d:lpush('l', 1, true)"), "expecting 3 arguments, but only seen 4");
+        // No request and not a timer: the phase is init, which cannot yield;
+        // the write is refused before it is made.
+        for call in [
+            "d:set('k', 1, 0, 0, {sync = true})",
+            "d:incr('n', 1, 0, 0, {sync = true})",
+            "d:delete('k', {sync = true})",
+            "d:rpush('l', 1, {sync = true})",
+        ] {
+            assert_eq!(
+                err(call),
+                "API disabled in the context of init_by_lua* (ngx.shared.DICT sync write)",
+                "{call}"
+            );
+        }
+        assert_eq!(results(&lua, "d:get('k')"), "1|nil");
+        assert_eq!(results(&lua, "d:llen('l')"), "1|0");
+        // Without sync, or with sync = false, the options change nothing.
+        assert_eq!(results(&lua, "d:set('k', 1, 0, 0, {sync = false})"), "3|true|nil|false");
+        assert_eq!(results(&lua, "d:incr('k', 1, nil, nil, {})"), "1|2");
+        assert_eq!(results(&lua, "d:rpush('l', 'x', nil)"), "1|1");
+        assert_eq!(results(&lua, "d:delete('k', {})"), "3|true|nil|false");
     }
 
     #[test]

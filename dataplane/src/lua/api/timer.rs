@@ -382,6 +382,8 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
             };
             tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 1e9))).await;
             super::time::update_cached_time();
+        } else if op == super::OP_DURABLE_SYNC {
+            args = super::durable::wait(&run.lua, values.next()).await;
         } else if is_marker {
             // ngx.exit() and friends end a timer's coroutine.
             return Ok(());
