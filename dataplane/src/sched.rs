@@ -114,7 +114,10 @@ impl Sched {
             let seen = self.progress.get();
             tokio::task::yield_now().await;
             let idle = self.progress.get() == seen;
-            let fair = self.last.get().is_none_or(|(ended, took)| ended.elapsed() >= took * FOREGROUND_SHARE);
+            let fair = self
+                .last
+                .get()
+                .is_none_or(|(ended, took)| ended.elapsed() >= took * FOREGROUND_SHARE);
             if !(idle || fair) {
                 continue;
             }
@@ -130,7 +133,9 @@ impl Sched {
 
     /// Records that `route`'s code was aborted for CPU.
     pub fn penalize(&self, route: &Rc<str>) {
-        self.penalized.borrow_mut().insert(route.clone(), Instant::now() + PENALTY);
+        self.penalized
+            .borrow_mut()
+            .insert(route.clone(), Instant::now() + PENALTY);
     }
 
     /// Whether `route`'s handlers must start in the background lane.

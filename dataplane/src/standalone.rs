@@ -133,4 +133,3 @@ async fn reload(path: &Path, workers: &Workers, version: u64) -> Result<Vec<u8>>
     log_refused(&loaded.refused);
     Ok(hash)
 }
-

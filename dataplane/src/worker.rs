@@ -58,7 +58,11 @@ pub struct Settings {
 impl Settings {
     /// The CPU bounds of a route that asks for `budget` (0: the default).
     pub fn route_limits(&self, budget: u64) -> Limits {
-        let budget = if budget == 0 { self.cpu.budget } else { budget.min(self.cpu.budget) };
+        let budget = if budget == 0 {
+            self.cpu.budget
+        } else {
+            budget.min(self.cpu.budget)
+        };
         Limits {
             budget,
             slice: self.cpu.slice.min(budget),
@@ -68,7 +72,11 @@ impl Settings {
 
     /// The body limit of a route that asks for `max_body` (0: the default).
     pub fn route_max_body(&self, max_body: u64) -> u64 {
-        if max_body == 0 { self.max_body } else { max_body.min(self.max_body) }
+        if max_body == 0 {
+            self.max_body
+        } else {
+            max_body.min(self.max_body)
+        }
     }
 }
 
@@ -154,7 +162,8 @@ impl Worker {
             memory_limit: self.settings.memory_limit,
         };
         let vm = Rc::new(
-            Vm::new(namespace, &settings, &self.dicts).map_err(|e| format!("creating the Lua VM of namespace {namespace}: {e}"))?,
+            Vm::new(namespace, &settings, &self.dicts)
+                .map_err(|e| format!("creating the Lua VM of namespace {namespace}: {e}"))?,
         );
         self.tenants.borrow_mut().insert(vm.tenant.clone(), vm.clone());
         crate::metrics::tenant_vms(self.tenants.borrow().len());
@@ -213,7 +222,10 @@ impl Worker {
                 if routes.len() != config.routes.len() {
                     // A route failed here but not elsewhere and the control
                     // thread did not leave it out: never serve a half config.
-                    tracing::error!(worker = self.id, "internal error: committed routes differ from the prepared ones");
+                    tracing::error!(
+                        worker = self.id,
+                        "internal error: committed routes differ from the prepared ones"
+                    );
                     return;
                 }
                 let loaded = LoadedConfig { config, routes };
@@ -344,9 +356,12 @@ impl Workers {
                 routes.push(route.clone());
                 continue;
             };
-            let previous = serving
-                .as_ref()
-                .and_then(|s| s.routes.iter().position(|r| r.id == route.id).map(|j| (j, s.routes[j].clone())));
+            let previous = serving.as_ref().and_then(|s| {
+                s.routes
+                    .iter()
+                    .position(|r| r.id == route.id)
+                    .map(|j| (j, s.routes[j].clone()))
+            });
             if let Some((j, old)) = &previous {
                 sources.push(Source::Serving(*j));
                 routes.push(old.clone());

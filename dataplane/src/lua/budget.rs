@@ -323,7 +323,11 @@ pub(super) fn charge_allocation(bytes: usize) {
 
 /// Charges C work that took `elapsed`.
 pub fn charge_elapsed(elapsed: std::time::Duration) -> mlua::Result<()> {
-    charge(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).saturating_mul(UNITS_PER_NS))
+    charge(
+        u64::try_from(elapsed.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(UNITS_PER_NS),
+    )
 }
 
 /// The largest string the running code may build outside the VM.
@@ -396,7 +400,12 @@ unsafe extern "C-unwind" fn hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_D
         let count = ffi::lua_gethookcount(state);
         if count != HOOK_INTERVAL as std::os::raw::c_int {
             // `fire_soon` armed an early call: back to the normal interval.
-            ffi::lua_sethook(state, Some(hook), ffi::LUA_MASKCOUNT, HOOK_INTERVAL as std::os::raw::c_int);
+            ffi::lua_sethook(
+                state,
+                Some(hook),
+                ffi::LUA_MASKCOUNT,
+                HOOK_INTERVAL as std::os::raw::c_int,
+            );
         }
         (lua_isyieldable(state) != 0, u64::try_from(count).unwrap_or(0))
     };
@@ -433,7 +442,11 @@ unsafe extern "C-unwind" fn hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_D
 /// Turns the JIT off and installs the hook on a fresh VM.
 pub fn install(lua: &mlua::Lua) -> mlua::Result<()> {
     unsafe extern "C-unwind" {
-        fn luaJIT_setmode(l: *mut ffi::lua_State, idx: std::os::raw::c_int, mode: std::os::raw::c_int) -> std::os::raw::c_int;
+        fn luaJIT_setmode(
+            l: *mut ffi::lua_State,
+            idx: std::os::raw::c_int,
+            mode: std::os::raw::c_int,
+        ) -> std::os::raw::c_int;
     }
     // LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF: JIT-compiled traces never call
     // the hook, so nothing may be compiled.
@@ -442,7 +455,12 @@ pub fn install(lua: &mlua::Lua) -> mlua::Result<()> {
     unsafe {
         lua.exec_raw::<()>((), |state| {
             luaJIT_setmode(state, 0, ENGINE_OFF);
-            ffi::lua_sethook(state, Some(hook), ffi::LUA_MASKCOUNT, HOOK_INTERVAL as std::os::raw::c_int);
+            ffi::lua_sethook(
+                state,
+                Some(hook),
+                ffi::LUA_MASKCOUNT,
+                HOOK_INTERVAL as std::os::raw::c_int,
+            );
         })
     }
 }
@@ -482,7 +500,10 @@ mod tests {
         let _running = Running::enter(&a, HookHandle::NONE);
         assert!(charge(9_000).is_ok());
         a.yielded();
-        assert!(charge(9_000).is_err(), "past the budget even though each stretch was short");
+        assert!(
+            charge(9_000).is_err(),
+            "past the budget even though each stretch was short"
+        );
         assert_eq!(a.exceeded(), Some(Exceeded::Budget));
         a.reset();
         assert!(!aborted());

@@ -7,6 +7,9 @@ pub mod memory;
 pub mod stack;
 pub mod vm;
 
+#[cfg(test)]
+mod sandbox_tests;
+
 use std::cell::Cell;
 
 use crate::config::Phase;

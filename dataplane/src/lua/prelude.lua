@@ -42,6 +42,25 @@ ngx.sleep = function(seconds)
     return driver_yield(OP_SLEEP, seconds)
 end
 
+-- Output past a threshold is flushed as it is produced, as nginx sends it,
+-- where the handler can yield; the driver applies backpressure there.
+local say, print, co_isyieldable_out = raw.say, raw.print, coroutine.isyieldable
+local function sent(r, err)
+    if r == YIELD then
+        if co_isyieldable_out() then
+            driver_yield(OP_FLUSH)
+        end
+        return 1
+    end
+    return r, err
+end
+ngx.say = function(...)
+    return sent(say(...))
+end
+ngx.print = function(...)
+    return sent(print(...))
+end
+
 ngx.flush = function(wait)
     local r, err = flush(wait)
     if r == YIELD then
@@ -65,8 +84,9 @@ ngx.req.read_body = function()
 end
 
 -- Coroutines belong to the request (or timer run) that created them, as in
--- lua-nginx-module: resuming one from another request fails, and so does
--- resuming an entry thread, which the gateway recycles across requests.
+-- lua-nginx-module: resuming a suspended one from another request fails, and
+-- so does resuming a suspended entry thread, which the gateway recycles
+-- across requests. (LuaJIT itself refuses running, normal and dead ones.)
 local owner = setmetatable({}, { __mode = "k" })
 local execution, aborted, preempted = raw.execution, raw.aborted, raw.preempted
 local co_isyieldable = coroutine.isyieldable
@@ -118,7 +138,9 @@ coroutine.resume = function(co, ...)
         if type(co) ~= "thread" then
             error("bad argument #1 to 'resume' (coroutine expected)", 2)
         end
-        return false, FOREIGN
+        if co_status(co) == "suspended" then
+            return false, FOREIGN
+        end
     end
     return relay(co, co_resume(co, ...))
 end
@@ -137,7 +159,7 @@ coroutine.wrap = function(f)
     local co = co_create(f)
     local mine = execution()
     return function(...)
-        if mine ~= execution() then
+        if mine ~= execution() and co_status(co) == "suspended" then
             error(FOREIGN, 2)
         end
         return unwrap(relay(co, co_resume(co, ...)))

@@ -102,7 +102,12 @@ impl Vm {
         // No `jit`, `io`, `debug`, `ffi` or `package` at all; `os` loses
         // everything but its clocks in the sandbox.
         let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::BIT | StdLib::OS;
-        let lua = Lua::new_with(libs, LuaOptions::new())?;
+        Vm::with_lua(Lua::new_with(libs, LuaOptions::new())?, tenant, settings, dicts)
+    }
+
+    /// Sets up a tenant VM on a fresh `lua` (tests pass one with more
+    /// libraries loaded, to inspect the sandbox from outside).
+    pub(crate) fn with_lua(lua: Lua, tenant: &str, settings: &VmSettings, dicts: &Arc<DictStore>) -> mlua::Result<Vm> {
         let yield_marker = lua.create_table()?;
         let (base_ngx, raw) = api::build(&lua, &yield_marker, settings.worker_id, settings.worker_count)?;
         lua.load(PRELUDE)
@@ -186,8 +191,11 @@ impl Vm {
                 .map_err(|e| fail(e.to_string()))?;
             route_dicts.push((d.name.clone(), dict));
         }
-        ngx.set("shared", api::shared::shared_table(&self.lua, &route_dicts).map_err(lua_fail)?)
-            .map_err(lua_fail)?;
+        ngx.set(
+            "shared",
+            api::shared::shared_table(&self.lua, &route_dicts).map_err(lua_fail)?,
+        )
+        .map_err(lua_fail)?;
 
         let modules = self.lua.create_table().map_err(lua_fail)?;
         for (name, chunk) in &route.modules {
@@ -203,7 +211,9 @@ impl Vm {
             .raw_get::<Table>("moongate")
             .and_then(|m| m.get("timer"))
             .map_err(lua_fail)?;
-        moongate_timer.set("cancel", self.cancel_timer.clone()).map_err(lua_fail)?;
+        moongate_timer
+            .set("cancel", self.cancel_timer.clone())
+            .map_err(lua_fail)?;
         self.durable_api.install(&self.lua, &env).map_err(lua_fail)?;
         let load = |chunk: &Chunk| -> Result<Function, RouteLoadError> {
             self.lua

@@ -599,7 +599,11 @@ fn call_filter(lc: &Lifecycle, phase: Phase, f: &Function) -> bool {
 /// authority of its target, as HTTP/2 and absolute-form requests carry it);
 /// `None` for a request nginx answers with 400: an HTTP/1.1 request without
 /// Host, with more than one (RFC 9112 §3.2), or with a malformed one.
-fn select_server(config: &config::Config, r: &RequestState, authority: Option<&http::uri::Authority>) -> Option<ServerId> {
+fn select_server(
+    config: &config::Config,
+    r: &RequestState,
+    authority: Option<&http::uri::Authority>,
+) -> Option<ServerId> {
     let mut hosts = r.headers.get_all(http::header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return None,

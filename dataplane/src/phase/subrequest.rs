@@ -29,6 +29,8 @@ pub(super) struct Captured {
     status: u16,
     headers: HeaderMap,
     body: BytesMut,
+    /// The body went past the VM's memory limit and was cut there.
+    truncated: bool,
 }
 
 impl Captured {
@@ -38,7 +40,11 @@ impl Captured {
     }
 
     pub(super) fn append(&mut self, body: &[u8]) {
-        self.body.extend_from_slice(body);
+        let room = crate::lua::budget::max_string_len().saturating_sub(self.body.len());
+        if body.len() > room {
+            self.truncated = true;
+        }
+        self.body.extend_from_slice(&body[..body.len().min(room)]);
     }
 }
 
@@ -116,7 +122,8 @@ impl Lifecycle {
             return Ok(());
         }
         let config = &self.loaded.config;
-        let target = crate::request::normalize_path(&spec.uri).and_then(|uri| config.find_location(parent.server, &uri));
+        let target =
+            crate::request::normalize_path(&spec.uri).and_then(|uri| config.find_location(parent.server, &uri));
         match target {
             Some(at) if at.route != parent.location.route => Err(mlua::Error::runtime(format!(
                 "ctx and vars cannot be passed to {}, a location of another route",
@@ -259,7 +266,7 @@ fn result_table(lua: &Lua, captured: Captured) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("status", captured.status)?;
     t.set("body", lua.create_string(&captured.body)?)?;
-    t.set("truncated", false)?;
+    t.set("truncated", captured.truncated)?;
     let header = lua.create_table()?;
     for (name, value) in &captured.headers {
         // Lowercase keys; the lookup metatable finds `res.header["Content-Type"]` too.

@@ -86,7 +86,10 @@ fn sandbox_primitives(lua: &Lua, raw: &Table) -> mlua::Result<()> {
     use crate::lua::budget;
     raw.set("execution", lua.create_function(|_, ()| Ok(budget::execution()))?)?;
     raw.set("aborted", lua.create_function(|_, ()| Ok(budget::aborted()))?)?;
-    raw.set("preempted", lua.create_function(|_, keep: bool| Ok(budget::preempted(keep)))?)?;
+    raw.set(
+        "preempted",
+        lua.create_function(|_, keep: bool| Ok(budget::preempted(keep)))?,
+    )?;
     raw.set(
         "charge",
         lua.create_function(|_, bytes: f64| budget::charge_bytes(bytes.max(0.0) as usize))?,

@@ -16,14 +16,21 @@ use crate::request::{self, Body, Exit, RequestState};
 
 const OUTPUT_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
 
+/// Output buffered past this is flushed at once where the handler can yield
+/// (the prelude's `ngx.say`/`ngx.print` do it), as nginx sends output as it is
+/// produced; where it cannot, the buffer may grow to the VM's memory limit.
+const AUTO_FLUSH: usize = 1 << 20;
+
 pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> mlua::Result<()> {
-    ngx.set(
+    let marker = yield_marker.clone();
+    raw.set(
         "say",
-        lua.create_function(|_, args: mlua::MultiValue| emit("say", args, true))?,
+        lua.create_function(move |_, args: mlua::MultiValue| emit("say", args, true, &marker))?,
     )?;
-    ngx.set(
+    let marker = yield_marker.clone();
+    raw.set(
         "print",
-        lua.create_function(|_, args: mlua::MultiValue| emit("print", args, false))?,
+        lua.create_function(move |_, args: mlua::MultiValue| emit("print", args, false, &marker))?,
     )?;
 
     let marker = yield_marker.clone();
@@ -77,9 +84,17 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     Ok(())
 }
 
+/// How deep `ngx.print` follows nested tables: a cycle or a hostile nesting
+/// fails its call instead of the worker's stack.
+const MAX_TABLE_DEPTH: usize = 100;
+
 /// Appends the printable form of each argument, as `ngx.print` does: strings,
 /// numbers, booleans, nil, `ngx.null` and (nested) array tables of those.
 pub fn append_value(out: &mut BytesMut, v: &Value, api: &str, arg: usize) -> mlua::Result<()> {
+    append_nested(out, v, api, arg, 0)
+}
+
+fn append_nested(out: &mut BytesMut, v: &Value, api: &str, arg: usize, depth: usize) -> mlua::Result<()> {
     match v {
         Value::String(s) => out.put_slice(&s.as_bytes()),
         Value::Number(n) => out.put_slice(fmt_number(*n).as_bytes()),
@@ -88,12 +103,17 @@ pub fn append_value(out: &mut BytesMut, v: &Value, api: &str, arg: usize) -> mlu
         Value::Nil => out.put_slice(b"nil"),
         Value::LightUserData(p) if p.0.is_null() => out.put_slice(b"null"),
         Value::Table(t) => {
+            if depth >= MAX_TABLE_DEPTH {
+                return Err(mlua::Error::runtime(format!(
+                    "bad argument #{arg} to '{api}' (table nested deeper than {MAX_TABLE_DEPTH} levels, or cyclic)"
+                )));
+            }
             let len = t.raw_len();
             for i in 1..=len {
                 let item: Value = t.raw_get(i)?;
                 match item {
                     Value::Table(_) | Value::String(_) | Value::Number(_) | Value::Integer(_) => {
-                        append_value(out, &item, api, arg)?
+                        append_nested(out, &item, api, arg, depth + 1)?
                     }
                     other => {
                         return Err(mlua::Error::runtime(format!(
@@ -114,16 +134,23 @@ pub fn append_value(out: &mut BytesMut, v: &Value, api: &str, arg: usize) -> mlu
     Ok(())
 }
 
-fn emit(api: &str, args: mlua::MultiValue, newline: bool) -> mlua::Result<(Option<i64>, Option<&'static str>)> {
+/// `ngx.say`/`ngx.print`: `1`, or `nil, err`, or the yield marker when the
+/// buffered output should be flushed now.
+fn emit(
+    api: &str,
+    args: mlua::MultiValue,
+    newline: bool,
+    marker: &Table,
+) -> mlua::Result<(Value, Option<&'static str>)> {
     let req = request::current(api)?;
     {
         let r = req.borrow();
         request::check_phase(&r, if newline { "ngx.say" } else { "ngx.print" }, OUTPUT_PHASES)?;
         if r.eof {
-            return Ok((None, Some("seen eof")));
+            return Ok((Value::Nil, Some("seen eof")));
         }
     }
-    {
+    let flush = {
         let mut r = req.borrow_mut();
         let output = &mut r.output;
         let mark = output.len();
@@ -138,10 +165,22 @@ fn emit(api: &str, args: mlua::MultiValue, newline: bool) -> mlua::Result<(Optio
         if newline {
             buf.put_u8(b'\n');
         }
+        crate::lua::budget::charge_bytes(buf.len() - mark)?;
+        if buf.len() > crate::lua::budget::max_string_len() {
+            let held = buf.len();
+            buf.truncate(mark);
+            return Err(mlua::Error::runtime(format!(
+                "not enough memory: the response would hold {held} bytes not yet sent"
+            )));
+        }
         output.end_chunk();
-    }
+        output.len() > AUTO_FLUSH
+    };
     crate::phase::header_filter::send_header(&req);
-    Ok((Some(1), None))
+    if flush {
+        return Ok((Value::Table(marker.clone()), None));
+    }
+    Ok((Value::Integer(1), None))
 }
 
 /// `ngx.arg` in body_filter: `[1]` is the chunk, `[2]` whether it is the last.

@@ -80,12 +80,16 @@ impl Owner {
     /// Why a new pending timer is refused, if it is.
     fn pending_full(&self) -> bool {
         let [route, namespace, worker] = self.counts();
-        route.pending >= MAX_PENDING || namespace.pending >= MAX_PENDING_NAMESPACE || worker.pending >= MAX_PENDING_WORKER
+        route.pending >= MAX_PENDING
+            || namespace.pending >= MAX_PENDING_NAMESPACE
+            || worker.pending >= MAX_PENDING_WORKER
     }
 
     fn running_full(&self) -> bool {
         let [route, namespace, worker] = self.counts();
-        route.running >= MAX_RUNNING || namespace.running >= MAX_RUNNING_NAMESPACE || worker.running >= MAX_RUNNING_WORKER
+        route.running >= MAX_RUNNING
+            || namespace.running >= MAX_RUNNING_NAMESPACE
+            || worker.running >= MAX_RUNNING_WORKER
     }
 }
 

@@ -17,11 +17,13 @@ mod template;
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use mlua::{Function, Lua, LuaString, MultiValue, Table, Value};
 
 use self::pcre::{ExecMode, Match, Regex};
 use self::template::Template;
+use crate::lua::budget;
 
 /// Wraps each Rust entry point: `RAISE, value, level` from Rust becomes
 /// `error(value, level)`; any other result passes through unchanged (the
@@ -222,8 +224,26 @@ fn integer_of(value: &Value) -> Option<i64> {
     }
 }
 
-fn compile(regex: &[u8], flags: Flags) -> Result<Rc<Regex>, Vec<u8>> {
-    pcre::cached(regex, flags.options)
+fn compile(regex: &[u8], flags: Flags) -> mlua::Result<Result<Rc<Regex>, Vec<u8>>> {
+    let started = Instant::now();
+    let compiled = pcre::cached(regex, flags.options);
+    budget::charge_elapsed(started.elapsed())?;
+    Ok(compiled)
+}
+
+/// PCRE2's default match limit, which lua-nginx-module keeps by default.
+const MATCH_LIMIT: u32 = 10_000_000;
+/// PCRE2 backtracking steps per budget unit (a step takes a few nanoseconds).
+const UNITS_PER_STEP: u64 = 4;
+
+/// Runs `re` as `Regex::exec` does, on the running code's CPU budget: at most
+/// the steps its allowance covers, and the time it took is charged.
+fn exec(re: &Regex, subject: &[u8], start: usize, mode: ExecMode) -> mlua::Result<Result<Option<Match>, i32>> {
+    let steps = (budget::c_allowance() / UNITS_PER_STEP).clamp(1000, u64::from(MATCH_LIMIT));
+    let started = Instant::now();
+    let found = re.exec(subject, start, mode, steps as u32);
+    budget::charge_elapsed(started.elapsed())?;
+    Ok(found)
 }
 
 /// Validates the subject once for UTF regexes so that every exec of this
@@ -279,7 +299,7 @@ fn match_or_find(lua: &Lua, api: &Api, args: MultiValue, want: Want) -> Outcome 
     };
     let err_nils = if want == Want::Captures { 1 } else { 2 };
 
-    let re = match compile(&regex.as_bytes(), flags) {
+    let re = match compile(&regex.as_bytes(), flags)? {
         Ok(re) => re,
         Err(err) => return nil_err(lua, err_nils, err),
     };
@@ -303,7 +323,11 @@ fn match_or_find(lua: &Lua, api: &Api, args: MultiValue, want: Want) -> Outcome 
     };
 
     let bytes = subject.as_bytes();
-    let m = match exec_mode(&re, &bytes, flags).and_then(|mode| re.exec(&bytes, start, mode)) {
+    let found = match exec_mode(&re, &bytes, flags) {
+        Ok(mode) => exec(&re, &bytes, start, mode)?,
+        Err(code) => Err(code),
+    };
+    let m = match found {
         Ok(Some(m)) => m,
         Ok(None) => return values(vec![Value::Nil]),
         Err(code) => return nil_err(lua, err_nils, exec_error(code)),
@@ -384,7 +408,7 @@ fn gmatch(lua: &Lua, api: &Api, args: MultiValue) -> Outcome {
     let subject = tostring(api, arg(&args, 0))?;
     let regex = string_arg(api, &args, 1, "gmatch")?;
     let flags = flags_arg(api, &args, 2, "gmatch")?;
-    let re = match compile(&regex.as_bytes(), flags) {
+    let re = match compile(&regex.as_bytes(), flags)? {
         Ok(re) => re,
         Err(err) => return nil_err(lua, 1, err),
     };
@@ -398,12 +422,12 @@ fn gmatch(lua: &Lua, api: &Api, args: MultiValue) -> Outcome {
             return nil();
         };
         let bytes = subject.as_bytes();
-        let found = match mode.get() {
-            Some(mode) => re.exec(&bytes, pos, mode),
-            None => exec_mode(&re, &bytes, flags).and_then(|m| {
+        let found = match mode.get().map_or_else(|| exec_mode(&re, &bytes, flags), Ok) {
+            Ok(m) => {
                 mode.set(Some(m));
-                re.exec(&bytes, pos, m)
-            }),
+                exec(&re, &bytes, pos, m)?
+            }
+            Err(code) => Err(code),
         };
         let m = match found {
             Ok(Some(m)) => m,
@@ -447,7 +471,7 @@ fn substitute(lua: &Lua, api: &Api, args: MultiValue, global: bool) -> Outcome {
         other => Replace::Source(tostring(api, other)?),
     };
     let flags = flags_arg(api, &args, 3, func)?;
-    let re = match compile(&regex.as_bytes(), flags) {
+    let re = match compile(&regex.as_bytes(), flags)? {
         Ok(re) => re,
         Err(err) => return nil_err(lua, 2, err),
     };
@@ -471,7 +495,7 @@ fn substitute(lua: &Lua, api: &Api, args: MultiValue, global: bool) -> Outcome {
         Err(code) => return nil_err(lua, 2, exec_error(code)),
     };
     loop {
-        let m = match re.exec(&bytes, pos, mode) {
+        let m = match exec(&re, &bytes, pos, mode)? {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(code) => return nil_err(lua, 2, exec_error(code)),

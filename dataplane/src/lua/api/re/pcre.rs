@@ -195,9 +195,14 @@ impl Regex {
             .collect())
     }
 
-    /// Runs the regex on `subject` from byte offset `start`. `Ok(None)` is no
-    /// match; `Err(code)` carries the PCRE1 error number.
-    pub fn exec(&self, subject: &[u8], start: usize, mode: ExecMode) -> Result<Option<Match>, i32> {
+    /// Runs the regex on `subject` from byte offset `start`, giving up after
+    /// `match_limit` of PCRE2's backtracking steps (`-8`, as PCRE1's
+    /// `PCRE_ERROR_MATCHLIMIT`). `Ok(None)` is no match; `Err(code)` carries
+    /// the PCRE1 error number.
+    pub fn exec(&self, subject: &[u8], start: usize, mode: ExecMode, match_limit: u32) -> Result<Option<Match>, i32> {
+        let context = MATCH_CONTEXT.with(|c| c.0);
+        // SAFETY: the context is this thread's own, valid for its life.
+        unsafe { pcre2_set_match_limit_8(context, match_limit) };
         let mut options = 0;
         if mode.utf_checked {
             // PCRE2 must not see invalid UTF-8 under NO_UTF_CHECK (undefined
@@ -220,18 +225,18 @@ impl Regex {
                     start,
                     options,
                     self.match_data,
-                    ptr::null_mut(),
+                    context,
                     workspace.as_mut_ptr(),
                     DFA_WORKSPACE_COUNT,
                 )
             }
         } else {
-            self.run_match(subject, start, options)
+            self.run_match(subject, start, options, context)
         };
         if rc == PCRE2_ERROR_JIT_STACKLIMIT {
             // The JIT's machine stack is small; the interpreter keeps its
             // frames on the heap and copes with deeper backtracking.
-            rc = self.run_match(subject, start, options | PCRE2_NO_JIT);
+            rc = self.run_match(subject, start, options | PCRE2_NO_JIT, context);
         }
         if rc == PCRE2_ERROR_NOMATCH {
             return Ok(None);
@@ -260,8 +265,8 @@ impl Regex {
         }))
     }
 
-    fn run_match(&self, subject: &[u8], start: usize, options: u32) -> c_int {
-        // SAFETY: subject slice and match data are valid; PCRE2 validates `start`.
+    fn run_match(&self, subject: &[u8], start: usize, options: u32, context: *mut pcre2_match_context_8) -> c_int {
+        // SAFETY: subject slice, match data and context are valid; PCRE2 validates `start`.
         unsafe {
             pcre2_match_8(
                 self.code,
@@ -270,7 +275,7 @@ impl Regex {
                 start,
                 options,
                 self.match_data,
-                ptr::null_mut(),
+                context,
             )
         }
     }
@@ -382,8 +387,22 @@ struct Cache {
     entries: usize,
 }
 
+/// A match context, for its match limit; one per thread, set before each exec.
+struct MatchContext(*mut pcre2_match_context_8);
+
+impl Drop for MatchContext {
+    fn drop(&mut self) {
+        // SAFETY: created by `pcre2_match_context_create_8`, freed once.
+        unsafe { pcre2_match_context_free_8(self.0) }
+    }
+}
+
 thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    // SAFETY: a null general context means PCRE2's default allocator. A null
+    // result would make PCRE2 use its defaults (no limit from us) — it only
+    // happens when out of memory at thread start.
+    static MATCH_CONTEXT: MatchContext = MatchContext(unsafe { pcre2_match_context_create_8(ptr::null_mut()) });
 }
 
 /// Returns the compiled regex for (pattern, options), compiling on a miss.
@@ -414,6 +433,8 @@ pub fn cached(pattern: &[u8], options: u32) -> Result<Rc<Regex>, Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIMIT: u32 = 10_000_000;
 
     const NORMAL: ExecMode = ExecMode {
         dfa: false,
@@ -450,37 +471,40 @@ mod tests {
     fn exec_reports_spans_and_rc() {
         let re = Regex::compile(b"([0-9])|(x)", 0).unwrap();
         assert_eq!(re.capture_count(), 2);
-        let m = re.exec(b"ab12", 0, NORMAL).unwrap().unwrap();
+        let m = re.exec(b"ab12", 0, NORMAL, LIMIT).unwrap().unwrap();
         assert_eq!(m.rc, 2);
         assert_eq!(m.spans, vec![Some((2, 3)), Some((2, 3)), None]);
-        assert_eq!(re.exec(b"ab12", 3, NORMAL).unwrap().unwrap().whole(), (3, 4));
-        assert_eq!(re.exec(b"ab", 0, NORMAL), Ok(None));
-        assert_eq!(re.exec(b"ab", 3, NORMAL), Err(-24));
+        assert_eq!(re.exec(b"ab12", 3, NORMAL, LIMIT).unwrap().unwrap().whole(), (3, 4));
+        assert_eq!(re.exec(b"ab", 0, NORMAL, LIMIT), Ok(None));
+        assert_eq!(re.exec(b"ab", 3, NORMAL, LIMIT), Err(-24));
     }
 
     #[test]
     fn dfa_finds_longest_match_without_groups() {
         let re = Regex::compile(b"(he|hell)", 0).unwrap();
-        let m = re.exec(b"hello", 0, DFA).unwrap().unwrap();
+        let m = re.exec(b"hello", 0, DFA, LIMIT).unwrap().unwrap();
         assert_eq!((m.rc, m.spans), (1, vec![Some((0, 4))]));
         let backref = Regex::compile(b"(a)\\1", 0).unwrap();
-        assert_eq!(backref.exec(b"aa", 0, DFA), Err(-16));
+        assert_eq!(backref.exec(b"aa", 0, DFA, LIMIT), Err(-16));
     }
 
     #[test]
     fn bad_utf8_subject_is_pcre1_error() {
         let re = Regex::compile("你好".as_bytes(), OPT_UTF).unwrap();
         assert!(re.is_utf());
-        assert_eq!(re.exec(&"你好".as_bytes()[..4], 0, NORMAL), Err(-10));
+        assert_eq!(re.exec(&"你好".as_bytes()[..4], 0, NORMAL, LIMIT), Err(-10));
         assert_eq!(check_utf8(&"你好".as_bytes()[..4]), Err(-10));
         let any = Regex::compile(b"", OPT_UTF).unwrap();
-        assert_eq!(any.exec("章".as_bytes(), 1, NORMAL), Err(-11));
+        assert_eq!(any.exec("章".as_bytes(), 1, NORMAL, LIMIT), Err(-11));
         let checked = ExecMode {
             dfa: false,
             utf_checked: true,
         };
-        assert_eq!(any.exec("章".as_bytes(), 1, checked), Err(-11));
-        assert_eq!(any.exec("章".as_bytes(), 3, checked).unwrap().unwrap().whole(), (3, 3));
+        assert_eq!(any.exec("章".as_bytes(), 1, checked, LIMIT), Err(-11));
+        assert_eq!(
+            any.exec("章".as_bytes(), 3, checked, LIMIT).unwrap().unwrap().whole(),
+            (3, 3)
+        );
         assert!(Regex::compile(b"(*UTF)x", 0).unwrap().is_utf());
     }
 
