@@ -3,12 +3,15 @@
 //! Lua that runs past a slice is yielded by the count hook (`lua::budget`);
 //! its driver then waits in this worker's **background lane** before its next
 //! slice. The lane releases one waiting slice at a time, and only when the
-//! foreground had its turn: after a scheduler round in which no foreground
-//! Lua ran (the worker is otherwise idle), or once the foreground has had
-//! [`FOREGROUND_SHARE`] times the last background slice's time since it
-//! ended. So a CPU-bound handler gets the whole worker when nothing else
-//! runs, and about one part in `FOREGROUND_SHARE + 1` when others are
-//! waiting, however many such handlers there are.
+//! foreground had its turn: once no foreground request has run for [`IDLE`]
+//! (then slices follow back to back while it stays idle), or once the
+//! foreground has had [`FOREGROUND_SHARE`] times the last background slice's
+//! time since it ended. So a CPU-bound handler gets the whole worker when
+//! nothing else runs, and about one part in `FOREGROUND_SHARE + 1` when
+//! others are waiting, however many such handlers there are. (Watching for
+//! an idle scheduler round instead lets a load generator on the same cores
+//! — closed-loop clients pause between requests — hand the background far
+//! more than its share.)
 //!
 //! A route whose code was aborted for CPU (budget or unpreemptible stretch)
 //! is **penalized** for [`PENALTY`]: its handlers start in the background
@@ -27,6 +30,8 @@ use tokio::sync::{Notify, oneshot};
 
 /// The foreground's share of the worker against one background slice.
 pub const FOREGROUND_SHARE: u32 = 9;
+/// How long the foreground must be quiet for the worker to count as idle.
+pub const IDLE: Duration = Duration::from_millis(1);
 /// How long a route aborted for CPU starts its handlers in the background.
 pub const PENALTY: Duration = Duration::from_secs(1);
 /// A route's timers regain their whole budget over this time.

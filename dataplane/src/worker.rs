@@ -32,8 +32,9 @@ pub const DEFAULT_INSTRUCTION_BUDGET: u64 = 100_000_000;
 /// tenth of a millisecond.
 pub const DEFAULT_SLICE: u64 = 100_000;
 /// The longest stretch of code that cannot yield (a C callback, a filter):
-/// a few milliseconds.
-pub const DEFAULT_UNPREEMPTIBLE: u64 = 5_000_000;
+/// about two milliseconds, which bounds how long one request can hold a
+/// worker that others are waiting on.
+pub const DEFAULT_UNPREEMPTIBLE: u64 = 1_000_000;
 /// Bytes one tenant VM may hold on one worker.
 pub const DEFAULT_MEMORY_LIMIT: usize = 128 << 20;
 

@@ -418,3 +418,66 @@ fn a_hostname_belongs_to_the_first_namespace_until_it_allows_another() {
     .unwrap_or_else(|| panic!("the tenant's location never served /a.json; last: {last:?}"));
     assert_eq!(dp.get("shop.test", "/index.html"), Some((200, "owner\n".to_string())));
 }
+
+/// `name` on `host` answering `body`, with `init` run at load.
+fn route_with_init(name: &str, host: &str, init: &str, body: &str) -> String {
+    format!(
+        "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata:\n  name: {name}\nspec:\n  hostnames: [{host}]\n  init: |\n    {init}\n  locations:\n    - path: /\n      content: ngx.say(\"{body}\")\n"
+    )
+}
+
+#[test]
+fn a_route_whose_init_fails_is_reported_and_never_blocks_the_others() {
+    let env = Env::new("init");
+    let grpc = free_port();
+    let _controller = env.controller("controller-0", grpc, free_port());
+    let a = env.dataplane("dp-a", &[grpc]);
+
+    env.apply(&route_with_init("flaky", "flaky.test", "INIT = 1", "flaky v1"))
+        .unwrap();
+    env.apply(&route_yaml("steady", "steady.test", "ngx.say(\"steady v1\")"))
+        .unwrap();
+    env.wait_status("flaky", "Programmed", |r| programmed_on_all(r, 1));
+    wait_body(&[&a], "flaky.test", "flaky v1\n");
+
+    // A new generation whose init throws: the dataplane keeps the route's
+    // serving version, says so, and applies everything else.
+    env.apply(&route_with_init(
+        "flaky",
+        "flaky.test",
+        "error('boom in init')",
+        "flaky v2",
+    ))
+    .unwrap();
+    env.apply(&route_yaml("steady", "steady.test", "ngx.say(\"steady v2\")"))
+        .unwrap();
+    let status = env.wait_status("flaky", "Programmed=False naming the init error", |r| {
+        condition(r, "Programmed").is_some_and(|c| c.0 == "False" && c.2.contains("boom in init"))
+    });
+    let (_, reason, message) = condition(&status, "Programmed").unwrap();
+    assert_eq!(reason, "Rejected", "{message}");
+    assert!(
+        message.contains("dp-a") && message.contains("previous version keeps serving"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&status, "Accepted").unwrap().0,
+        "True",
+        "the Lua compiles: only loading fails"
+    );
+    env.wait_status("steady", "Programmed", |r| programmed_on_all(r, 1));
+    wait_body(&[&a], "steady.test", "steady v2\n");
+    wait_body(&[&a], "flaky.test", "flaky v1\n");
+
+    // A dataplane that starts now has no previous version to keep: the route
+    // is left out there, and the others serve.
+    let b = env.dataplane("dp-b", &[grpc]);
+    wait_body(&[&b], "steady.test", "steady v2\n");
+    wait_status_code(&[&b], "flaky.test", 404);
+
+    // Fixed: programmed everywhere again.
+    env.apply(&route_with_init("flaky", "flaky.test", "INIT = 3", "flaky v3"))
+        .unwrap();
+    env.wait_status("flaky", "Programmed", |r| programmed_on_all(r, 2));
+    wait_body(&[&a, &b], "flaky.test", "flaky v3\n");
+}

@@ -103,6 +103,7 @@ fn worker_main(
             return;
         }
     };
+    let _watched = crate::lua::watchdog::watch_this_thread();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let worker = match Worker::new(id, settings.clone(), dicts) {

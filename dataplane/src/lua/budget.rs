@@ -24,6 +24,11 @@
 //!   log handlers), one stretch may run at most this much before it is
 //!   aborted, which bounds how long a hostile route can hold the worker.
 //!
+//! C work is charged by the code that does it where it can bound it up
+//! front (Lua patterns, PCRE2's match limit), by the VM's allocator for what
+//! it allocates (`memory`), and by the CPU watchdog (`watchdog`) for the rest
+//! (a concatenation that copies a megabyte and allocates nothing).
+//!
 //! The hook also guards the C stack (`super::stack`): recursion through C
 //! functions is bounded by the thread's real stack, not by luck.
 //!
@@ -42,10 +47,10 @@ pub const HOOK_INTERVAL: u32 = 1000;
 /// How the error of code past its budget begins.
 pub const EXCEEDED: &str = "instruction budget exceeded";
 
-/// Work units of C code per nanosecond of CPU, for work charged by time
-/// (PCRE2, the collector). An interpreted instruction with the hook costs
-/// about 1 ns on the machines measured (see `Vm::new`'s notes).
-pub const UNITS_PER_NS: u64 = 1;
+/// Nanoseconds of CPU per work unit, for work charged by time (PCRE2, the
+/// collector, the watchdog): what an interpreted instruction with the hook
+/// costs (100 million took 0.2 s on the machine measured).
+pub const NS_PER_UNIT: u64 = 2;
 
 /// Bytes allocated, copied or scanned by C code per work unit: allocating,
 /// filling and hashing a new string runs at a few bytes per nanosecond.
@@ -131,9 +136,11 @@ impl Account {
         self.since_yield.set(0);
     }
 
-    /// Limits the remaining budget to `cap` (a timer's share of its route's bucket).
-    pub fn cap_left(&self, cap: u64) {
-        self.left.set(self.left.get().min(cap));
+    /// Sets what the code may still spend: a timer run resumes with what
+    /// its route's timer bucket holds, so a long-lived timer is bounded by
+    /// the bucket's refill rate, not by one budget over its whole life.
+    pub fn set_left(&self, units: u64) {
+        self.left.set(units);
     }
 
     pub fn exceeded(&self) -> Option<Exceeded> {
@@ -161,6 +168,12 @@ impl Account {
     }
 
     fn charge(&self, units: u64) {
+        super::watchdog::charged(units);
+        self.charge_uncounted(units);
+    }
+
+    /// Charges units the watchdog already counts as charged.
+    fn charge_uncounted(&self, units: u64) {
         self.spent.set(self.spent.get().saturating_add(units));
         self.since_yield.set(self.since_yield.get().saturating_add(units));
         let left = self.left.get().saturating_sub(units);
@@ -191,6 +204,12 @@ impl Account {
 pub struct HookHandle(*mut ffi::lua_State);
 
 impl HookHandle {
+    pub(super) fn from_raw(state: *mut ffi::lua_State) -> HookHandle {
+        HookHandle(state)
+    }
+}
+
+impl HookHandle {
     /// The hook handle of `lua`.
     pub fn of(lua: &mlua::Lua) -> HookHandle {
         // SAFETY: exec_raw hands us a valid state of this VM; the main state
@@ -205,7 +224,7 @@ impl HookHandle {
 
     /// Makes the hook fire at the next instruction, so a slice that C work
     /// used up ends at once instead of up to `HOOK_INTERVAL` instructions later.
-    fn fire_soon(self) {
+    pub(super) fn fire_soon(self) {
         if !self.0.is_null() {
             // SAFETY: a live state of the running VM; sets hook fields only.
             unsafe { ffi::lua_sethook(self.0, Some(hook), ffi::LUA_MASKCOUNT, 1) };
@@ -229,6 +248,7 @@ pub struct Running {
 impl Running {
     /// `vm` is the VM whose code runs on the account now.
     pub fn enter(account: &Rc<Account>, vm: HookHandle) -> Running {
+        super::watchdog::running(account.id, vm.0);
         let previous = RUNNING.with(|r| r.replace(Some((account.clone(), vm))));
         Running { previous }
     }
@@ -237,6 +257,10 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let previous = self.previous.take();
+        match &previous {
+            Some((a, vm)) => super::watchdog::running(a.id, vm.0),
+            None => super::watchdog::running(0, std::ptr::null_mut()),
+        }
         RUNNING.with(|r| *r.borrow_mut() = previous);
     }
 }
@@ -323,11 +347,7 @@ pub(super) fn charge_allocation(bytes: usize) {
 
 /// Charges C work that took `elapsed`.
 pub fn charge_elapsed(elapsed: std::time::Duration) -> mlua::Result<()> {
-    charge(
-        u64::try_from(elapsed.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(UNITS_PER_NS),
-    )
+    charge(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / NS_PER_UNIT)
 }
 
 /// The largest string the running code may build outside the VM.
@@ -371,6 +391,7 @@ fn verdict(yieldable: bool, instructions: u64) -> Verdict {
             return Verdict::Continue;
         };
         a.charge(instructions + super::memory::take_uncharged() as u64 / BYTES_PER_UNIT);
+        a.charge_uncounted(super::watchdog::take_pending());
         if let Some(why) = a.exceeded() {
             return Verdict::Fail(exceeded_message(why, None));
         }

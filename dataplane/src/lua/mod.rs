@@ -6,6 +6,7 @@ pub mod budget;
 pub mod memory;
 pub mod stack;
 pub mod vm;
+pub mod watchdog;
 
 #[cfg(test)]
 mod sandbox_tests;

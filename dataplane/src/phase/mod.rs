@@ -109,6 +109,7 @@ pub fn take_head() -> Option<Response> {
 /// phase. Finishing without a head means: close the connection.
 pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: ConnInfo) {
     crate::lua::api::time::update_cached_time();
+    worker.sched.foreground();
     let loaded = worker.config();
     let (parts, body) = request.into_parts();
     let request_uri = parts

@@ -341,7 +341,19 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
         None
     };
     loop {
-        account.cap_left(sched.timer_allowance(&run.route, run.limits.budget));
+        let allowance = sched.timer_allowance(&run.route, run.limits.budget);
+        if allowance == 0 {
+            // The route's timers spent their bucket: this run ends like one
+            // that ran out itself.
+            crate::metrics::budget_exceeded();
+            crate::metrics::timer_callback_error();
+            sched.penalize(&run.route);
+            return Err(format!(
+                "{}: the route's timers used up their CPU budget",
+                budget::EXCEEDED
+            ));
+        }
+        account.set_left(allowance);
         let before = account.spent();
         if slice.is_none() {
             sched.foreground();
