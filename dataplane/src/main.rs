@@ -92,10 +92,10 @@ struct Cli {
     #[arg(long, default_value = "128Mi", value_parser = parse_size)]
     lua_memory_limit: u64,
     /// The largest shared dict a route may declare.
-    #[arg(long, default_value = "256Mi", value_parser = parse_size)]
+    #[arg(long, default_value = "1Gi", value_parser = parse_size)]
     max_shared_dict_size: u64,
     /// The most shared dict capacity one namespace may declare in all.
-    #[arg(long, default_value = "1Gi", value_parser = parse_size)]
+    #[arg(long, default_value = "4Gi", value_parser = parse_size)]
     max_namespace_shared_dicts: u64,
     /// Where `persistence: Durable` shared dicts are stored (one redb file).
     #[arg(long, env = "MOONGATE_DATA_DIR", default_value = "/var/lib/moongate")]

@@ -237,6 +237,8 @@ thread_local! {
     /// The hook yielded the running coroutine to end a slice; taken by the
     /// driver (or a `coroutine.resume` that cannot pass it up).
     static PREEMPTED: Cell<bool> = const { Cell::new(false) };
+    /// The account that last ran here: work found after it ran belongs to it.
+    static LAST_RUN: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Makes `account` the running one until dropped; restores the previous one
@@ -248,6 +250,11 @@ pub struct Running {
 impl Running {
     /// `vm` is the VM whose code runs on the account now.
     pub fn enter(account: &Rc<Account>, vm: HookHandle) -> Running {
+        if LAST_RUN.with(|l| l.replace(account.id)) != account.id {
+            // Allocations and watchdog findings of another account's run
+            // are not this one's to pay.
+            super::memory::take_uncharged();
+        }
         super::watchdog::running(account.id, vm.0);
         let previous = RUNNING.with(|r| r.replace(Some((account.clone(), vm))));
         Running { previous }
@@ -391,7 +398,7 @@ fn verdict(yieldable: bool, instructions: u64) -> Verdict {
             return Verdict::Continue;
         };
         a.charge(instructions + super::memory::take_uncharged() as u64 / BYTES_PER_UNIT);
-        a.charge_uncounted(super::watchdog::take_pending());
+        a.charge_uncounted(super::watchdog::take_pending(a.id));
         if let Some(why) = a.exceeded() {
             return Verdict::Fail(exceeded_message(why, None));
         }

@@ -78,6 +78,16 @@ pub fn log_context() -> String {
     }
 }
 
+/// `error_message` without the stack traceback mlua appends: one line, for
+/// reports (a route that failed to load) rather than logs of a request.
+pub fn error_summary(e: &mlua::Error) -> String {
+    let message = error_message(e);
+    match message.split_once("\nstack traceback:") {
+        Some((head, _)) => head.to_string(),
+        None => message,
+    }
+}
+
 /// The message a Lua script should see for an error: the innermost runtime
 /// error, without mlua's "runtime error: " prefix and traceback.
 pub fn error_message(e: &mlua::Error) -> String {

@@ -181,7 +181,7 @@ impl Vm {
             route: route.id.clone(),
             message,
         };
-        let lua_fail = |e: mlua::Error| fail(super::error_message(&e));
+        let lua_fail = |e: mlua::Error| fail(super::error_summary(&e));
         let ngx = deep_copy(&self.lua, &self.base_ngx, &mut Vec::new()).map_err(lua_fail)?;
         ngx.set_metatable(Some(self.ngx_metatable.clone())).map_err(lua_fail)?;
         let mut route_dicts = Vec::with_capacity(route.shared_dicts.len());
@@ -249,7 +249,7 @@ impl Vm {
                 let _running = Running::enter(&account, self.hook);
                 f.call::<()>(())
             })
-            .map_err(|e| fail(format!("init: {}", super::error_message(&e))))?;
+            .map_err(|e| fail(format!("init: {}", super::error_summary(&e))))?;
         }
         let init_worker = route.init_worker.as_ref().map(load).transpose()?;
         Ok(LoadedRoute {

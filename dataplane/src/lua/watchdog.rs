@@ -47,8 +47,9 @@ struct Meter {
     run: AtomicU64,
     /// Units charged on the thread so far.
     charged: AtomicU64,
-    /// Units the watchdog found and the hook has not charged yet.
-    pending: AtomicU64,
+    /// Units the watchdog found and the hook has not charged yet, and the
+    /// account (run) they belong to.
+    pending: Mutex<(u64, u64)>,
 }
 
 static METERS: Mutex<Vec<Arc<Meter>>> = Mutex::new(Vec::new());
@@ -80,7 +81,7 @@ pub fn watch_this_thread() -> Watched {
         clock,
         run: AtomicU64::new(0),
         charged: AtomicU64::new(0),
-        pending: AtomicU64::new(0),
+        pending: Mutex::new((0, 0)),
     });
     METERS.lock().unwrap_or_else(|e| e.into_inner()).push(meter.clone());
     METER.with(|m| *m.borrow_mut() = Some(meter.clone()));
@@ -121,9 +122,16 @@ pub(super) fn charged(units: u64) {
     });
 }
 
-/// Takes the units the watchdog found uncharged (already counted as charged).
-pub(super) fn take_pending() -> u64 {
-    METER.with(|m| m.borrow().as_ref().map_or(0, |m| m.pending.swap(0, Ordering::Relaxed)))
+/// Takes the units the watchdog found uncharged for account `run` (already
+/// counted as charged); findings for another account are dropped.
+pub(super) fn take_pending(run: u64) -> u64 {
+    METER.with(|m| {
+        let m = m.borrow();
+        let Some(m) = m.as_ref() else { return 0 };
+        let mut pending = m.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (for_run, units) = std::mem::take(&mut *pending);
+        if for_run == run { units } else { 0 }
+    })
 }
 
 fn install_handler() {
@@ -172,7 +180,11 @@ fn run() {
                         let accounted = charged.saturating_sub(*last_charged);
                         if used > accounted.saturating_mul(C_HEAVY) && used - accounted > MIN_EXCESS {
                             let excess = used - accounted;
-                            meter.pending.fetch_add(excess, Ordering::Relaxed);
+                            {
+                                let mut pending = meter.pending.lock().unwrap_or_else(|e| e.into_inner());
+                                let units = if pending.0 == run { pending.1 } else { 0 };
+                                *pending = (run, units + excess);
+                            }
                             meter.charged.fetch_add(excess, Ordering::Relaxed);
                             // SAFETY: the thread is registered, so alive.
                             unsafe { libc::pthread_kill(meter.thread, SIGNAL) };
