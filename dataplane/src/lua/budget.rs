@@ -27,7 +27,7 @@ thread_local! {
 pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.load("jit.off()").set_name("=moongate.budget").exec()?;
     lua.set_global_hook(HookTriggers::new().every_nth_instruction(HOOK_INTERVAL), |_, debug| {
-        if charge() {
+        if charge_hook_interval() {
             crate::metrics::budget_exceeded();
             // Name where the script was when it ran out, as a Lua error would.
             let source = debug.source();
@@ -50,7 +50,7 @@ pub fn with_vm_budget<R>(budget: u64, f: impl FnOnce() -> R) -> R {
 }
 
 /// Charges one hook interval; `true` when the budget is spent.
-fn charge() -> bool {
+fn charge_hook_interval() -> bool {
     let step = u64::from(HOOK_INTERVAL);
     match crate::request::current("budget") {
         Ok(req) => match req.try_borrow_mut() {
@@ -67,4 +67,59 @@ fn charge() -> bool {
             left == 0
         }),
     }
+}
+
+// ---------------------------------------------------------------------------
+// STAND-INS for the C-function budget contract used by `lua::pattern`.
+// The lead replaces this block with the real budget and memory limit; until
+// then a thread-local allowance (unlimited unless a test sets it) stands in.
+// ---------------------------------------------------------------------------
+
+thread_local! {
+    /// Stand-in: work units the running Lua may still spend outside the VM.
+    static STANDIN_C_ALLOWANCE: Cell<u64> = const { Cell::new(u64::MAX) };
+    /// Stand-in: the largest string a C function may build.
+    static STANDIN_MAX_STRING_LEN: Cell<usize> = const { Cell::new(64 << 20) };
+    /// Stand-in: every unit passed to `charge` on this thread (tests read it).
+    static STANDIN_CHARGED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Work units (about one VM instruction each) the running Lua may still spend in one C call
+/// before it must be stopped.
+pub fn c_allowance() -> u64 {
+    STANDIN_C_ALLOWANCE.with(|a| a.get())
+}
+
+/// Charges `units` of work done outside the VM to the running Lua. Returns the (uncatchable) budget
+/// error when the running Lua is over its budget; it always fails when `units >= c_allowance()`.
+pub fn charge(units: u64) -> mlua::Result<()> {
+    STANDIN_CHARGED.with(|c| c.set(c.get().saturating_add(units)));
+    STANDIN_C_ALLOWANCE.with(|a| {
+        let left = a.get();
+        if units >= left {
+            a.set(0);
+            return Err(mlua::Error::runtime(EXCEEDED));
+        }
+        a.set(left - units);
+        Ok(())
+    })
+}
+
+/// The longest string a C function may build for the running Lua (stand-in for the VM's memory
+/// limit).
+pub fn max_string_len() -> usize {
+    STANDIN_MAX_STRING_LEN.with(|m| m.get())
+}
+
+/// Stand-in only: sets what `c_allowance` and `max_string_len` return on this thread, and
+/// zeroes `standin_charged` (tests).
+pub fn set_standin_limits(c_allowance: u64, max_string_len: usize) {
+    STANDIN_C_ALLOWANCE.with(|a| a.set(c_allowance));
+    STANDIN_MAX_STRING_LEN.with(|m| m.set(max_string_len));
+    STANDIN_CHARGED.with(|c| c.set(0));
+}
+
+/// Stand-in only: the units charged on this thread since `set_standin_limits` (tests).
+pub fn standin_charged() -> u64 {
+    STANDIN_CHARGED.with(|c| c.get())
 }

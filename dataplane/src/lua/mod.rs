@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod budget;
+pub mod pattern;
 pub mod vm;
 
 use std::cell::Cell;

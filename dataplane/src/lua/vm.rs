@@ -63,6 +63,7 @@ impl Vm {
     pub fn new(worker_id: usize, worker_count: usize, budget: u64, dicts: Arc<DictStore>) -> mlua::Result<Vm> {
         let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::BIT | StdLib::OS | StdLib::JIT;
         let lua = Lua::new_with(libs, LuaOptions::new())?;
+        super::pattern::install(&lua)?;
         let yield_marker = lua.create_table()?;
         let (base_ngx, raw) = api::build(&lua, &yield_marker, worker_id, worker_count)?;
         let errmsg: Function = raw.get("errmsg")?;
