@@ -13,7 +13,7 @@
 //!     as C reads the NUL terminator every Lua string has (`%f` and `%b` look there);
 //!   * the pattern is a C string: it ends at its first NUL byte (`c_string`), and reading past
 //!     its end yields 0;
-//!   * character classes are LuaJIT's own ASCII table (`lj_char_bits`, the C locale); bytes
+//!   * character classes (`classes`) are LuaJIT's own ASCII table (`lj_char_bits`); bytes
 //!     128..=255 belong to no class.
 //!
 //! What is added: every elementary attempt costs steps, in proportion to the CPU time it takes
@@ -24,9 +24,13 @@
 //! Recursion is bounded by `MAX_DEPTH` nested `do_match` calls (LuaJIT's `LJ_MAX_XLEVEL`). Each
 //! level is one `do_match` frame plus at most one `max_expand`/`min_expand`/capture frame;
 //! `deepest_pattern_recursion_uses_a_small_known_stack` measures the whole recursion at the
-//! maximum depth: 35 KiB in a release build (about 180 bytes per level), asserted below 64 KiB.
+//! maximum depth: 50 KiB in a release build (254 bytes a level through `max_expand`, the
+//! largest; 127 through `min_expand` or `?`), asserted below 96 KiB. The matcher never runs
+//! while `gsub` calls back into Lua, so this does not add up across nested callbacks.
 
 use std::fmt;
+
+use super::classes::match_class;
 
 /// Most captures in one pattern (LuaJIT's `LUA_MAXCAPTURES`).
 pub const MAX_CAPTURES: usize = 32;
@@ -115,9 +119,30 @@ pub fn has_specials(pattern: &[u8]) -> bool {
     pattern.iter().any(|c| b"^$*+?.([%-".contains(c))
 }
 
-/// The first occurrence of `needle` in `haystack` (`lj_str_find`, in linear time).
+/// Needles up to this long are found by LuaJIT's own method.
+const SHORT_NEEDLE: usize = 16;
+
+/// The first occurrence of `needle` in `haystack` (`lj_str_find`), in time linear in the
+/// haystack: LuaJIT's scan for the first byte then compare for short needles (at most
+/// `SHORT_NEEDLE` comparisons a position; 5x faster than building a Two-Way searcher for a
+/// 1 KiB haystack), `memchr::memmem` (Two-Way) for longer ones, where LuaJIT's method is
+/// quadratic.
 pub fn find_plain(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle)
+    match needle {
+        [] => Some(0),
+        [first, rest @ ..] if needle.len() <= SHORT_NEEDLE => {
+            let mut from = 0;
+            while let Some(i) = memchr::memchr(*first, &haystack[from..]) {
+                let at = from + i;
+                if haystack[at + 1..].starts_with(rest) {
+                    return Some(at);
+                }
+                from = at + 1;
+            }
+            None
+        }
+        _ => memchr::memmem::find(haystack, needle),
+    }
 }
 
 /// One capture of a successful match.
@@ -164,7 +189,10 @@ impl<'a> Matcher<'a> {
             pat: c_string(pattern),
             level: 0,
             depth: 0,
-            captures: [CaptureSlot { start: 0, len: CaptureLen::Unfinished }; MAX_CAPTURES],
+            captures: [CaptureSlot {
+                start: 0,
+                len: CaptureLen::Unfinished,
+            }; MAX_CAPTURES],
             steps: 0,
             limit,
             #[cfg(test)]
@@ -242,6 +270,7 @@ impl<'a> Matcher<'a> {
         }
     }
 
+    #[inline]
     fn spend(&mut self, steps: u64) -> Step<()> {
         self.steps = self.steps.saturating_add(steps);
         if self.steps >= self.limit {
@@ -251,11 +280,13 @@ impl<'a> Matcher<'a> {
     }
 
     /// The pattern byte at `p`, 0 past the end.
+    #[inline]
     fn pat_at(&self, p: usize) -> u8 {
         self.pat.get(p).copied().unwrap_or(0)
     }
 
     /// The subject byte at `s`, 0 at (and past) the end.
+    #[inline]
     fn src_at(&self, s: usize) -> u8 {
         self.src.get(s).copied().unwrap_or(0)
     }
@@ -327,15 +358,19 @@ impl<'a> Matcher<'a> {
                     let matched = s < self.src.len() && self.single_match(self.src[s], p, ep);
                     match self.pat_at(ep) {
                         b'?' => {
-                            if matched {
-                                if let Some(end) = self.do_match(s + 1, ep + 1)? {
-                                    return Ok(Some(end));
-                                }
+                            if matched && let Some(end) = self.do_match(s + 1, ep + 1)? {
+                                return Ok(Some(end));
                             }
                             p = ep + 1;
                         }
                         b'*' => return self.max_expand(s, p, ep),
-                        b'+' => return if matched { self.max_expand(s + 1, p, ep) } else { Ok(None) },
+                        b'+' => {
+                            return if matched {
+                                self.max_expand(s + 1, p, ep)
+                            } else {
+                                Ok(None)
+                            };
+                        }
                         b'-' => return self.min_expand(s, p, ep),
                         _ => {
                             if !matched {
@@ -352,6 +387,7 @@ impl<'a> Matcher<'a> {
 
     /// Steps one test of the item `pat[p..ep]` against a byte costs: the set's length for a
     /// `[set]` (scanned byte by byte), else 1 or 2.
+    #[inline]
     fn item_cost(&self, p: usize, ep: usize) -> u64 {
         (ep - p) as u64
     }
@@ -438,8 +474,11 @@ impl<'a> Matcher<'a> {
             CaptureLen::Unfinished => Err(PatternError::InvalidCaptureIndex.into()),
             CaptureLen::Position => Ok(None),
             CaptureLen::Closed(len) => {
+                if self.src.len() - s < len {
+                    return Ok(None);
+                }
                 self.spend((len / BYTES_PER_STEP) as u64)?;
-                let matches = self.src.len() - s >= len && self.src[slot.start..slot.start + len] == self.src[s..s + len];
+                let matches = self.src[slot.start..slot.start + len] == self.src[s..s + len];
                 Ok(matches.then_some(s + len))
             }
         }
@@ -472,6 +511,7 @@ impl<'a> Matcher<'a> {
     }
 
     /// Where the single-character item at `p` ends (`classend`).
+    #[inline]
     fn class_end(&self, p: usize) -> Result<usize, PatternError> {
         let mut p = p;
         let first = self.pat_at(p);
@@ -507,6 +547,7 @@ impl<'a> Matcher<'a> {
     }
 
     /// Whether byte `c` matches the item `pat[p..ep]`.
+    #[inline]
     fn single_match(&self, c: u8, p: usize, ep: usize) -> bool {
         match self.pat[p] {
             b'.' => true,
@@ -543,62 +584,6 @@ impl<'a> Matcher<'a> {
         }
         !found
     }
-}
-
-// LuaJIT's character class bits (`lj_char.h`).
-const CNTRL: u8 = 0x01;
-const SPACE: u8 = 0x02;
-const PUNCT: u8 = 0x04;
-const DIGIT: u8 = 0x08;
-const XDIGIT: u8 = 0x10;
-const UPPER: u8 = 0x20;
-const LOWER: u8 = 0x40;
-const ALPHA: u8 = LOWER | UPPER;
-const ALNUM: u8 = ALPHA | DIGIT;
-const GRAPH: u8 = ALNUM | PUNCT;
-
-/// `lj_char_bits` from `lj_char.c` (without its leading entry for EOF), verbatim: ASCII classes
-/// whatever the locale; 0x80 marks identifier bytes, which no pattern class uses.
-#[rustfmt::skip]
-static CHAR_BITS: [u8; 256] = [
-    1,  1,  1,  1,  1,  1,  1,  1,  1,  3,  3,  3,  3,  3,  1,  1,
-    1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,
-    2,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,
-  152,152,152,152,152,152,152,152,152,152,  4,  4,  4,  4,  4,  4,
-    4,176,176,176,176,176,176,160,160,160,160,160,160,160,160,160,
-  160,160,160,160,160,160,160,160,160,160,160,  4,  4,  4,  4,132,
-    4,208,208,208,208,208,208,192,192,192,192,192,192,192,192,192,
-  192,192,192,192,192,192,192,192,192,192,192,  4,  4,  4,  4,  1,
-  128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,
-  128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,
-  128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,
-  128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,
-  128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,
-  128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,
-  128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,
-  128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,128,
-];
-
-/// Whether `c` is in the class `%<class>` (`match_class`): a lower-case letter names a class,
-/// its upper case the complement; `%z` is NUL (LuaJIT also has `%g`, printable but not space);
-/// any other character stands for itself.
-fn match_class(c: u8, class: u8) -> bool {
-    let bits = match class.to_ascii_lowercase() {
-        b'a' => ALPHA,
-        b'c' => CNTRL,
-        b'd' => DIGIT,
-        b'g' => GRAPH,
-        b'l' => LOWER,
-        b'p' => PUNCT,
-        b's' => SPACE,
-        b'u' => UPPER,
-        b'w' => ALNUM,
-        b'x' => XDIGIT,
-        b'z' => return (c == 0) == (class == b'z'),
-        _ => return class == c,
-    };
-    let in_class = CHAR_BITS[c as usize] & bits != 0;
-    in_class == class.is_ascii_lowercase()
 }
 
 /// Test-only record of how deep the native stack went under `do_match`.

@@ -7,9 +7,9 @@
 
 use mlua::{Function, Lua, LuaString, MultiValue, Table, Value};
 
-use super::args::{arg_error, caller_error, type_name, Args};
+use super::args::{Args, arg_error, caller_error, type_name};
 use super::engine::{self, Capture, Matcher};
-use super::{capture_value, CallbackNesting, Meter};
+use super::{CallbackNesting, Meter, capture_value};
 use crate::lua::budget;
 
 const ESC: u8 = b'%';
@@ -44,21 +44,13 @@ impl Callbacks {
     fn call(&self, f: &Function, mut args: MultiValue) -> mlua::Result<Value> {
         args.push_front(Value::Function(f.clone()));
         let (ok, value): (bool, Value) = self.call.call(args)?;
-        if ok {
-            Ok(value)
-        } else {
-            Err(rethrown(value))
-        }
+        if ok { Ok(value) } else { Err(rethrown(value)) }
     }
 
     /// `table[key]`, metamethods included.
     fn index(&self, table: &Table, key: Value) -> mlua::Result<Value> {
         let (ok, value): (bool, Value) = self.index.call((table, key))?;
-        if ok {
-            Ok(value)
-        } else {
-            Err(rethrown(value))
-        }
+        if ok { Ok(value) } else { Err(rethrown(value)) }
     }
 }
 
@@ -76,7 +68,10 @@ enum Replacement {
     /// `%0`-`%9` stand for captures, `%` before anything else for that character.
     Text(LuaString),
     /// Looked up with the first capture; `raw` when it has no metatable, so no Lua runs.
-    Table { table: Table, raw: bool },
+    Table {
+        table: Table,
+        raw: bool,
+    },
     Function(Function),
 }
 
@@ -98,7 +93,9 @@ pub(super) fn gsub(lua: &Lua, args: &MultiValue, callbacks: &Callbacks) -> mlua:
     // `luaL_optint(L, 4, srcl + 1)` comes before the check of argument 3, as in LuaJIT.
     let max_replacements = args.opt_int(4, (src.len() + 1) as i32)?;
     let replacement = match args.get(3) {
-        Some(Value::String(_) | Value::Integer(_) | Value::Number(_)) => Replacement::Text(args.string(3)?),
+        Some(Value::String(_) | Value::Integer(_) | Value::Number(_)) => {
+            Replacement::Text(args.string(3)?.into_owned())
+        }
         Some(Value::Table(table)) => Replacement::Table {
             raw: table.metatable().is_none(),
             table: table.clone(),
@@ -125,6 +122,9 @@ pub(super) fn gsub(lua: &Lua, args: &MultiValue, callbacks: &Callbacks) -> mlua:
     let mut matcher = Matcher::new(&src, pattern, 0);
     let mut count: i32 = 0;
     let mut pos = 0;
+    // Subject bytes from here to `pos` are kept as they are; LuaJIT copies them one at a time
+    // as it steps over them, we copy each run at once (same result, same limits).
+    let mut kept_from = 0;
     while count < max_replacements {
         matcher.set_limit(result.meter.matcher_limit());
         let found = matcher.match_at(pos);
@@ -132,21 +132,20 @@ pub(super) fn gsub(lua: &Lua, args: &MultiValue, callbacks: &Callbacks) -> mlua:
         let end = found.map_err(|e| result.meter.match_error(lua, e))?;
         if let Some(end) = end {
             count += 1;
+            result.push(&src[kept_from..pos])?;
             result.add_value(&matcher, pos, end)?;
+            kept_from = pos.max(end);
         }
         match end {
             Some(end) if end > pos => pos = end,
-            _ if pos < src.len() => {
-                result.push(&src[pos..pos + 1])?;
-                pos += 1;
-            }
+            _ if pos < src.len() => pos += 1,
             _ => break,
         }
         if anchored {
             break;
         }
     }
-    result.push(&src[pos..])?;
+    result.push(&src[kept_from..])?;
     result.meter.settle()?;
     Ok((lua.create_string(&result.bytes)?, i64::from(count)))
 }
@@ -162,6 +161,7 @@ struct Output<'a> {
 }
 
 impl Output<'_> {
+    #[inline]
     fn push(&mut self, bytes: &[u8]) -> mlua::Result<()> {
         if bytes.len() > self.max_len - self.bytes.len() {
             // What LuaJIT raises when a buffer cannot grow.
@@ -204,7 +204,10 @@ impl Output<'_> {
                 Some(s) => self.push(&s.as_bytes()),
                 None => Err(caller_error(lua, "invalid replacement value (a number)")),
             },
-            other => Err(caller_error(lua, &format!("invalid replacement value (a {})", type_name(&other)))),
+            other => Err(caller_error(
+                lua,
+                &format!("invalid replacement value (a {})", type_name(&other)),
+            )),
         }
     }
 

@@ -6,6 +6,7 @@
 //! same harness in both VMs; the harness serializes the results (count, types, exact bytes) or
 //! the error message, converting our mlua errors to text as the sandbox's `pcall` does.
 
+mod bench;
 mod budget;
 mod generate;
 
@@ -183,7 +184,10 @@ fn generated_calls_behave_as_luajit() {
     let cases = generate::cases(0x5eed_1234, 6000);
     let (found, not_found, errors) = outcome_summary(&cases);
     // The generator must exercise matches, misses and errors, not just one of them.
-    assert!(found > 2000 && not_found > 300 && errors > 200, "found {found}, not found {not_found}, errors {errors}");
+    assert!(
+        found > 2000 && not_found > 300 && errors > 200,
+        "found {found}, not found {not_found}, errors {errors}"
+    );
     assert_same(&cases);
 }
 
@@ -451,6 +455,12 @@ local t = {} for w in string.gmatch("x", "[") do t[#t + 1] = w end return #t
 for w in string.gmatch("x", "%f") do end
 return string.find(("a"):rep(100), ("a"):rep(50) .. "b", 1, true)
 return string.find(("ab"):rep(100), "ba", 150, true)
+return string.find(("ab"):rep(100) .. "abc", ("ab"):rep(20) .. "c", 1, true)
+return string.find(("ab"):rep(100) .. "abc", ("ab"):rep(8) .. "c", 1, true)
+return string.find(("ab"):rep(100), ("ab"):rep(8), 190, true)
+return string.find(("ab"):rep(100), ("ab"):rep(8) .. "a", 180, true)
+return string.find("aab", "ab", 1, true)
+return string.find("ab", "abc", 1, true)
 return #string.gsub(("x"):rep(1000), "x", "yy")
 return string.match(("x"):rep(199) .. "y", ("x?"):rep(199) .. "y")
 "##;
@@ -478,27 +488,78 @@ fn errors_carry_luajit_text_with_the_callers_location() {
     let rust = Runner::new(true);
     let expect = [
         // A tail call leaves no caller frame: LuaJIT names the function '?', without a location.
-        ("return string.find(nil, 'x')", "error:bad argument #1 to '?' (string expected, got nil)"),
-        ("return R.ret(string.find(nil, 'x'))", "error:case:1: bad argument #1 to 'find' (string expected, got nil)"),
-        ("return R.ret(string.find())", "error:case:1: bad argument #1 to 'find' (string expected, got no value)"),
-        ("return R.ret(('x'):find(nil))", "error:case:1: bad argument #1 to 'find' (string expected, got nil)"),
+        (
+            "return string.find(nil, 'x')",
+            "error:bad argument #1 to '?' (string expected, got nil)",
+        ),
+        (
+            "return R.ret(string.find(nil, 'x'))",
+            "error:case:1: bad argument #1 to 'find' (string expected, got nil)",
+        ),
+        (
+            "return R.ret(string.find())",
+            "error:case:1: bad argument #1 to 'find' (string expected, got no value)",
+        ),
+        (
+            "return R.ret(('x'):find(nil))",
+            "error:case:1: bad argument #1 to 'find' (string expected, got nil)",
+        ),
         (
             "local t = setmetatable({}, { __index = string }) return R.ret(t:find('x'))",
             "error:case:1: calling 'find' on bad self (string expected, got table)",
         ),
-        ("local f = string.gsub return R.ret(f('x', 'x', true))", "error:case:1: bad argument #3 to 'f' (string/function/table expected)"),
-        ("return pcall(string.match, 'x', '%')", "2:false,\"malformed pattern (ends with '%')\""),
-        ("return R.ret(string.find('x', 'x', 'y'))", "error:case:1: bad argument #3 to 'find' (number expected, got string)"),
-        ("return R.ret(string.match('a', '[a'))", "error:case:1: malformed pattern (missing ']')"),
-        ("return R.ret(string.match('a', '%b'))", "error:case:1: unbalanced pattern"),
-        ("return R.ret(string.match('a', '%fa'))", "error:case:1: missing '[' after '%f' in pattern"),
-        ("return R.ret(string.match('a', '%1'))", "error:case:1: invalid capture index"),
-        ("return R.ret(string.match('a', 'a)'))", "error:case:1: invalid pattern capture"),
-        ("return R.ret(string.match('a', '(a'))", "error:case:1: unfinished capture"),
-        ("return R.ret(string.match('aaa', ('a*'):rep(250)))", "error:case:1: pattern too complex"),
-        ("return R.ret(string.match(('a'):rep(33), ('(a)'):rep(33)))", "error:case:1: too many captures"),
-        ("return R.ret(string.gsub('a', 'a', R.f_table))", "error:case:1: invalid replacement value (a table)"),
-        ("return R.ret(string.gsub('a', 'a', '%2'))", "error:case:1: invalid capture index"),
+        (
+            "local f = string.gsub return R.ret(f('x', 'x', true))",
+            "error:case:1: bad argument #3 to 'f' (string/function/table expected)",
+        ),
+        (
+            "return pcall(string.match, 'x', '%')",
+            "2:false,\"malformed pattern (ends with '%')\"",
+        ),
+        (
+            "return R.ret(string.find('x', 'x', 'y'))",
+            "error:case:1: bad argument #3 to 'find' (number expected, got string)",
+        ),
+        (
+            "return R.ret(string.match('a', '[a'))",
+            "error:case:1: malformed pattern (missing ']')",
+        ),
+        (
+            "return R.ret(string.match('a', '%b'))",
+            "error:case:1: unbalanced pattern",
+        ),
+        (
+            "return R.ret(string.match('a', '%fa'))",
+            "error:case:1: missing '[' after '%f' in pattern",
+        ),
+        (
+            "return R.ret(string.match('a', '%1'))",
+            "error:case:1: invalid capture index",
+        ),
+        (
+            "return R.ret(string.match('a', 'a)'))",
+            "error:case:1: invalid pattern capture",
+        ),
+        (
+            "return R.ret(string.match('a', '(a'))",
+            "error:case:1: unfinished capture",
+        ),
+        (
+            "return R.ret(string.match('aaa', ('a*'):rep(250)))",
+            "error:case:1: pattern too complex",
+        ),
+        (
+            "return R.ret(string.match(('a'):rep(33), ('(a)'):rep(33)))",
+            "error:case:1: too many captures",
+        ),
+        (
+            "return R.ret(string.gsub('a', 'a', R.f_table))",
+            "error:case:1: invalid replacement value (a table)",
+        ),
+        (
+            "return R.ret(string.gsub('a', 'a', '%2'))",
+            "error:case:1: invalid capture index",
+        ),
     ];
     for (case, want) in expect {
         assert_eq!(c.run(case), want, "LuaJIT: {case}");

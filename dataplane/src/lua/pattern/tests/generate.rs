@@ -48,9 +48,13 @@ pub(super) fn quote(bytes: &[u8]) -> String {
 const SUBJECT_BYTES: &[u8] = b"aaaabbbccc  ()[]%-.^$1Z\0\xff\n";
 const LITERALS: &[u8] = b"aaabbc() 1Z\xff.-]^$";
 const CLASSES: &[u8] = b"acdglpsuwxzACDGLPSUWXZ%.()[]-";
-const SET_MEMBERS: &[&[u8]] = &[b"a", b"b", b"c", b"]", b"-", b"^", b"%a", b"%d", b"%s", b"%]", b"a-b", b"b-a", b" ", b"\0", b"\xff"];
+const SET_MEMBERS: &[&[u8]] = &[
+    b"a", b"b", b"c", b"]", b"-", b"^", b"%a", b"%d", b"%s", b"%]", b"a-b", b"b-a", b" ", b"\0", b"\xff",
+];
 const QUANTIFIERS: &[&[u8]] = &[b"", b"", b"", b"", b"*", b"+", b"-", b"?"];
-const MALFORMED: &[&[u8]] = &[b"%", b"[", b"[^", b"(", b")", b"%f", b"%fa", b"%b", b"%b(", b"\0a*", b"%0", b"%9", b"[%"];
+const MALFORMED: &[&[u8]] = &[
+    b"%", b"[", b"[^", b"(", b")", b"%f", b"%fa", b"%b", b"%b(", b"\0a*", b"%0", b"%9", b"[%",
+];
 
 pub(super) fn subject(rng: &mut Rng) -> Vec<u8> {
     let len = rng.below(11);
@@ -131,20 +135,58 @@ fn set(rng: &mut Rng, p: &mut Vec<u8>) {
 
 fn replacement_text(rng: &mut Rng) -> Vec<u8> {
     const PIECES: &[&[u8]] = &[b"x", b"%0", b"%1", b"%2", b"%%", b"%a", b"-", b"\0", b"%", b"yz"];
-    (0..rng.below(4)).flat_map(|_| rng.pick(PIECES).iter().copied()).collect()
+    (0..rng.below(4))
+        .flat_map(|_| rng.pick(PIECES).iter().copied())
+        .collect()
 }
 
 const INITS: &[&str] = &[
-    "1", "1", "2", "3", "-1", "-3", "0", "5", "20", "-20", "1.9", "-1.5", "'2'", "' 3 '", "'0x2'", "2^31", "-2^31",
-    "2^32+2", "3e9", "1e300", "0/0", "math.huge", "-math.huge", "nil", "'x'", "{}", "true",
+    "1",
+    "1",
+    "2",
+    "3",
+    "-1",
+    "-3",
+    "0",
+    "5",
+    "20",
+    "-20",
+    "1.9",
+    "-1.5",
+    "'2'",
+    "' 3 '",
+    "'0x2'",
+    "2^31",
+    "-2^31",
+    "2^32+2",
+    "3e9",
+    "1e300",
+    "0/0",
+    "math.huge",
+    "-math.huge",
+    "nil",
+    "'x'",
+    "{}",
+    "true",
 ];
 const PLAINS: &[&str] = &["true", "false", "nil", "1", "'x'"];
 const COUNTS: &[&str] = &[
     "0", "1", "2", "-1", "1.5", "'1'", "2^32+1", "1e300", "0/0", "nil", "'x'", "{}", "true", "2^31", "3e9",
 ];
 const FUNCTIONS: &[&str] = &[
-    "R.f_first", "R.f_all", "R.f_nil", "R.f_false", "R.f_none", "R.f_num", "R.f_negzero", "R.f_int", "R.f_table",
-    "R.f_true", "R.f_err", "R.f_multi", "R.f_nested",
+    "R.f_first",
+    "R.f_all",
+    "R.f_nil",
+    "R.f_false",
+    "R.f_none",
+    "R.f_num",
+    "R.f_negzero",
+    "R.f_int",
+    "R.f_table",
+    "R.f_true",
+    "R.f_err",
+    "R.f_multi",
+    "R.f_nested",
 ];
 const TABLES: &[&str] = &["R.t_plain", "R.t_meta", "{}"];
 const NUMBER_SUBJECTS: &[&str] = &["12.5", "-0", "100", "1e15", "0/0", "-7"];
@@ -165,13 +207,21 @@ fn case(rng: &mut Rng) -> String {
     match rng.below(13) {
         0 | 1 => format!("return R.ret(string.find({s}, {p}))"),
         2 => format!("return R.ret(string.find({s}, {p}, {}))", rng.pick(INITS)),
-        3 => format!("return R.ret(string.find({s}, {p}, {}, {}))", rng.pick(INITS), rng.pick(PLAINS)),
+        3 => format!(
+            "return R.ret(string.find({s}, {p}, {}, {}))",
+            rng.pick(INITS),
+            rng.pick(PLAINS)
+        ),
         4 | 5 => format!("return R.ret(string.match({s}, {p}))"),
         6 => format!("return R.ret(string.match({s}, {p}, {}))", rng.pick(INITS)),
         7 | 8 => format!("local it = string.gmatch({s}, {p}) return R.iter(it)"),
         9 => format!("return R.ret(string.gsub({s}, {p}, {}))", quote(&replacement_text(rng))),
         10 => format!("return R.ret(string.gsub({s}, {p}, {}))", rng.pick(FUNCTIONS)),
         11 => format!("return R.ret(string.gsub({s}, {p}, {}))", rng.pick(TABLES)),
-        _ => format!("return R.ret(string.gsub({s}, {p}, {}, {}))", quote(&replacement_text(rng)), rng.pick(COUNTS)),
+        _ => format!(
+            "return R.ret(string.gsub({s}, {p}, {}, {}))",
+            quote(&replacement_text(rng)),
+            rng.pick(COUNTS)
+        ),
     }
 }
