@@ -363,7 +363,7 @@ fn a_backtracking_pattern_in_init_does_not_keep_the_dataplane_from_starting() {
             "hostile",
             "attacker",
             &format!(
-                "  init: |\n{}  locations:\n  - path: /hostile\n    content: ngx.say('attacker served')\n",
+                "  hostnames: [hostile.example]\n  init: |\n{}  locations:\n  - path: /hostile\n    content: ngx.say('attacker served')\n",
                 block(&format!("{BACKTRACK}string.find(s, p)"), 4)
             ),
         ),

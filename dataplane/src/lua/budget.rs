@@ -493,6 +493,26 @@ pub fn install(lua: &mlua::Lua) -> mlua::Result<()> {
     }
 }
 
+/// For the pattern tests: makes a fresh account the running one on this
+/// thread, whose single C call may do `c_allowance` work, with strings up to
+/// `max_string_len`.
+#[cfg(test)]
+pub fn set_standin_limits(c_allowance: u64, max_string_len: usize) {
+    let limits = Limits {
+        budget: u64::MAX / 2,
+        slice: u64::MAX / 2,
+        unpreemptible: c_allowance.min(u64::MAX / 2),
+    };
+    let account = Account::new(Rc::from("test/patterns"), limits, limits, max_string_len);
+    RUNNING.with(|r| *r.borrow_mut() = Some((account, HookHandle::NONE)));
+}
+
+/// For the pattern tests: what the account of `set_standin_limits` was charged.
+#[cfg(test)]
+pub fn standin_charged() -> u64 {
+    running().map_or(0, |a| a.spent())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

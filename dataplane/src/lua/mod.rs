@@ -4,6 +4,7 @@
 pub mod api;
 pub mod budget;
 pub mod memory;
+pub mod pattern;
 pub mod stack;
 pub mod vm;
 pub mod watchdog;

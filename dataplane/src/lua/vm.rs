@@ -108,6 +108,9 @@ impl Vm {
     /// Sets up a tenant VM on a fresh `lua` (tests pass one with more
     /// libraries loaded, to inspect the sandbox from outside).
     pub(crate) fn with_lua(lua: Lua, tenant: &str, settings: &VmSettings, dicts: &Arc<DictStore>) -> mlua::Result<Vm> {
+        // Lua patterns run in C where the count hook cannot see them: ours
+        // count their work (before the sandbox copies the string table).
+        super::pattern::install(&lua)?;
         let yield_marker = lua.create_table()?;
         let (base_ngx, raw) = api::build(&lua, &yield_marker, settings.worker_id, settings.worker_count)?;
         lua.load(PRELUDE)
