@@ -131,7 +131,7 @@ impl Vm {
         super::budget::install(&lua)?;
         super::memory::install(&lua, settings.memory_limit)?;
         let hook = HookHandle::of(&lua);
-        let durable_api = api::durable::Api::new(&lua, &dicts)?;
+        let durable_api = api::durable::Api::new(&lua, dicts)?;
         Ok(Vm {
             tenant: Rc::from(tenant),
             lua,
