@@ -171,17 +171,12 @@ impl Worker {
         Ok(vm)
     }
 
-    fn prepare(&self, config: &Arc<Config>) -> Vec<(usize, RouteLoadError)> {
+    async fn prepare(&self, config: &Arc<Config>) -> Vec<(usize, RouteLoadError)> {
         let mut loaded = Vec::with_capacity(config.routes.len());
         let mut failed = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
-            let result = self
-                .tenant(&route.namespace)
-                .map_err(|message| RouteLoadError {
-                    route: route.id.clone(),
-                    message,
-                })
-                .and_then(|vm| {
+            let result = match self.tenant(&route.namespace) {
+                Ok(vm) => {
                     vm.load_route(
                         route,
                         config,
@@ -189,7 +184,13 @@ impl Worker {
                         self.settings.route_limits(route.instruction_budget),
                         self.settings.route_max_body(route.max_body),
                     )
-                });
+                    .await
+                }
+                Err(message) => Err(RouteLoadError {
+                    route: route.id.clone(),
+                    message,
+                }),
+            };
             match result {
                 Ok(r) => loaded.push(Some(Rc::new(r))),
                 Err(e) => {
@@ -203,10 +204,12 @@ impl Worker {
         failed
     }
 
-    pub fn handle(&self, msg: Control) {
+    /// Handles one control message; awaits `init`/`init_worker` code, which
+    /// shares the worker with the requests in flight.
+    pub async fn handle(&self, msg: Control) {
         match msg {
             Control::Prepare { config, reply } => {
-                let _ = reply.send(Ok(self.prepare(&config)));
+                let _ = reply.send(Ok(self.prepare(&config).await));
             }
             Control::Commit { config, sources } => {
                 let Some(mut pending) = self.pending.borrow_mut().take() else {
@@ -231,12 +234,13 @@ impl Worker {
                 }
                 let loaded = LoadedConfig { config, routes };
                 crate::durable_timer::commit(self.id, self.settings.workers, &loaded);
+                let loaded = Rc::new(loaded);
+                *self.current.borrow_mut() = loaded.clone();
                 for ((route, lr), source) in loaded.config.routes.iter().zip(&loaded.routes).zip(sources.iter()) {
                     if matches!(source, Source::Prepared(_)) {
-                        lr.run_init_worker(route);
+                        lr.run_init_worker(route).await;
                     }
                 }
-                *self.current.borrow_mut() = Rc::new(loaded);
                 self.serving.set(true);
                 self.drop_idle_tenants();
             }
@@ -413,7 +417,19 @@ impl Workers {
 /// every route that does not load.
 pub fn check_loads(config: Arc<Config>, settings: Arc<Settings>, dicts: Arc<DictStore>) -> crate::Result<()> {
     let worker = Worker::new(0, settings, dicts)?;
-    let failed: Vec<RouteLoadError> = worker.prepare(&config).into_iter().map(|(_, e)| e).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| crate::Error::Io {
+            path: "runtime".into(),
+            source,
+        })?;
+    let local = tokio::task::LocalSet::new();
+    let failed: Vec<RouteLoadError> = local.block_on(&runtime, async {
+        // Preempted init code waits for the background lane.
+        tokio::task::spawn_local(worker.sched.clone().dispatch());
+        worker.prepare(&config).await.into_iter().map(|(_, e)| e).collect()
+    });
     if failed.is_empty() {
         Ok(())
     } else {

@@ -124,17 +124,26 @@ fn worker_main(
         tokio::task::spawn_local(worker.sched.clone().dispatch());
         let active = Rc::new(Cell::new(0usize));
         let (idle_tx, mut idle_rx) = watch::channel(());
+        // Control messages run in their own task, one after another, so the
+        // worker keeps accepting while a config's init code runs (it is
+        // preemptible). Its end (the control thread is gone) ends the worker.
+        let (handled_tx, mut handled) = watch::channel(());
+        tokio::task::spawn_local({
+            let worker = worker.clone();
+            async move {
+                while let Some(msg) = control.recv().await {
+                    worker.handle(msg).await;
+                    let _ = handled_tx.send(());
+                    // Let work the new config started (0 ms timers from
+                    // init_worker) run before the next message.
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
         loop {
             tokio::select! {
-                msg = control.recv() => match msg {
-                    Some(msg) => {
-                        worker.handle(msg);
-                        // Let work the new config started (0 ms timers from
-                        // init_worker) run before the next connection.
-                        tokio::task::yield_now().await;
-                    }
-                    None => break,
-                },
+                // A config may have been committed: `serving` is read again.
+                changed = handled.changed() => if changed.is_err() { break },
                 // Accept only once the first config is committed.
                 accepted = listener.accept(), if worker.serving() => match accepted {
                     Ok((stream, remote)) => {

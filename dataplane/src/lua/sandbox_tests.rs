@@ -345,9 +345,12 @@ fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
                 memory_limit: 64 << 20,
             }
             .route_limits(0);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let mut reaches = Vec::new();
             for route in &config.routes {
-                let loaded = vm.load_route(route, &config, &dicts, limits, 1 << 20).unwrap();
+                let loaded = runtime
+                    .block_on(vm.load_route(route, &config, &dicts, limits, 1 << 20))
+                    .unwrap();
                 let handler: &Function = loaded.handlers[0][Phase::Content as usize].as_ref().unwrap();
                 let env: Table = debug.get::<Function>("getfenv").unwrap().call(handler.clone()).unwrap();
                 reaches.push((route.id.clone(), walk(vm.lua(), env, &debug, &names, &forbidden)));

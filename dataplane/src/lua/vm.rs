@@ -171,8 +171,10 @@ impl Vm {
         super::memory::used(&self.lua)
     }
 
-    /// Loads `route` (of `config`) into this VM and runs its `init`.
-    pub fn load_route(
+    /// Loads `route` (of `config`) into this VM and runs its `init`, as a
+    /// coroutine the count hook preempts like a handler, so a heavy `init`
+    /// shares the worker with the requests it is serving meanwhile.
+    pub async fn load_route(
         self: &Rc<Self>,
         route: &Route,
         config: &Arc<Config>,
@@ -236,25 +238,14 @@ impl Vm {
             handlers.push(fns);
         }
         let key: Rc<str> = Rc::from(route.id.as_str());
-        if let Some(init) = &route.init {
-            let f = load(init)?;
-            // init cannot yield; it may use its whole budget in one stretch,
-            // once per load.
-            let account = self.account(
-                &key,
-                limits,
-                Limits {
-                    unpreemptible: limits.budget,
-                    ..limits
-                },
-            );
-            super::with_vm_phase("init", || {
-                let _running = Running::enter(&account, self.hook);
-                f.call::<()>(())
-            })
-            .map_err(|e| fail(format!("init: {}", super::error_summary(&e))))?;
-        }
+        let init = route.init.as_ref().map(load).transpose()?;
         let init_worker = route.init_worker.as_ref().map(load).transpose()?;
+        if let Some(f) = init {
+            let account = self.account(&key, limits, limits);
+            self.run_preemptible("init", &account, &f)
+                .await
+                .map_err(|e| fail(format!("init: {}", super::error_summary(&e))))?;
+        }
         Ok(LoadedRoute {
             vm: self.clone(),
             key,
@@ -263,6 +254,31 @@ impl Vm {
             limits,
             max_body,
         })
+    }
+
+    /// Runs `f` (an `init` or `init_worker` chunk) to its end in a coroutine
+    /// on `account`: the hook preempts it into the worker's background lane;
+    /// any other yield is an error, as these phases cannot wait on anything.
+    async fn run_preemptible(&self, phase: &'static str, account: &Rc<Account>, f: &Function) -> mlua::Result<()> {
+        let thread = self.lua.create_thread(f.clone())?;
+        let sched = crate::sched::current();
+        let mut slice = None;
+        loop {
+            let resumed = super::with_vm_phase(phase, || {
+                let _running = Running::enter(account, self.hook);
+                thread.resume::<mlua::MultiValue>(())
+            });
+            drop(slice.take());
+            account.yielded();
+            let values = resumed?;
+            if thread.status() != ThreadStatus::Resumable {
+                return Ok(());
+            }
+            if !(values.is_empty() && super::budget::preempted(false)) {
+                return Err(mlua::Error::runtime(format!("attempt to yield from {phase}")));
+            }
+            slice = Some(sched.background().await);
+        }
     }
 
     /// A coroutine ready to run `f`: recycled when one is free.
@@ -295,23 +311,13 @@ impl Vm {
 }
 
 impl LoadedRoute {
-    /// Runs the route's `initWorker` chunk after its config was committed.
-    /// An error is logged, as nginx does; the route still serves.
-    pub fn run_init_worker(&self, route: &Route) {
+    /// Runs the route's `initWorker` chunk after its config was committed,
+    /// preemptible as `init` is. An error is logged, as nginx does; the
+    /// route still serves.
+    pub async fn run_init_worker(&self, route: &Route) {
         let Some(f) = &self.init_worker else { return };
-        let account = self.vm.account(
-            &self.key,
-            self.limits,
-            Limits {
-                unpreemptible: self.limits.budget,
-                ..self.limits
-            },
-        );
-        let result = super::with_vm_phase("init_worker", || {
-            let _running = Running::enter(&account, self.vm.hook);
-            f.call::<()>(())
-        });
-        if let Err(e) = result {
+        let account = self.vm.account(&self.key, self.limits, self.limits);
+        if let Err(e) = self.vm.run_preemptible("init_worker", &account, f).await {
             tracing::error!(route = %route.id, "init_worker failed: {}", super::error_message(&e));
         }
     }

@@ -200,3 +200,43 @@ fn a_trailing_dot_in_host_selects_the_route_as_in_nginx() {
         assert_ok(&s.get_host(host, "/"), "shop\n", &format!("Host: {host}"), &s);
     }
 }
+
+/// Finding 7 (and 4): a route's `init` ran on the worker thread with nothing
+/// else served until it ended. After: `init` is preempted like a handler, so
+/// a long one shares its worker — here it can only finish because a request
+/// is served while it runs.
+#[test]
+fn a_long_init_shares_its_worker_with_the_requests_served_meanwhile() {
+    let flags = "  sharedDicts: [{name: flags, capacity: 1Mi}]\n";
+    let serving = route_in(
+        "a",
+        "server",
+        &format!(
+            "  hostnames: [a.example]\n{flags}  locations:\n  - path: /running\n    content: ngx.say(ngx.shared.flags:get('running') or 'no')\n  - path: /go\n    content: ngx.shared.flags:set('go', true) ngx.say('set')\n"
+        ),
+    );
+    let waiting = route_in(
+        "a",
+        "waiter",
+        &format!(
+            "  hostnames: [b.example]\n{flags}  init: |\n    ngx.shared.flags:set('running', 'yes')\n    local n = 0\n    while not ngx.shared.flags:get('go') do n = n + 1 end\n    SPINS = n\n  locations:\n  - path: /\n    content: ngx.say('waited ', SPINS > 0)\n"
+        ),
+    );
+    // A budget no init here reaches: only the request can end the wait.
+    let s = Server::builder(&serving)
+        .workers(1)
+        .arg("--instruction-budget")
+        .arg("100000000000")
+        .start();
+    assert_eq!(s.get_host("a.example", "/running").text(), "no\n");
+    let from = s.log_count();
+    s.write_routes(&format!("{serving}---\n{waiting}"));
+    wait_for(WAIT, || {
+        (s.get_host("a.example", "/running").text() == "yes\n").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the worker served nothing while init ran:\n{}", s.logs()));
+    assert_eq!(s.get_host("a.example", "/go").text(), "set\n");
+    s.wait_log_since(from, "config reloaded", WAIT)
+        .unwrap_or_else(|| panic!("the reload did not finish:\n{}", s.logs()));
+    assert_eq!(s.get_host("b.example", "/").text(), "waited true\n");
+}
