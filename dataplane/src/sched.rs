@@ -1,17 +1,21 @@
 //! CPU fairness between the routes on one worker.
 //!
 //! Lua that runs past a slice is yielded by the count hook (`lua::budget`);
-//! its driver then waits in this worker's **background lane** before its next
-//! slice. The lane releases one waiting slice at a time, and only when the
-//! foreground had its turn: once no foreground request has run for [`IDLE`]
-//! (then slices follow back to back while it stays idle), or once the
-//! foreground has had [`FOREGROUND_SHARE`] times the last background slice's
-//! time since it ended. So a CPU-bound handler gets the whole worker when
-//! nothing else runs, and about one part in `FOREGROUND_SHARE + 1` when
-//! others are waiting, however many such handlers there are. (Watching for
-//! an idle scheduler round instead lets a load generator on the same cores
-//! — closed-loop clients pause between requests — hand the background far
-//! more than its share.)
+//! its execution (request, subrequest tree or timer run) is then *demoted*:
+//! from there on each of its handler runs and resumes waits in this worker's
+//! **background lane**. The lane releases one waiting slice at a time, and
+//! holds the background to one part in `FOREGROUND_SHARE + 1` of the worker
+//! while others are being served: each slice moves a virtual clock on by
+//! `FOREGROUND_SHARE + 1` times its length, and the next slice waits until
+//! the clock is less than [`TICK`] ahead of now (the timer's granularity; a
+//! tick's worth of tiny slices may run back to back). Once no foreground
+//! work has run for [`QUIET`], slices follow freely. So a CPU-bound handler
+//! gets the whole worker when nothing else runs, and its share while others
+//! run, however many such handlers there are. Foreground work of an
+//! execution that has a slice waiting is not "others": a subrequest tree
+//! cannot hold its own branches back. (Releasing whenever the scheduler has
+//! nothing ready hands the background far more: between two requests of a
+//! busy client the worker is briefly idle, and that CPU is the client's.)
 //!
 //! A route whose code was aborted for CPU (budget or unpreemptible stretch)
 //! is **penalized** for [`PENALTY`]: its handlers start in the background
@@ -31,7 +35,10 @@ use tokio::sync::{Notify, oneshot};
 /// The foreground's share of the worker against one background slice.
 pub const FOREGROUND_SHARE: u32 = 9;
 /// How long the foreground must be quiet for the worker to count as idle.
-pub const IDLE: Duration = Duration::from_millis(1);
+pub const QUIET: Duration = Duration::from_millis(10);
+/// The dispatcher's timer granularity: how far the background's virtual
+/// clock may run ahead of now.
+const TICK: Duration = Duration::from_millis(1);
 /// How long a route aborted for CPU starts its handlers in the background.
 pub const PENALTY: Duration = Duration::from_secs(1);
 /// A route's timers regain their whole budget over this time.
@@ -40,16 +47,19 @@ pub const REFILL: Duration = Duration::from_secs(10);
 /// The background lane and CPU state of one worker.
 #[derive(Default)]
 pub struct Sched {
-    /// Waiting slices, oldest first.
-    queue: RefCell<VecDeque<oneshot::Sender<()>>>,
-    /// Bumped whenever foreground Lua runs.
+    /// Waiting slices (and the execution each belongs to), oldest first.
+    queue: RefCell<VecDeque<(u64, oneshot::Sender<()>)>>,
+    /// Bumped whenever foreground work runs for an execution with no slice
+    /// waiting: only that is someone else being served. (A subrequest tree
+    /// whose other branches wait in the lane is not.)
     progress: Cell<u64>,
     /// A released slice has not finished yet.
     busy: Cell<bool>,
     /// Wakes the dispatcher: a slice was queued or finished.
     wake: Notify,
-    /// When the last background slice ended, and how long it took.
-    last: Cell<Option<(Instant, Duration)>>,
+    /// The background's virtual clock: where its slices so far would end if
+    /// each had taken `FOREGROUND_SHARE + 1` times its length.
+    clock: Cell<Option<Instant>>,
     penalized: RefCell<HashMap<Rc<str>, Instant>>,
     buckets: RefCell<HashMap<Rc<str>, Bucket>>,
 }
@@ -62,8 +72,9 @@ pub struct Slice {
 
 impl Drop for Slice {
     fn drop(&mut self) {
-        let now = Instant::now();
-        self.sched.last.set(Some((now, now - self.started)));
+        let took = self.started.elapsed();
+        let from = self.sched.clock.get().map_or(self.started, |c| c.max(self.started));
+        self.sched.clock.set(Some(from + took * (FOREGROUND_SHARE + 1)));
         self.sched.busy.set(false);
         self.sched.wake.notify_one();
     }
@@ -91,15 +102,18 @@ struct Bucket {
 }
 
 impl Sched {
-    /// Foreground Lua is about to run.
-    pub fn foreground(&self) {
-        self.progress.set(self.progress.get().wrapping_add(1));
+    /// Foreground work of `execution` (an account id; 0 for a request
+    /// before it runs any Lua) is about to run.
+    pub fn foreground(&self, execution: u64) {
+        if !self.queue.borrow().iter().any(|(e, _)| *e == execution) {
+            self.progress.set(self.progress.get().wrapping_add(1));
+        }
     }
 
-    /// Waits for this worker's next background slice.
-    pub async fn background(self: &Rc<Self>) -> Slice {
+    /// Waits for this worker's next background slice, for `execution`.
+    pub async fn background(self: &Rc<Self>, execution: u64) -> Slice {
         let (tx, rx) = oneshot::channel();
-        self.queue.borrow_mut().push_back(tx);
+        self.queue.borrow_mut().push_back((execution, tx));
         self.wake.notify_one();
         // The dispatcher never drops a sender without sending.
         let _ = rx.await;
@@ -111,22 +125,33 @@ impl Sched {
 
     /// Releases background slices, one at a time; runs for the worker's life.
     pub async fn dispatch(self: Rc<Self>) {
+        // The foreground progress last seen, and when it last moved.
+        let mut seen = self.progress.get();
+        let mut active_at = Instant::now();
         loop {
             if self.busy.get() || self.queue.borrow().is_empty() {
                 self.wake.notified().await;
                 continue;
             }
-            let seen = self.progress.get();
-            tokio::task::yield_now().await;
-            let idle = self.progress.get() == seen;
-            let fair = self
-                .last
+            let now = Instant::now();
+            if self.progress.get() != seen {
+                seen = self.progress.get();
+                active_at = now;
+            }
+            let quiet = now - active_at >= QUIET;
+            if quiet {
+                // An idle worker's CPU is no one's: it leaves no debt.
+                self.clock.set(None);
+            } else if let Some(due) = self
+                .clock
                 .get()
-                .is_none_or(|(ended, took)| ended.elapsed() >= took * FOREGROUND_SHARE);
-            if !(idle || fair) {
+                .and_then(|c| c.checked_sub(TICK))
+                .filter(|due| *due > now)
+            {
+                tokio::time::sleep_until(due.into()).await;
                 continue;
             }
-            while let Some(tx) = self.queue.borrow_mut().pop_front() {
+            while let Some((_, tx)) = self.queue.borrow_mut().pop_front() {
                 // A waiter whose request went away is skipped.
                 if tx.send(()).is_ok() {
                     self.busy.set(true);
@@ -196,7 +221,7 @@ mod tests {
                 for i in 0..3 {
                     let (sched, order) = (sched.clone(), order.clone());
                     tasks.push(tokio::task::spawn_local(async move {
-                        let slice = sched.background().await;
+                        let slice = sched.background(i).await;
                         assert!(sched.busy.get(), "a released slice is the only one running");
                         order.borrow_mut().push(i);
                         tokio::task::yield_now().await;
@@ -209,6 +234,22 @@ mod tests {
                 assert_eq!(*order.borrow(), vec![0, 1, 2]);
             })
             .await;
+    }
+
+    #[test]
+    fn only_executions_with_no_waiting_slice_count_as_foreground() {
+        let sched = Rc::new(Sched::default());
+        let (tx, _rx) = oneshot::channel();
+        sched.queue.borrow_mut().push_back((7, tx));
+        let before = sched.progress.get();
+        sched.foreground(7);
+        assert_eq!(
+            sched.progress.get(),
+            before,
+            "a waiting execution's own work is not someone else's turn"
+        );
+        sched.foreground(8);
+        assert_ne!(sched.progress.get(), before);
     }
 
     #[test]

@@ -99,6 +99,44 @@ fn content_length_over_the_limit_is_413() {
     assert!(logged.is_some(), "{}", s.logs());
 }
 
+/// nginx's lingering close: a client that sends all of a large body the
+/// server answered early (413 on Content-Length or mid-stream, or a handler
+/// that never reads it) gets to write it all and reads the response, rather
+/// than a reset from a close with its data still arriving.
+#[test]
+fn a_body_answered_early_is_drained_so_the_client_reads_the_response() {
+    let s = server(&["--max-body-size", "1Mi"]);
+    let big = "b".repeat(16 << 20);
+    let cases = [
+        ("/need", format!("Content-Length: {}\r\n", big.len()), big.clone(), 413),
+        (
+            "/read",
+            "Transfer-Encoding: chunked\r\n".to_string(),
+            format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()),
+            413,
+        ),
+        (
+            "/",
+            "Transfer-Encoding: chunked\r\n".to_string(),
+            format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()),
+            200,
+        ),
+    ];
+    for (path, framing, body, status) in cases {
+        let mut stream = s.connect();
+        stream
+            .write_all(
+                format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n{framing}Connection: close\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+        stream
+            .write_all(body.as_bytes())
+            .unwrap_or_else(|e| panic!("{path}: the body could not be sent: {e}"));
+        let r = read_response(&mut BufReader::new(stream)).unwrap_or_else(|e| panic!("{path}: no response: {e}"));
+        assert_eq!(r.status, status, "{path}: {r:?}");
+    }
+}
+
 #[test]
 fn chunked_body_over_the_limit_is_413() {
     let s = server(&["--max-body-size", "1Ki"]);

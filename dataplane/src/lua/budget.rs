@@ -97,6 +97,9 @@ pub struct Account {
     /// Work since the code last yielded to the driver.
     since_yield: Cell<u64>,
     exceeded: Cell<Option<Exceeded>>,
+    /// The code ran a whole slice: the rest of it runs in the background
+    /// lane (`sched`), for the account's life.
+    demoted: Cell<bool>,
     /// Work charged over the account's life (what the CPU meter records).
     spent: Cell<u64>,
     /// The largest string the code may build outside the VM (its VM's
@@ -119,6 +122,7 @@ impl Account {
             left: Cell::new(limits.budget),
             since_yield: Cell::new(0),
             exceeded: Cell::new(None),
+            demoted: Cell::new(false),
             spent: Cell::new(0),
             max_string,
         })
@@ -157,6 +161,20 @@ impl Account {
 
     pub fn route(&self) -> &Rc<str> {
         &self.route
+    }
+
+    /// The execution this account is (see [`execution`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the code ran a whole slice; see `demoted`.
+    pub fn demoted(&self) -> bool {
+        self.demoted.get()
+    }
+
+    pub fn demote(&self) {
+        self.demoted.set(true);
     }
 
     pub fn route_limits(&self) -> Limits {

@@ -277,7 +277,7 @@ impl Vm {
             if !(values.is_empty() && super::budget::preempted(false)) {
                 return Err(mlua::Error::runtime(format!("attempt to yield from {phase}")));
             }
-            slice = Some(sched.background().await);
+            slice = Some(sched.background(account.id()).await);
         }
     }
 

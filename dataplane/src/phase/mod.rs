@@ -34,7 +34,6 @@ use crate::lua::api;
 use crate::lua::budget::{self, Account, Running};
 use crate::lua::vm::LoadedConfig;
 use crate::request::{self, Body, Current, Exit, RequestState, SharedRequest};
-use crate::sched::Slice;
 use crate::worker::Worker;
 
 /// nginx allows 10 internal redirects before "rewrite or internal redirection cycle".
@@ -109,7 +108,7 @@ pub fn take_head() -> Option<Response> {
 /// phase. Finishing without a head means: close the connection.
 pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: ConnInfo) {
     crate::lua::api::time::update_cached_time();
-    worker.sched.foreground();
+    worker.sched.foreground(0);
     let loaded = worker.config();
     let (parts, body) = request.into_parts();
     let request_uri = parts
@@ -153,6 +152,26 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
     let status = { (!lc.req.borrow().close).then(|| lc.req.borrow().effective_status()) };
     crate::metrics::response(status);
     log::run(&lc);
+    if let Some(body) = lc.body_stream.take() {
+        tokio::task::spawn_local(linger(body));
+    }
+}
+
+/// nginx's lingering close: the unread body of a request answered early (a
+/// 413, a handler that never read it) is read and dropped, for at most
+/// `LINGERING_TIME` and while data keeps coming, so that closing the
+/// connection with data still arriving does not reset it before the client
+/// has read the response.
+async fn linger(mut body: Incoming) {
+    const LINGERING_TIME: Duration = Duration::from_secs(30);
+    const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + LINGERING_TIME;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(
+        deadline.min(tokio::time::Instant::now() + LINGERING_TIMEOUT),
+        body.frame(),
+    )
+    .await
+    {}
 }
 
 impl Lifecycle {
@@ -288,7 +307,8 @@ impl Lifecycle {
         }
         let max = self.max_body(self.req.borrow().location);
         let mut buf = BytesMut::new();
-        if let Some(mut stream) = self.body_stream.take() {
+        // On 413 the rest stays in `body_stream`, to be drained (`linger`).
+        if let Some(stream) = self.body_stream.as_mut() {
             while let Some(frame) = stream.frame().await {
                 // The client went away or sent a malformed body.
                 let frame = frame.map_err(|_| 400u16)?;
@@ -300,6 +320,7 @@ impl Lifecycle {
                     buf.extend_from_slice(data);
                 }
             }
+            self.body_stream = None;
         }
         self.req.borrow_mut().body = Body::Read(buf.freeze());
         Ok(())
@@ -324,22 +345,23 @@ impl Lifecycle {
             Err(e) => return self.lua_error(phase, &e),
         };
         // A route that was just aborted for CPU starts in the background.
-        let mut slice: Option<Slice> = if sched.is_penalized(&key) {
-            Some(sched.background().await)
-        } else {
-            None
-        };
+        if sched.is_penalized(&key) {
+            account.demote();
+        }
         let mut args = MultiValue::new();
         loop {
-            if slice.is_none() {
-                sched.foreground();
-            }
+            let slice = if account.demoted() {
+                Some(sched.background(account.id()).await)
+            } else {
+                sched.foreground(account.id());
+                None
+            };
             let result = {
                 let _current = Current::enter(&self.req);
                 let _running = Running::enter(&account, vm.hook());
                 thread.resume::<MultiValue>(args)
             };
-            drop(slice.take());
+            drop(slice);
             account.yielded();
             let values = match result {
                 Ok(v) => v,
@@ -368,7 +390,7 @@ impl Lifecycle {
             };
             args = MultiValue::new();
             match op {
-                _ if preempted => slice = Some(sched.background().await),
+                _ if preempted => account.demote(),
                 api::OP_EXIT => {
                     let exit = self.req.borrow_mut().exit.take();
                     return HandlerEnd::Exit(exit.unwrap_or(Exit::Status(0)));

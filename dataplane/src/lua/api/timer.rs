@@ -335,12 +335,16 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
     let sched = crate::sched::current();
     let account = budget::Account::new(run.route.clone(), run.limits, run.limits, run.max_string);
     // A route that was just aborted for CPU starts in the background.
-    let mut slice = if sched.is_penalized(&run.route) {
-        Some(sched.background().await)
-    } else {
-        None
-    };
+    if sched.is_penalized(&run.route) {
+        account.demote();
+    }
     loop {
+        let slice = if account.demoted() {
+            Some(sched.background(account.id()).await)
+        } else {
+            sched.foreground(account.id());
+            None
+        };
         let allowance = sched.timer_allowance(&run.route, run.limits.budget);
         if allowance == 0 {
             // The route's timers spent their bucket: this run ends like one
@@ -355,14 +359,11 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
         }
         account.set_left(allowance);
         let before = account.spent();
-        if slice.is_none() {
-            sched.foreground();
-        }
         let result = crate::lua::with_vm_phase("timer", || {
             let _running = Running::enter(&account, run.hook);
             thread.resume::<MultiValue>(args)
         });
-        drop(slice.take());
+        drop(slice);
         account.yielded();
         sched.timer_spent(&run.route, account.spent() - before);
         let values = match result {
@@ -379,7 +380,7 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
             return Ok(());
         }
         if values.is_empty() && budget::preempted(false) {
-            slice = Some(sched.background().await);
+            account.demote();
             args = MultiValue::new();
             continue;
         }
