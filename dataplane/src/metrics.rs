@@ -24,6 +24,11 @@ struct PhaseLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -43,7 +48,7 @@ struct Metrics {
     durable_timers_dropped: Counter,
     timer_callback_errors: Counter,
     lua_memory_errors: Counter,
-    tenant_vms: Gauge,
+    tenant_vms: Family<WorkerLabel, Gauge>,
     routes_failed: Counter,
 }
 
@@ -121,10 +126,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Lua code that failed for running past its tenant VM's memory limit",
         lua_memory_errors.clone(),
     );
-    let tenant_vms = Gauge::default();
+    let tenant_vms = Family::<WorkerLabel, Gauge>::default();
     registry.register(
         "lua_tenant_vms",
-        "Tenant Lua VMs (one per namespace with routes) on the most recently reconfigured worker",
+        "Tenant Lua VMs (one per namespace with routes in the served config), by worker",
         tenant_vms.clone(),
     );
     let routes_failed = Counter::default();
@@ -218,8 +223,11 @@ pub fn lua_memory_error() {
     METRICS.lua_memory_errors.inc();
 }
 
-pub fn tenant_vms(n: usize) {
-    METRICS.tenant_vms.set(i64::try_from(n).unwrap_or(i64::MAX));
+pub fn tenant_vms(worker: usize, n: usize) {
+    METRICS
+        .tenant_vms
+        .get_or_create(&WorkerLabel { worker })
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 pub fn routes_failed(n: usize) {

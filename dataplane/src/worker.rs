@@ -167,7 +167,7 @@ impl Worker {
                 .map_err(|e| format!("creating the Lua VM of namespace {namespace}: {e}"))?,
         );
         self.tenants.borrow_mut().insert(vm.tenant.clone(), vm.clone());
-        crate::metrics::tenant_vms(self.tenants.borrow().len());
+        crate::metrics::tenant_vms(self.id, self.tenants.borrow().len());
         Ok(vm)
     }
 
@@ -256,7 +256,7 @@ impl Worker {
         let current = self.current.borrow();
         let mut tenants = self.tenants.borrow_mut();
         tenants.retain(|ns, _| current.config.routes.iter().any(|r| r.namespace.as_str() == &**ns));
-        crate::metrics::tenant_vms(tenants.len());
+        crate::metrics::tenant_vms(self.id, tenants.len());
     }
 }
 

@@ -74,10 +74,15 @@ fn assert_still_serving(s: &mut Server) {
     assert!(s.try_wait().is_none(), "the dataplane exited");
 }
 
-/// Runs `lua` as the hostile handler: it must get a 500, a log line naming the
-/// route and the phase, and leave the worker serving.
-fn assert_contained(extra: &str, lua: &str) {
-    let mut s = Server::builder(&attacker(extra, lua)).workers(1).start();
+/// Runs `lua` as the hostile handler with `extra` spec lines and dataplane
+/// `args`: it must get a 500 and a log line holding every one of `needles`,
+/// and leave the worker serving.
+fn assert_fails_logging(extra: &str, args: &[&str], lua: &str, needles: &[&str]) {
+    let mut b = Server::builder(&attacker(extra, lua)).workers(1);
+    for a in args {
+        b = b.arg(a);
+    }
+    let mut s = b.start();
     let from = s.log_count();
     let r = hostile_request(&mut s);
     assert_eq!(
@@ -87,9 +92,13 @@ fn assert_contained(extra: &str, lua: &str) {
         r.text(),
         s.logs()
     );
-    wait_line(&s, from, &[ROUTE, "/hostile", "content"])
-        .unwrap_or_else(|| panic!("no error line naming the route and phase:\n{}", s.logs()));
+    wait_line(&s, from, needles).unwrap_or_else(|| panic!("no error line with {needles:?}:\n{}", s.logs()));
     assert_still_serving(&mut s);
+}
+
+/// The hostile handler fails with a 500 and a line naming the route and the phase.
+fn assert_contained(extra: &str, lua: &str) {
+    assert_fails_logging(extra, &[], lua, &[ROUTE, "/hostile", "content"]);
 }
 
 /// `kB` of `field` (VmRSS, VmHWM) in /proc/PID/status.
@@ -246,26 +255,9 @@ fn require_recursion_through_modules_fails_only_its_request() {
 
 // ---------------------------------------------------------------- finding 4: CPU
 
-/// Runs `lua` as the hostile handler with `extra` spec lines and `args`: it must
-/// get a 500 with the budget log line naming the route, and leave the worker serving.
+/// The hostile handler is aborted with the budget line naming the route.
 fn assert_preempted(extra: &str, args: &[&str], lua: &str) {
-    let mut b = Server::builder(&attacker(extra, lua)).workers(1);
-    for a in args {
-        b = b.arg(a);
-    }
-    let mut s = b.start();
-    let from = s.log_count();
-    let r = hostile_request(&mut s);
-    assert_eq!(
-        r.status,
-        500,
-        "the hostile request: {:?}; logs:\n{}",
-        r.text(),
-        s.logs()
-    );
-    wait_line(&s, from, &["instruction budget exceeded", ROUTE])
-        .unwrap_or_else(|| panic!("no budget line naming the route:\n{}", s.logs()));
-    assert_still_serving(&mut s);
+    assert_fails_logging(extra, args, lua, &["instruction budget exceeded", ROUTE]);
 }
 
 /// Finding 4: a loop of `coroutine.resume` caught the budget error of each

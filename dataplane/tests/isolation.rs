@@ -561,6 +561,59 @@ ngx.say(n > 0, " ", tostring(err))
     );
 }
 
+/// The VM model: one Lua VM per namespace on each worker, so a namespace's
+/// routes share a VM (with separate globals) and no two namespaces do. The
+/// metric counts them by worker; routes of a namespace that is gone free it.
+#[test]
+fn each_namespace_has_a_vm_of_its_own_on_each_worker() {
+    let routes = |namespaces: &[&str]| {
+        docs(
+            &namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| {
+                    tenant(
+                        ns,
+                        &format!("r{i}"),
+                        &format!("h{i}.example"),
+                        "",
+                        &[content("/", "ngx.say('ok')")],
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let s = Server::builder(&routes(&["a", "a", "b"]))
+        .workers(2)
+        .arg("--admin")
+        .arg("127.0.0.1:0")
+        .start();
+    let vms = |s: &Server| {
+        let text = s.admin_get("/metrics").text();
+        let mut by_worker: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("moongate_lua_tenant_vms{"))
+            .map(str::to_string)
+            .collect();
+        by_worker.sort();
+        by_worker
+    };
+    let want = |n: usize| {
+        vec![
+            format!("moongate_lua_tenant_vms{{worker=\"0\"}} {n}"),
+            format!("moongate_lua_tenant_vms{{worker=\"1\"}} {n}"),
+        ]
+    };
+    assert_eq!(vms(&s), want(2), "namespaces a and b on each of 2 workers");
+    s.write_routes(&routes(&["a", "a"]));
+    let shrunk = wait_for(WAIT, || (vms(&s) == want(1)).then_some(()));
+    assert!(
+        shrunk.is_some(),
+        "b's VMs are freed once b has no routes: {:?}",
+        vms(&s)
+    );
+}
+
 #[path = "isolation/locations.rs"]
 mod locations;
 

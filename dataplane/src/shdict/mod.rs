@@ -25,6 +25,8 @@ mod entries;
 mod expiry;
 mod list;
 mod record;
+#[cfg(feature = "fuzzing")]
+pub use record::check_roundtrip as fuzz_record_roundtrip;
 pub mod seq;
 #[cfg(test)]
 mod seq_tests;

@@ -112,6 +112,19 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Record> {
     Some(Record { value, flags, expires })
 }
 
+/// The fuzz target's property (`fuzz/`): a record that decodes encodes back
+/// to the same bytes (the layout has one form per value).
+#[cfg(feature = "fuzzing")]
+pub fn check_roundtrip(bytes: &[u8]) {
+    if let Some(r) = decode(bytes) {
+        assert_eq!(
+            encode(&r.value, r.flags, r.expires),
+            bytes,
+            "a decoded record encodes differently"
+        );
+    }
+}
+
 fn payload_hint(value: &Stored) -> usize {
     match value {
         Stored::Scalar(Value::Str(s)) => s.len(),
