@@ -386,6 +386,37 @@ fn string_rep_of_a_gigabyte_fails_fast_and_stays_small() {
     assert_still_serving(&mut s);
 }
 
+/// Finding 4: a `table.sort` comparator ran inside C, where the hook cannot
+/// preempt, so a slow one held the worker for a whole stretch and a large
+/// sort with a comparator was cut off. After: the comparator runs from Lua:
+/// a sort of 50,000 records (millions of instructions) completes, and one
+/// that never returns is preempted and aborted at the budget, not as an
+/// unpreemptible stretch.
+#[test]
+fn a_table_sort_comparator_is_preemptible() {
+    let lua = r#"
+local t = {}
+for i = 1, 50000 do t[i] = { k = (i * 7919) % 50000 } end
+table.sort(t, function(a, b) return a.k < b.k end)
+for i = 2, #t do assert(t[i - 1].k <= t[i].k, "out of order") end
+ngx.say("sorted ", #t)"#;
+    let mut s = Server::builder(&attacker("", lua)).workers(1).start();
+    let r = hostile_request(&mut s);
+    assert_eq!((r.status, r.text().as_str()), (200, "sorted 50000\n"), "{}", s.logs());
+    drop(s);
+    let endless = "local t = {} for i = 1, 100 do t[i] = i end\ntable.sort(t, function(a, b) while true do end end)";
+    let mut s = Server::builder(&attacker("", endless)).workers(1).start();
+    let from = s.log_count();
+    assert_eq!(hostile_request(&mut s).status, 500);
+    let line = wait_line(&s, from, &["instruction budget exceeded", ROUTE])
+        .unwrap_or_else(|| panic!("no budget line naming the route:\n{}", s.logs()));
+    assert!(
+        !line.contains("too long without a point"),
+        "aborted as unpreemptible: {line}"
+    );
+    assert_still_serving(&mut s);
+}
+
 /// Finding 4: a timer got a fresh budget at every resume, so a callback that
 /// yields between bursts burned CPU forever. After: the timer is aborted with
 /// the budget line naming the route, and a normal route on the same worker answers.

@@ -38,6 +38,7 @@ getmetatable("").__metatable = false
 -- They check cheaply and tail-call the original, so its error messages keep
 -- naming the function and the caller's line.
 local sort, insert, remove, maxn, unpack, byte = table.sort, table.insert, table.remove, table.maxn, unpack, string.byte
+local floor, rawget, rawset, error = math.floor, rawget, rawset, error
 
 local function charge_len(t)
     if type(t) == "table" then
@@ -61,19 +62,99 @@ table.maxn = function(t)
     charge_len(t)
     return maxn(t)
 end
-table.sort = function(t, cmp)
-    if type(t) == "table" then
-        local n = #t
-        if n > 64 then
-            -- n log2 n comparisons; a comparator's own instructions count too.
-            local log = 1
-            while 2 ^ log < n do
-                log = log + 1
+-- With a comparator, table.sort is LuaJIT's own algorithm (lib_table.c's
+-- auxsort, the same comparisons in the same order, so results and
+-- "invalid order function" errors match) written in Lua: the comparator is
+-- then called from Lua, so a slow one is preempted like any Lua code rather
+-- than running as one unpreemptible stretch inside C. Returns false where
+-- C raises, so the error can name the caller's line.
+local function auxsort(t, l, u, cmp)
+    while l < u do
+        local al, au = rawget(t, l), rawget(t, u)
+        if cmp(au, al) then
+            rawset(t, l, au)
+            rawset(t, u, al)
+        end
+        if u - l == 1 then
+            break
+        end
+        local i = floor((l + u) / 2)
+        local ai
+        ai, al = rawget(t, i), rawget(t, l)
+        if cmp(ai, al) then
+            rawset(t, i, al)
+            rawset(t, l, ai)
+        else
+            au = rawget(t, u)
+            if cmp(au, ai) then
+                rawset(t, i, au)
+                rawset(t, u, ai)
             end
-            charge_n(n * log)
+        end
+        if u - l == 2 then
+            break
+        end
+        local p = rawget(t, i)
+        rawset(t, i, rawget(t, u - 1))
+        rawset(t, u - 1, p)
+        local j
+        i, j = l, u - 1
+        while true do
+            i = i + 1
+            ai = rawget(t, i)
+            while cmp(ai, p) do
+                if i >= u then
+                    return false
+                end
+                i = i + 1
+                ai = rawget(t, i)
+            end
+            j = j - 1
+            local aj = rawget(t, j)
+            while cmp(p, aj) do
+                if j <= l then
+                    return false
+                end
+                j = j - 1
+                aj = rawget(t, j)
+            end
+            if j < i then
+                break
+            end
+            rawset(t, i, aj)
+            rawset(t, j, ai)
+        end
+        local aum1 = rawget(t, u - 1)
+        rawset(t, u - 1, rawget(t, i))
+        rawset(t, i, aum1)
+        if i - l < u - i then
+            j, i, l = l, i - 1, i + 1
+        else
+            j, i, u = i + 1, u, i - 1
+        end
+        if auxsort(t, j, i, cmp) == false then
+            return false
         end
     end
-    return sort(t, cmp)
+end
+table.sort = function(t, cmp)
+    if type(t) ~= "table" or type(cmp) ~= "function" then
+        if type(t) == "table" then
+            local n = #t
+            if n > 64 then
+                -- n log2 n comparisons, in C.
+                local log = 1
+                while 2 ^ log < n do
+                    log = log + 1
+                end
+                charge_n(n * log)
+            end
+        end
+        return sort(t, cmp)
+    end
+    if auxsort(t, 1, #t, cmp) == false then
+        error("invalid order function for sorting", 2)
+    end
 end
 string.byte = function(s, i, j)
     if j ~= nil and type(s) == "string" and #s > 64 then

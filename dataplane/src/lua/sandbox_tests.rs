@@ -374,3 +374,76 @@ fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
         .join()
         .unwrap();
 }
+
+/// `table.sort` with a comparator is a Lua port of LuaJIT's (so that the
+/// comparator can be preempted): for the same input and comparator it must
+/// make the same permutation, equal keys included, and fail with "invalid
+/// order function" exactly where the C original does.
+#[test]
+fn table_sort_with_a_comparator_matches_luajits_own() {
+    let lua = Lua::new();
+    let table: Table = lua.globals().get("table").unwrap();
+    let c_sort: Function = table.get("sort").unwrap();
+    let settings = VmSettings {
+        worker_id: 0,
+        worker_count: 1,
+        memory_limit: 64 << 20,
+    };
+    let _vm = Vm::with_lua(lua.clone(), "tenant", &settings, &Arc::new(DictStore::default())).unwrap();
+    let lua_sort: Function = table.get("sort").unwrap();
+    assert_ne!(
+        lua_sort.to_pointer(),
+        c_sort.to_pointer(),
+        "the sandbox replaced table.sort"
+    );
+    let report: String = lua
+        .load(
+            r#"
+local c_sort, lua_sort = ...
+local seed
+local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648 return seed % n + 1 end
+local cmps = {
+    lt = function(a, b) return a.k < b.k end,
+    gt = function(a, b) return a.k > b.k end,
+    le = function(a, b) return a.k <= b.k end,
+    always = function() return true end,
+    coin = function() return rnd(2) == 1 end,
+}
+local bad, runs, failures = {}, 0, 0
+for _, n in ipairs({0, 1, 2, 3, 4, 5, 7, 8, 13, 31, 64, 100, 257, 1000}) do
+    for name, cmp in pairs(cmps) do
+        for round = 1, 5 do
+            seed = n * 7919 + round
+            local a, b = {}, {}
+            for i = 1, n do
+                local r = { k = rnd(n / 2 + 1), id = i }
+                a[i], b[i] = r, r
+            end
+            local s = seed
+            local ok1, e1 = pcall(c_sort, a, cmp)
+            seed = s
+            local ok2, e2 = pcall(lua_sort, b, cmp)
+            runs = runs + 1
+            if not ok1 then failures = failures + 1 end
+            local same = ok1 == ok2
+            if not ok1 and same then
+                same = tostring(e1):match("invalid order function") ~= nil
+                    and tostring(e2):match("invalid order function") ~= nil
+            end
+            for i = 1, n do
+                if a[i] ~= b[i] then same = false end
+            end
+            if not same then
+                bad[#bad + 1] = name .. " n=" .. n .. " round " .. round .. ": " .. tostring(e1) .. " / " .. tostring(e2)
+            end
+        end
+    end
+end
+return #bad .. " of " .. runs .. " differ (" .. failures .. " failed in C)\n" .. table.concat(bad, "\n")
+"#,
+        )
+        .call((c_sort, lua_sort))
+        .unwrap();
+    assert!(report.starts_with("0 of "), "{report}");
+    assert!(!report.contains("(0 failed"), "some cases must fail in C too: {report}");
+}
