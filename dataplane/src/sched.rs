@@ -49,6 +49,10 @@ pub const REFILL: Duration = Duration::from_secs(10);
 pub struct Sched {
     /// Waiting slices (and the execution each belongs to), oldest first.
     queue: RefCell<VecDeque<(u64, oneshot::Sender<()>)>>,
+    /// How many slices of each execution are in `queue`: asked at every
+    /// foreground resume, so it must not cost a walk of a queue that
+    /// hostile requests can make long.
+    waiting: RefCell<HashMap<u64, usize>>,
     /// Bumped whenever foreground work runs for an execution with no slice
     /// waiting: only that is someone else being served. (A subrequest tree
     /// whose other branches wait in the lane is not.)
@@ -105,7 +109,7 @@ impl Sched {
     /// Foreground work of `execution` (an account id; 0 for a request
     /// before it runs any Lua) is about to run.
     pub fn foreground(&self, execution: u64) {
-        if !self.queue.borrow().iter().any(|(e, _)| *e == execution) {
+        if !self.waiting.borrow().contains_key(&execution) {
             self.progress.set(self.progress.get().wrapping_add(1));
         }
     }
@@ -114,6 +118,7 @@ impl Sched {
     pub async fn background(self: &Rc<Self>, execution: u64) -> Slice {
         let (tx, rx) = oneshot::channel();
         self.queue.borrow_mut().push_back((execution, tx));
+        *self.waiting.borrow_mut().entry(execution).or_default() += 1;
         self.wake.notify_one();
         // The dispatcher never drops a sender without sending.
         let _ = rx.await;
@@ -151,7 +156,15 @@ impl Sched {
                 tokio::time::sleep_until(due.into()).await;
                 continue;
             }
-            while let Some((_, tx)) = self.queue.borrow_mut().pop_front() {
+            while let Some((execution, tx)) = self.queue.borrow_mut().pop_front() {
+                let mut waiting = self.waiting.borrow_mut();
+                if let Some(n) = waiting.get_mut(&execution) {
+                    *n -= 1;
+                    if *n == 0 {
+                        waiting.remove(&execution);
+                    }
+                }
+                drop(waiting);
                 // A waiter whose request went away is skipped.
                 if tx.send(()).is_ok() {
                     self.busy.set(true);
@@ -241,6 +254,7 @@ mod tests {
         let sched = Rc::new(Sched::default());
         let (tx, _rx) = oneshot::channel();
         sched.queue.borrow_mut().push_back((7, tx));
+        sched.waiting.borrow_mut().insert(7, 1);
         let before = sched.progress.get();
         sched.foreground(7);
         assert_eq!(
