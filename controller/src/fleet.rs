@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use moongate_proto::v1 as pb;
 use tokio::sync::watch;
 
-use crate::published::{Published, RouteKey};
+use crate::published::Published;
+use moongate_route::RouteKey;
 
 /// One dataplane's rejection of a version.
 #[derive(Clone, Debug)]
@@ -34,7 +35,7 @@ impl Rejection {
         }
         self.route_errors
             .iter()
-            .find(|e| e.namespace == key.0 && e.name == key.1)
+            .find(|e| e.namespace == key.namespace && e.name == key.name)
             .map(|e| e.message.as_str())
     }
 }

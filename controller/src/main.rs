@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use kube::CustomResourceExt;
-use moongate_controller::crd::LuaRoute;
 use moongate_controller::leader::LeaseSettings;
 use moongate_controller::reconcile::Debounce;
 use moongate_controller::run::{Options, run};
 use moongate_controller::tls::TlsSource;
+use moongate_route::crd::LuaRoute;
 
 /// The Moongate controller.
 #[derive(Parser)]

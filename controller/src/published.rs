@@ -9,12 +9,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use moongate_proto::snapshot;
 use moongate_proto::v1 as pb;
-
-use crate::snapshot;
-
-/// `(namespace, name)` of a LuaRoute.
-pub type RouteKey = (String, String);
+use moongate_route::RouteKey;
 
 #[derive(Debug, Default)]
 pub struct Published {
@@ -87,10 +84,7 @@ impl Published {
             .routes
             .keys()
             .filter(|key| !self.routes.contains_key(*key))
-            .map(|(namespace, name)| pb::RouteKey {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            })
+            .map(|key| pb::RouteKey::from(key.clone()))
             .collect();
         pb::Delta {
             version: self.version,
@@ -122,10 +116,7 @@ mod tests {
     fn published(version: u64, routes: &[&Arc<pb::Route>]) -> Published {
         Published::new(
             version,
-            routes
-                .iter()
-                .map(|r| ((r.namespace.clone(), r.name.clone()), Arc::clone(r)))
-                .collect(),
+            routes.iter().map(|r| (RouteKey::of(r), Arc::clone(r))).collect(),
         )
     }
 

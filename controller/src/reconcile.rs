@@ -20,9 +20,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::crd::LuaRoute;
 use crate::published::Published;
 use crate::routes::{Acceptance, RouteTable, Verdicts, key_of};
+use moongate_route::crd::LuaRoute;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Debounce {
@@ -120,7 +120,7 @@ fn apply(table: &mut RouteTable, relists: &mut Relists, change: Change) {
         },
         Change::Service(scope, event) => match event {
             Apply(service) => table.apply_service(service),
-            Delete(service) => table.delete_service(&key_of(&service)),
+            Delete(service) => table.delete_service(&service),
             Init => {
                 relists.services.insert(scope, Vec::new());
             }
@@ -232,7 +232,7 @@ mod tests {
         let yaml = format!(
             "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: r{i}, namespace: ns}}\nspec:\n  hostnames: [r{i}.test]\n  locations:\n    - path: /\n      content: ngx.say({i})\n"
         );
-        let mut r = crate::source::parse_routes(&yaml, None).unwrap().remove(0);
+        let mut r = moongate_route::source::parse_routes(&yaml, None).unwrap().remove(0);
         r.metadata.generation = Some(1);
         r
     }

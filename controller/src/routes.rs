@@ -19,11 +19,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use moongate_proto::v1 as pb;
 
-use crate::compile::{Compiler, compile_route};
-use crate::crd::{LuaRoute, LuaRouteStatus};
 use crate::endpoints::{EndpointIndex, Resolution};
-use crate::error::Problem;
-use crate::published::RouteKey;
+use moongate_route::Problem;
+use moongate_route::RouteKey;
+use moongate_route::compile::{Compiler, compile_route};
+use moongate_route::crd::{LuaRoute, LuaRouteStatus};
 
 /// Why a route (generation) is or isn't in the published config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +69,7 @@ pub struct RouteTable {
     compiler: Compiler,
     routes: BTreeMap<RouteKey, Entry>,
     endpoints: EndpointIndex,
+    /// By (namespace, name).
     services: HashMap<(String, String), Service>,
 }
 
@@ -77,7 +78,11 @@ fn in_scope(scope: Option<&str>, namespace: &str) -> bool {
 }
 
 pub fn key_of<K: ResourceExt>(object: &K) -> RouteKey {
-    (object.namespace().unwrap_or_default(), object.name_any())
+    RouteKey::new(object.namespace().unwrap_or_default(), object.name_any())
+}
+
+fn service_key(service: &Service) -> (String, String) {
+    (service.namespace().unwrap_or_default(), service.name_any())
 }
 
 impl RouteTable {
@@ -93,7 +98,7 @@ impl RouteTable {
     pub fn relist_routes(&mut self, scope: Option<&str>, objects: Vec<LuaRoute>) {
         let listed: std::collections::HashSet<RouteKey> = objects.iter().map(key_of).collect();
         self.routes
-            .retain(|key, _| !in_scope(scope, &key.0) || listed.contains(key));
+            .retain(|key, _| !in_scope(scope, &key.namespace) || listed.contains(key));
         for object in objects {
             self.upsert(object);
         }
@@ -122,7 +127,7 @@ impl RouteTable {
         });
         match &compiled {
             Ok(_) => {
-                tracing::info!(route = %format!("{}/{}", key.0, key.1), generation = ?object.metadata.generation, "compiled")
+                tracing::info!(route = %key, generation = ?object.metadata.generation, "compiled")
             }
             Err(problems) => {
                 for p in problems {
@@ -175,16 +180,15 @@ impl RouteTable {
     }
 
     pub fn apply_service(&mut self, service: Service) {
-        let key = key_of(&service);
-        self.services.insert(key, service);
+        self.services.insert(service_key(&service), service);
     }
 
-    pub fn delete_service(&mut self, key: &RouteKey) {
-        self.services.remove(key);
+    pub fn delete_service(&mut self, service: &Service) {
+        self.services.remove(&service_key(service));
     }
 
     pub fn relist_services(&mut self, scope: Option<&str>, services: Vec<Service>) {
-        self.services.retain(|key, _| !in_scope(scope, &key.0));
+        self.services.retain(|(namespace, _), _| !in_scope(scope, namespace));
         for service in services {
             self.apply_service(service);
         }
@@ -221,7 +225,7 @@ impl RouteTable {
                 },
             );
         }
-        let refusals = crate::index::admit(candidates.iter().map(|(_, r)| r.as_ref()));
+        let refusals = moongate_route::index::admit(candidates.iter().map(|(_, r)| r.as_ref()));
         for refusal in &refusals {
             if let Some(v) = verdicts.get_mut(refusal.route())
                 && !matches!(v.acceptance, Acceptance::Conflicted(_))
@@ -255,21 +259,24 @@ impl RouteTable {
         let mut route: Option<pb::Route> = None;
         for (i, location) in base.locations.iter().enumerate() {
             let Some(upstream) = &location.upstream else { continue };
-            let service_key = (key.0.clone(), upstream.service.clone());
+            let service_key = (key.namespace.clone(), upstream.service.clone());
             let endpoints = match self.services.get(&service_key) {
                 None => {
-                    missing.push(format!("Service {}/{} not found", key.0, upstream.service));
+                    missing.push(format!("Service {}/{} not found", key.namespace, upstream.service));
                     Vec::new()
                 }
                 Some(service) => match crate::endpoints::port_name(service, upstream.port as u16) {
                     None => {
                         missing.push(format!(
                             "Service {}/{} has no TCP port {}",
-                            key.0, upstream.service, upstream.port
+                            key.namespace, upstream.service, upstream.port
                         ));
                         Vec::new()
                     }
-                    Some(port_name) => match self.endpoints.resolve(&key.0, &upstream.service, Some(&port_name)) {
+                    Some(port_name) => match self
+                        .endpoints
+                        .resolve(&key.namespace, &upstream.service, Some(&port_name))
+                    {
                         Resolution::Endpoints(endpoints) => endpoints,
                         Resolution::NoSuchService | Resolution::NoReadyEndpoints => Vec::new(),
                     },
@@ -312,7 +319,7 @@ fn object_reference(route: &LuaRoute) -> k8s_openapi::api::core::v1::ObjectRefer
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::parse_routes;
+    use moongate_route::source::parse_routes;
 
     fn route(name: &str, generation: i64, created: i64, content: &str, extra: &str) -> LuaRoute {
         let yaml = format!(
@@ -328,7 +335,7 @@ mod tests {
     }
 
     fn key(name: &str) -> RouteKey {
-        ("ns".into(), name.into())
+        RouteKey::new("ns", name)
     }
 
     #[test]
@@ -419,7 +426,7 @@ mod tests {
         let mut json = route("json", 1, 200, "ngx.say(2)", "");
         json.metadata.namespace = Some("other".into());
         table.upsert(json);
-        let other = ("other".to_string(), "json".to_string());
+        let other = RouteKey::new("other", "json");
         let (published, verdicts) = table.build();
         assert!(published.contains_key(&key("shop")) && !published.contains_key(&other));
         match &verdicts[&other].acceptance {

@@ -19,13 +19,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::admin::Readiness;
-use crate::compile::Compiler;
 use crate::discovery::Discovery;
 use crate::error::{Error, Result};
 use crate::fleet::Fleet;
 use crate::leader::LeaseSettings;
 use crate::reconcile::Debounce;
 use crate::tls::TlsSource;
+use moongate_route::compile::Compiler;
 
 pub struct Options {
     pub grpc_listen: SocketAddr,
@@ -108,7 +108,7 @@ pub async fn run(options: Options) -> Result<()> {
         });
     }
 
-    let discovery = Discovery::new(latest, fleet, Compiler::new().abi());
+    let discovery = Discovery::new(latest, fleet, Compiler::abi().clone());
     let mut server = tonic::transport::Server::builder()
         // Finds dataplanes that vanished without closing their connection.
         // The timeout is generous: while a full snapshot goes out to a large

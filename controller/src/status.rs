@@ -21,11 +21,11 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use crate::crd::LuaRouteStatus;
 use crate::fleet::{Dataplane, Fleet};
 use crate::published::Published;
-use crate::published::RouteKey;
 use crate::routes::{Acceptance, Verdict, Verdicts};
+use moongate_route::RouteKey;
+use moongate_route::crd::LuaRouteStatus;
 
 pub const FIELD_MANAGER: &str = "moongate-controller";
 
@@ -266,7 +266,7 @@ pub async fn run(client: Client, recorder: Recorder, mut verdicts: watch::Receiv
                     if ok {
                         for event in &events {
                             if let Err(e) = recorder.publish(event, &reference).await {
-                                tracing::warn!(route = %format!("{}/{}", key.0, key.1), "could not record an event: {e}");
+                                tracing::warn!(route = %key, "could not record an event: {e}");
                             }
                         }
                     }
@@ -285,7 +285,7 @@ pub async fn run(client: Client, recorder: Recorder, mut verdicts: watch::Receiv
 }
 
 async fn write(client: &Client, key: &RouteKey, status: &LuaRouteStatus) -> bool {
-    let api: Api<crate::crd::LuaRoute> = Api::namespaced(client.clone(), &key.0);
+    let api: Api<moongate_route::crd::LuaRoute> = Api::namespaced(client.clone(), &key.namespace);
     let patch = serde_json::json!({
         "apiVersion": "moongate.dev/v1alpha1",
         "kind": "LuaRoute",
@@ -293,7 +293,7 @@ async fn write(client: &Client, key: &RouteKey, status: &LuaRouteStatus) -> bool
     });
     match api
         .patch_status(
-            &key.1,
+            &key.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -307,7 +307,7 @@ async fn write(client: &Client, key: &RouteKey, status: &LuaRouteStatus) -> bool
         Err(kube::Error::Api(e)) if e.code == 404 => true,
         Err(e) => {
             crate::metrics::status_written("error");
-            tracing::warn!(route = %format!("{}/{}", key.0, key.1), "status write failed: {e}");
+            tracing::warn!(route = %key, "status write failed: {e}");
             false
         }
     }
@@ -341,7 +341,7 @@ mod tests {
                         generation: *g,
                         ..Default::default()
                     };
-                    let routes = [(("ns".to_string(), "r".to_string()), Arc::new(route))].into();
+                    let routes = [(RouteKey::new("ns", "r"), Arc::new(route))].into();
                     m.applied(Arc::new(Published::new(1, routes)), Vec::new());
                 }
                 m
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn programmed_needs_every_connected_dataplane_at_the_current_generation() {
-        let key = ("ns".to_string(), "r".to_string());
+        let key = RouteKey::new("ns", "r");
         let now = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
         let fleet = Arc::new(Fleet::default());
         let _members = dataplanes(&fleet, &[Some(2), Some(1)]);
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn an_invalid_generation_says_which_generation_keeps_serving() {
-        let key = ("ns".to_string(), "r".to_string());
+        let key = RouteKey::new("ns", "r");
         let now = Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
         let fleet = Arc::new(Fleet::default());
         let _members = dataplanes(&fleet, &[Some(1)]);

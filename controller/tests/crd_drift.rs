@@ -2,7 +2,7 @@
 //! Regenerate with `cargo run -p moongate-controller -- crd > crds/luaroute.yaml`.
 
 use kube::CustomResourceExt;
-use moongate_controller::crd::LuaRoute;
+use moongate_route::crd::LuaRoute;
 
 #[test]
 fn committed_crd_matches_the_rust_types() {

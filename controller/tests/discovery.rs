@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
-use moongate_controller::compile::Compiler;
 use moongate_controller::discovery::Discovery;
 use moongate_controller::fleet::Fleet;
 use moongate_controller::published::Published;
@@ -16,6 +15,8 @@ use moongate_proto::v1::config_discovery_client::ConfigDiscoveryClient;
 use moongate_proto::v1::config_discovery_server::ConfigDiscoveryServer;
 use moongate_proto::v1::controller_message::Kind as Push;
 use moongate_proto::v1::dataplane_message::Kind as Reply;
+use moongate_route::RouteKey;
+use moongate_route::compile::Compiler;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -34,7 +35,7 @@ async fn serve() -> Service {
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (latest, receiver) = watch::channel(None);
     let fleet = Arc::new(Fleet::default());
-    let discovery = Discovery::new(receiver, fleet.clone(), Compiler::new().abi());
+    let discovery = Discovery::new(receiver, fleet.clone(), Compiler::abi().clone());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ConfigDiscoveryServer::new(discovery))
@@ -59,7 +60,7 @@ impl Service {
                     }],
                     ..Default::default()
                 };
-                (("ns".to_string(), format!("r{i}")), Arc::new(route))
+                (RouteKey::new("ns", format!("r{i}")), Arc::new(route))
             })
             .collect();
         let published = Arc::new(Published::new(version, routes));
@@ -90,7 +91,7 @@ fn hello(node: &str) -> pb::DataplaneMessage {
     pb::DataplaneMessage {
         kind: Some(Reply::Hello(pb::Hello {
             node_id: node.into(),
-            abi: Some(Compiler::new().abi()),
+            abi: Some(Compiler::abi().clone()),
             ..Default::default()
         })),
     }
@@ -180,7 +181,7 @@ async fn raw_stream(service: &Service, messages: Vec<Vec<u8>>) -> Result<tonic::
 async fn a_dataplane_with_another_bytecode_abi_is_refused_with_both_abis_named() {
     let service = serve().await;
     service.publish(1, 1);
-    let mut wrong = Compiler::new().abi();
+    let mut wrong = Compiler::abi().clone();
     wrong.arch = "arm64".into();
     let (tx, rx) = mpsc::channel(1);
     tx.send(pb::DataplaneMessage {

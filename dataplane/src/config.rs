@@ -453,7 +453,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moongate_controller::{snapshot, source};
+    use moongate_route::{source, standalone};
 
     fn config(yaml: &str) -> Config {
         let routes = source::parse_routes(yaml, None).unwrap();
@@ -464,7 +464,7 @@ mod tests {
                 route,
             })
             .collect();
-        let built = snapshot::from_sources(&sourced, 1).unwrap();
+        let built = standalone::from_sources(&sourced, 1).unwrap();
         assert!(built.refused.is_empty(), "{:?}", built.refused);
         Config::try_from(&built.snapshot).unwrap()
     }

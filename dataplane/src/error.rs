@@ -9,7 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The configuration (routes) could not be loaded; the last good one keeps serving.
     #[error(transparent)]
-    Config(#[from] moongate_controller::Error),
+    Config(#[from] moongate_route::Error),
     /// A snapshot failed to load into a worker's Lua VM.
     #[error("route {route}: {message}")]
     Load { route: String, message: String },

@@ -7,6 +7,7 @@
 //! `lua` holds the VM, the sandbox and the `ngx` API; `shdict` the shared
 //! dicts; `durable_timer` the timers stored with them; `standalone` loads
 //! LuaRoute files without a cluster.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;

@@ -140,7 +140,7 @@ fn controller_settings(cli: &Cli) -> anyhow::Result<ControllerSettings> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    moongate_controller::quantity::parse_bytes(s)
+    moongate_route::quantity::parse_bytes(s)
 }
 
 fn settings(cli: &Cli) -> Settings {

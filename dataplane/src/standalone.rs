@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moongate_controller::snapshot::RefusedRoute;
-use moongate_controller::{snapshot, source};
+use moongate_route::source;
+use moongate_route::standalone::{self, RefusedRoute};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -35,7 +35,7 @@ pub struct Loaded {
 /// the load; a refused one is left out and listed in [`Loaded::refused`].
 pub fn load(path: &Path, version: u64) -> Result<Loaded> {
     let sources = source::load_path(path)?;
-    let built = snapshot::from_sources(&sources, version)?;
+    let built = standalone::from_sources(&sources, version)?;
     Ok(Loaded {
         config: Config::try_from(&built.snapshot)?,
         refused: built.refused,

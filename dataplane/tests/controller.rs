@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Server, wait_for};
-use moongate_controller::compile::{Compiler, compile_route};
 use moongate_controller::discovery::Discovery;
 use moongate_controller::fleet::Fleet;
 use moongate_controller::published::Published;
-use moongate_controller::source::parse_routes;
 use moongate_proto::v1 as pb;
 use moongate_proto::v1::config_discovery_server::ConfigDiscoveryServer;
+use moongate_route::RouteKey;
+use moongate_route::compile::{Compiler, compile_route};
+use moongate_route::source::parse_routes;
 use tokio::sync::{oneshot, watch};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -43,7 +44,7 @@ impl Controller {
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (latest, receiver) = watch::channel(None);
         let fleet = Arc::new(Fleet::default());
-        let service = Discovery::new(receiver, fleet.clone(), Compiler::new().abi());
+        let service = Discovery::new(receiver, fleet.clone(), Compiler::abi().clone());
         let (stop, stopped) = oneshot::channel::<()>();
         runtime.spawn(
             tonic::transport::Server::builder()
@@ -64,10 +65,7 @@ impl Controller {
     fn publish(&self, version: u64, routes: Vec<pb::Route>) -> Arc<Published> {
         let published = Arc::new(Published::new(
             version,
-            routes
-                .into_iter()
-                .map(|r| ((r.namespace.clone(), r.name.clone()), Arc::new(r)))
-                .collect(),
+            routes.into_iter().map(|r| (RouteKey::of(&r), Arc::new(r))).collect(),
         ));
         self.latest.send_replace(Some(published.clone()));
         published

@@ -72,7 +72,7 @@ fn propagation_latency_from_kubectl_apply_to_200_on_every_dataplane() {
         .enable_all()
         .build()
         .unwrap();
-    let api: kube::Api<moongate_controller::crd::LuaRoute> = runtime.block_on(async {
+    let api: kube::Api<moongate_route::crd::LuaRoute> = runtime.block_on(async {
         let kubeconfig = kube::config::Kubeconfig::read_from(&env.cluster.admin_kubeconfig).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
@@ -83,12 +83,8 @@ fn propagation_latency_from_kubectl_apply_to_200_on_every_dataplane() {
     for round in 0..rounds {
         let body = format!("api{round}");
         let yaml = route_yaml("bench", "bench.test", &format!("ngx.say(\"{body}\")"));
-        let route: serde_json::Value = serde_json::to_value(
-            moongate_controller::source::parse_routes(&yaml, None)
-                .unwrap()
-                .remove(0),
-        )
-        .unwrap();
+        let route: serde_json::Value =
+            serde_json::to_value(moongate_route::source::parse_routes(&yaml, None).unwrap().remove(0)).unwrap();
         let started = Instant::now();
         runtime
             .block_on(api.patch(

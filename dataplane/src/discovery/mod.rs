@@ -170,7 +170,7 @@ impl<'a> Client<'a> {
             node_id: self.settings.node_id.clone(),
             pod_name: self.settings.pod_name.clone(),
             pod_namespace: self.settings.pod_namespace.clone(),
-            abi: Some(moongate_controller::compile::Compiler::new().abi()),
+            abi: Some(moongate_route::compile::Compiler::abi().clone()),
             last_applied_version: self.applied.version,
             last_applied_hash: self.applied.content_hash.clone(),
         };
@@ -216,7 +216,7 @@ impl<'a> Client<'a> {
                     ));
                 }
             };
-            let snapshot = moongate_controller::snapshot::build(routes.values().cloned().collect(), version);
+            let snapshot = moongate_proto::snapshot::build(routes.values().cloned().collect(), version);
             if snapshot.content_hash != content_hash {
                 let message = format!("version {version}: the routes do not match the controller's content hash");
                 send(&replies, nack(version, message.clone(), Vec::new())).await?;

@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn a_saved_snapshot_comes_back_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let snapshot = moongate_controller::snapshot::build(
+        let snapshot = moongate_proto::snapshot::build(
             vec![pb::Route {
                 namespace: "ns".into(),
                 name: "r".into(),

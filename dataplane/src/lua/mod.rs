@@ -2,14 +2,22 @@
 //! sandbox every route's code runs in, and the `ngx` API (`api`).
 
 pub mod api;
+// The FFI modules: LuaJIT's C API (instruction hooks, the allocator), POSIX
+// signals and pthread stack bounds have no safe binding. Each `unsafe` block in
+// them carries its SAFETY argument; nothing else in the crate may use unsafe.
+#[allow(unsafe_code)]
 pub mod budget;
+#[allow(unsafe_code)]
 pub mod memory;
 pub mod pattern;
+#[allow(unsafe_code)]
 pub mod stack;
 pub mod vm;
+#[allow(unsafe_code)]
 pub mod watchdog;
 
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod sandbox_tests;
 
 use std::cell::Cell;

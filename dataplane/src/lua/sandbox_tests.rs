@@ -324,17 +324,15 @@ fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
                 memory_limit: 64 << 20,
             };
             let vm = std::rc::Rc::new(Vm::with_lua(lua, "tenant", &settings, &dicts).unwrap());
-            let routes = moongate_controller::source::parse_routes(ROUTES, None).unwrap();
+            let routes = moongate_route::source::parse_routes(ROUTES, None).unwrap();
             let sourced: Vec<_> = routes
                 .into_iter()
-                .map(|route| moongate_controller::source::SourcedRoute {
+                .map(|route| moongate_route::source::SourcedRoute {
                     file: "t.yaml".into(),
                     route,
                 })
                 .collect();
-            let snapshot = moongate_controller::snapshot::from_sources(&sourced, 1)
-                .unwrap()
-                .snapshot;
+            let snapshot = moongate_route::standalone::from_sources(&sourced, 1).unwrap().snapshot;
             let config = Arc::new(Config::try_from(&snapshot).unwrap());
             let limits = crate::worker::Settings {
                 max_body: 1 << 20,

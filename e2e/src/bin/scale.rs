@@ -19,16 +19,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use moongate_controller::compile::{Compiler, compile_route};
 use moongate_controller::discovery::Discovery;
 use moongate_controller::fleet::Fleet;
-use moongate_controller::published::{Published, RouteKey};
-use moongate_controller::source::parse_routes;
+use moongate_controller::published::Published;
 use moongate_proto::v1 as pb;
 use moongate_proto::v1::config_discovery_client::ConfigDiscoveryClient;
 use moongate_proto::v1::config_discovery_server::ConfigDiscoveryServer;
 use moongate_proto::v1::controller_message::Kind as Push;
 use moongate_proto::v1::dataplane_message::Kind as Reply;
+use moongate_route::RouteKey;
+use moongate_route::compile::{Compiler, compile_route};
+use moongate_route::source::parse_routes;
 use prost::Message;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -110,10 +111,10 @@ fn main() -> anyhow::Result<()> {
     // 1. Realistic compiled routes, and each delta round's changed route,
     // compiled up front: the Compiler holds a LuaJIT state and stays on this thread.
     let compiler = Compiler::new();
-    let abi = compiler.abi();
+    let abi = Compiler::abi().clone();
     let t = Instant::now();
     let routes: BTreeMap<RouteKey, Arc<pb::Route>> = (0..args.routes)
-        .map(|i| compile(&compiler, i, 1).map(|r| ((r.namespace.clone(), r.name.clone()), Arc::new(r))))
+        .map(|i| compile(&compiler, i, 1).map(|r| (RouteKey::of(&r), Arc::new(r))))
         .collect::<anyhow::Result<_>>()?;
     let changes: Vec<Arc<pb::Route>> = (0..args.rounds)
         .map(|r| compile(&compiler, changed_index(r, args.routes), r as i64 + 2).map(Arc::new))
@@ -364,11 +365,7 @@ async fn dataplane(
     while let Some(message) = inbound.message().await? {
         let (version, content_hash, snapshot) = match message.kind {
             Some(Push::Snapshot(snapshot)) => {
-                routes = snapshot
-                    .routes
-                    .into_iter()
-                    .map(|r| ((r.namespace.clone(), r.name.clone()), r))
-                    .collect();
+                routes = snapshot.routes.into_iter().map(|r| (RouteKey::of(&r), r)).collect();
                 (snapshot.version, snapshot.content_hash, true)
             }
             Some(Push::Delta(delta)) => {
@@ -379,10 +376,10 @@ async fn dataplane(
                     delta.base_version
                 );
                 for key in delta.removed {
-                    routes.remove(&(key.namespace, key.name));
+                    routes.remove(&RouteKey::from(&key));
                 }
                 for route in delta.upserted {
-                    routes.insert((route.namespace.clone(), route.name.clone()), route);
+                    routes.insert(RouteKey::of(&route), route);
                 }
                 (delta.version, delta.content_hash, false)
             }
@@ -503,7 +500,7 @@ impl Bench<'_> {
         let mut publish = Duration::ZERO;
         for change in &self.changes {
             let base = self.latest.borrow().clone().context("nothing published")?;
-            routes.insert((change.namespace.clone(), change.name.clone()), change.clone());
+            routes.insert(RouteKey::of(change), change.clone());
             version += 1;
             // What the reconciler does once per version (content hash over
             // every route), kept out of the fan-out time.

@@ -241,7 +241,7 @@ mod loader_tests {
         for loaded in &cases {
             let case = loaded.case.as_ref().unwrap();
             let text = to_routes_yaml(case).unwrap();
-            let routes = moongate_controller::source::parse_routes(&text, None)
+            let routes = moongate_route::source::parse_routes(&text, None)
                 .unwrap_or_else(|e| panic!("{}: {e}\n{text}", loaded.id));
             assert_eq!(routes.len(), 1);
             let spec = &routes[0].spec;

@@ -75,6 +75,8 @@ pub fn cached_time() -> i64 {
     cached().sec
 }
 
+// FFI: libc's localtime_r, for nginx's `$time_local` offset; std has no time zones.
+#[allow(unsafe_code)]
 fn local_gmtoff_minutes(sec: i64) -> i64 {
     // time_t is 64-bit on every Linux target the dataplane is built for.
     let t: libc::time_t = sec;

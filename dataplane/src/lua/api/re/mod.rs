@@ -12,6 +12,9 @@
 //! Rust functions return a sentinel plus the error value and a small Lua shim
 //! re-raises it with `error()`.
 
+// FFI: PCRE2's raw API (DFA matching, match limits, name tables), which the
+// safe `pcre2` crate does not expose. Each `unsafe` block carries its SAFETY argument.
+#[allow(unsafe_code)]
 mod pcre;
 mod template;
 

@@ -1,50 +1,18 @@
-//! Builds the versioned, content-hashed `Snapshot` a dataplane loads, and, for
-//! standalone mode, the snapshot of routes read from files with the routes the
-//! hostname and location rules refuse left out.
+//! Standalone mode's snapshot: routes read from files, validated and compiled,
+//! with the routes the hostname and location rules refuse left out and named
+//! with their files.
 
+use moongate_proto::snapshot::build;
 use moongate_proto::v1 as pb;
-use prost::Message;
-use sha2::{Digest, Sha256};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::RouteKey;
 use crate::compile::{Compiler, compile_route};
 use crate::error::{Error, Problem, Result};
 use crate::index::{self, Refusal};
-use crate::published::RouteKey;
 use crate::source::SourcedRoute;
-
-/// Orders routes as the dataplane resolves overlaps (creation time, then
-/// namespace/name) and hashes their content.
-pub fn build(mut routes: Vec<pb::Route>, version: u64) -> pb::Snapshot {
-    routes.sort_by(order);
-    pb::Snapshot {
-        version,
-        content_hash: content_hash(routes.iter()),
-        routes,
-    }
-}
-
-/// The order a dataplane resolves overlapping routes in.
-pub fn order(a: &pb::Route, b: &pb::Route) -> std::cmp::Ordering {
-    (a.created_at, &a.namespace, &a.name).cmp(&(b.created_at, &b.namespace, &b.name))
-}
-
-/// SHA-256 over the routes' encodings in dataplane order, whatever order they
-/// come in: the controller and a dataplane applying a delta must agree on it.
-pub fn content_hash<'a>(routes: impl Iterator<Item = &'a pb::Route>) -> Vec<u8> {
-    let mut routes: Vec<&pb::Route> = routes.collect();
-    routes.sort_by(|a, b| order(a, b));
-    let mut hasher = Sha256::new();
-    let mut buf = Vec::new();
-    for route in routes {
-        buf.clear();
-        route.encode(&mut buf).expect("a Vec grows as needed");
-        hasher.update(&buf);
-    }
-    hasher.finalize().to_vec()
-}
 
 /// A snapshot built from files, and the routes left out of it.
 #[derive(Debug)]
@@ -70,15 +38,13 @@ impl RefusedRoute {
     /// The refusal as a problem with its site: file, route, and a message that
     /// names the hostname or location and the holding route with its file.
     pub fn problem(&self) -> Problem {
-        let (route, holder) = (self.refusal.route(), self.refusal.holder());
         Problem {
             file: Some(self.file.clone()),
-            route: Some(format!("{}/{}", route.0, route.1)),
+            route: Some(self.refusal.route().clone()),
             ..Problem::new(format!(
-                "refused: {} ({}/{} is in {})",
+                "refused: {} ({} is in {})",
                 self.refusal.message(),
-                holder.0,
-                holder.1,
+                self.refusal.holder(),
                 self.holder_file.display()
             ))
         }
@@ -107,10 +73,10 @@ pub fn from_sources(sources: &[SourcedRoute], version: u64) -> Result<FromSource
     for (i, src) in sources.iter().enumerate() {
         match compile_route(&compiler, &src.route, i as i64) {
             Ok(r) => {
-                if files.insert((r.namespace.clone(), r.name.clone()), &src.file).is_some() {
+                if files.insert(RouteKey::of(&r), &src.file).is_some() {
                     problems.push(Problem {
                         file: Some(src.file.clone()),
-                        route: Some(format!("{}/{}", r.namespace, r.name)),
+                        route: Some(RouteKey::of(&r)),
                         ..Problem::new("route defined twice")
                     });
                 }

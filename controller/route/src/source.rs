@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::RouteKey;
 use crate::crd::LuaRoute;
 use crate::error::{Error, Problem, Result};
 
@@ -29,11 +30,16 @@ pub fn parse_routes(text: &str, file: Option<&Path>) -> Result<Vec<LuaRoute>> {
         };
         let api_version = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
         let kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
-        let name = doc
-            .pointer("/metadata/name")
-            .and_then(|v| v.as_str())
-            .unwrap_or("<unnamed>")
-            .to_string();
+        let field = |pointer: &str, default: &str| {
+            doc.pointer(pointer)
+                .and_then(|v| v.as_str())
+                .unwrap_or(default)
+                .to_string()
+        };
+        let key = RouteKey::new(
+            field("/metadata/namespace", "default"),
+            field("/metadata/name", "<unnamed>"),
+        );
         if api_version != "moongate.dev/v1alpha1" || kind != "LuaRoute" {
             problems.push(at(format!(
                 "document {}: expected apiVersion moongate.dev/v1alpha1, kind LuaRoute; got {api_version:?}, {kind:?}",
@@ -44,7 +50,7 @@ pub fn parse_routes(text: &str, file: Option<&Path>) -> Result<Vec<LuaRoute>> {
         match serde_json::from_value::<LuaRoute>(doc) {
             Ok(route) => routes.push(route),
             Err(e) => problems.push(Problem {
-                route: Some(name),
+                route: Some(key),
                 ..at(format!("document {}: {e}", i + 1))
             }),
         }

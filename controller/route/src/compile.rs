@@ -9,12 +9,14 @@ use mlua::chunk::ChunkMode;
 use moongate_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
+use crate::RouteKey;
 use crate::crd::{
-    LocationSpec, LuaRoute, LuaRouteRef, MatchKind, NAMESPACE_OR_ANY_PATTERN, Persistence, ROUTE_NAME_OR_ANY_PATTERN,
+    LocationSpec, LuaRoute, LuaRouteRef, NAMESPACE_OR_ANY_PATTERN, Persistence, ROUTE_NAME_OR_ANY_PATTERN,
 };
 use crate::error::Problem;
+use crate::location::{LocationKey, LocationKind};
 use crate::quantity::parse_bytes;
 
 /// Compiles Lua source to bytecode with the same LuaJIT build the dataplane runs.
@@ -54,8 +56,14 @@ impl Compiler {
         })
     }
 
-    /// The bytecode format this build produces; a dataplane must report the same.
-    pub fn abi(&self) -> pb::BytecodeAbi {
+    /// The bytecode format this build produces; a dataplane must report the
+    /// same. Computed once per process: it is a property of the binary.
+    pub fn abi() -> &'static pb::BytecodeAbi {
+        static ABI: OnceLock<pb::BytecodeAbi> = OnceLock::new();
+        ABI.get_or_init(|| Compiler::new().probe_abi())
+    }
+
+    fn probe_abi(&self) -> pb::BytecodeAbi {
         let jit: mlua::Table = self.lua.globals().get("jit").expect("LuaJIT always has the jit table");
         let version: String = jit.get("version").unwrap_or_default();
         let arch: String = jit.get("arch").unwrap_or_default();
@@ -113,12 +121,6 @@ fn is_route_name_or_any(s: &str) -> bool {
     s.len() <= 253 && ROUTE_NAME_OR_ANY.is_match(s.as_bytes()).unwrap_or(false)
 }
 
-/// nginx refuses `location /p` next to `location ^~ /p` as a duplicate location.
-fn same_location_kind(a: MatchKind, b: MatchKind) -> bool {
-    let prefix = |k| matches!(k, MatchKind::Prefix | MatchKind::PrefixPriority);
-    a == b || (prefix(a) && prefix(b))
-}
-
 /// Chunk name for a location's phase handler, in nginx's style:
 /// `content_by_lua(default/hello /hello)`.
 pub fn handler_chunk_name(route: &str, path: &str, phase: &str) -> String {
@@ -133,11 +135,12 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
         .clone()
         .unwrap_or_else(|| "default".to_string());
     let name = route.metadata.name.clone().unwrap_or_default();
-    let route_id = format!("{namespace}/{name}");
+    let key = RouteKey::new(&namespace, &name);
+    let route_id = key.to_string();
     let spec = &route.spec;
     let mut problems = Vec::new();
     let problem = |location: Option<&str>, phase: Option<&str>, line: Option<u32>, message: String| Problem {
-        route: Some(route_id.clone()),
+        route: Some(key.clone()),
         location: location.map(str::to_string),
         phase: phase.map(str::to_string),
         line,
@@ -177,10 +180,10 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
 
     let mut locations = Vec::with_capacity(spec.locations.len());
     for (i, loc) in spec.locations.iter().enumerate() {
-        if let Some(earlier) = spec.locations[..i]
-            .iter()
-            .find(|l| l.path == loc.path && same_location_kind(l.match_kind, loc.match_kind))
-        {
+        let same = |l: &LocationSpec| {
+            LocationKey::new(l.match_kind.into(), &l.path) == LocationKey::new(loc.match_kind.into(), &loc.path)
+        };
+        if let Some(earlier) = spec.locations[..i].iter().find(|l| same(l)) {
             problems.push(problem(
                 Some(&loc.path),
                 None,
@@ -190,10 +193,11 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
         }
         match compile_location(compiler, &namespace, &route_id, loc) {
             Ok(l) => locations.push(l),
-            Err(errs) => problems.extend(
-                errs.into_iter()
-                    .map(|(phase, line, message)| problem(Some(&loc.path), phase.as_deref(), line, message)),
-            ),
+            Err(errs) => problems.extend(errs.into_iter().map(|p| Problem {
+                route: Some(key.clone()),
+                location: Some(loc.path.clone()),
+                ..p
+            })),
         }
     }
 
@@ -295,26 +299,29 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
     })
 }
 
-type LocationProblem = (Option<String>, Option<u32>, String);
+/// A problem of one location, before the route and location are filled in.
+fn location_problem(part: Option<&str>, line: Option<u32>, message: String) -> Problem {
+    Problem {
+        phase: part.map(str::to_string),
+        line,
+        ..Problem::new(message)
+    }
+}
 
 /// `allowFrom` with the defaults filled in: an omitted namespace is the route's
 /// own, an omitted name is `*`.
-fn compile_allow_from(
-    namespace: &str,
-    allow_from: &[LuaRouteRef],
-    problems: &mut Vec<LocationProblem>,
-) -> Vec<pb::RouteRef> {
-    let at = || Some("allowFrom".to_string());
+fn compile_allow_from(namespace: &str, allow_from: &[LuaRouteRef], problems: &mut Vec<Problem>) -> Vec<pb::RouteRef> {
+    let at = Some("allowFrom");
     if allow_from.len() > MAX_ALLOW_FROM {
-        problems.push((at(), None, format!("at most {MAX_ALLOW_FROM} entries")));
+        problems.push(location_problem(at, None, format!("at most {MAX_ALLOW_FROM} entries")));
     }
     let mut out = Vec::with_capacity(allow_from.len());
     for (i, r) in allow_from.iter().enumerate() {
         if let Some(ns) = &r.namespace
             && !is_namespace_or_any(ns)
         {
-            problems.push((
-                at(),
+            problems.push(location_problem(
+                at,
                 None,
                 format!("entry {i}: invalid namespace {ns:?}: a namespace name (a DNS-1123 label) or \"*\""),
             ));
@@ -322,8 +329,8 @@ fn compile_allow_from(
         if let Some(name) = &r.name
             && !is_route_name_or_any(name)
         {
-            problems.push((
-                at(),
+            problems.push(location_problem(
+                at,
                 None,
                 format!("entry {i}: invalid route name {name:?}: a LuaRoute name (a DNS-1123 subdomain) or \"*\""),
             ));
@@ -341,31 +348,24 @@ fn compile_location(
     namespace: &str,
     route_id: &str,
     loc: &LocationSpec,
-) -> Result<pb::Location, Vec<LocationProblem>> {
-    let mut problems: Vec<LocationProblem> = Vec::new();
+) -> Result<pb::Location, Vec<Problem>> {
+    let mut problems: Vec<Problem> = Vec::new();
     let allow_from = compile_allow_from(namespace, &loc.allow_from, &mut problems);
-    let match_kind = match loc.match_kind {
-        MatchKind::Prefix => pb::MatchKind::Prefix,
-        MatchKind::Exact => pb::MatchKind::Exact,
-        MatchKind::PrefixPriority => pb::MatchKind::PrefixPriority,
-        MatchKind::Regex => pb::MatchKind::Regex,
-        MatchKind::RegexCaseInsensitive => pb::MatchKind::RegexCaseInsensitive,
-    };
-    match loc.match_kind {
-        MatchKind::Regex | MatchKind::RegexCaseInsensitive => {
-            let caseless = loc.match_kind == MatchKind::RegexCaseInsensitive;
+    let kind = LocationKind::from(loc.match_kind);
+    match kind {
+        LocationKind::Regex { caseless } => {
             if let Err(e) = pcre2::bytes::RegexBuilder::new().caseless(caseless).build(&loc.path) {
-                problems.push((None, None, format!("invalid regex {:?}: {e}", loc.path)));
+                problems.push(Problem::new(format!("invalid regex {:?}: {e}", loc.path)));
             }
         }
         _ if !loc.path.starts_with('/') => {
-            problems.push((None, None, format!("path {:?} must start with '/'", loc.path)))
+            problems.push(Problem::new(format!("path {:?} must start with '/'", loc.path)))
         }
         _ => {}
     }
     for name in loc.vars.keys() {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            problems.push((None, None, format!("invalid variable name {name:?}")));
+            problems.push(Problem::new(format!("invalid variable name {name:?}")));
         }
     }
     let mut handler = |phase: &str, source: &Option<String>| -> Option<pb::Chunk> {
@@ -373,14 +373,14 @@ fn compile_location(
         match compiler.chunk(&handler_chunk_name(route_id, &loc.path, phase), source) {
             Ok(chunk) => Some(chunk),
             Err((line, msg)) => {
-                problems.push((Some(phase.to_string()), line, msg));
+                problems.push(location_problem(Some(phase), line, msg));
                 None
             }
         }
     };
     let location = pb::Location {
         path: loc.path.clone(),
-        match_kind: match_kind as i32,
+        match_kind: kind.to_wire() as i32,
         vars: loc
             .vars
             .iter()
@@ -443,7 +443,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(errs.len(), 1);
         let p = &errs[0];
-        assert_eq!(p.route.as_deref(), Some("team/bad"));
+        assert_eq!(p.route.as_ref().map(ToString::to_string).as_deref(), Some("team/bad"));
         assert_eq!(p.location.as_deref(), Some("/x"));
         assert_eq!(p.phase.as_deref(), Some("access"));
         assert_eq!(p.line, Some(3));
@@ -506,7 +506,7 @@ mod tests {
 
     #[test]
     fn abi_names_this_luajit_build() {
-        let abi = Compiler::new().abi();
+        let abi = Compiler::abi();
         assert!(abi.luajit_version.starts_with("LuaJIT 2."), "{abi:?}");
         assert!(!abi.arch.is_empty());
     }

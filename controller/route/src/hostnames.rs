@@ -4,7 +4,7 @@
 //! As a Gateway API listener's hostname belongs to its Gateway, a hostname here
 //! belongs to one namespace: the namespace of the oldest route naming it, in
 //! dataplane order (creation time, then namespace/name; see
-//! [`crate::snapshot::order`]). Routes without hostnames claim the any-host key
+//! [`moongate_proto::snapshot::order`]). Routes without hostnames claim the any-host key
 //! [`ANY_HOST`], owned the same way. The owning namespace shares a hostname with
 //! `allowedNamespaces`: the set allowed on a hostname is the union of
 //! `allowed_namespaces` over the owning namespace's routes that name it, so an
@@ -32,15 +32,14 @@ use std::collections::{HashMap, HashSet};
 
 use moongate_proto::v1 as pb;
 
+use crate::RouteKey;
 use crate::index::{ANY_HOST, host_keys};
-use crate::published::RouteKey;
-use crate::snapshot;
 
 /// A route names a hostname that belongs to another namespace, which has not
 /// allowed the route's namespace on it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HostnameTaken {
-    /// Namespace and name of the refused route.
+    /// The refused route.
     pub route: RouteKey,
     /// The hostname, lowercased, or [`ANY_HOST`] for "any host".
     pub hostname: String,
@@ -58,18 +57,18 @@ impl HostnameTaken {
     /// it); to serve it from namespace "b", a LuaRoute of namespace "a" that names
     /// "shop.example.com" must list "b" in spec.allowedNamespaces`.
     pub fn message(&self) -> String {
-        let (ns, name) = (&self.owner_route.0, &self.owner_route.1);
-        let wanted = &self.route.0;
+        let owner = &self.owner_route;
+        let wanted = &self.route.namespace;
         if self.hostname == ANY_HOST {
             format!(
-                "the any-host key \"*\" (LuaRoutes without hostnames) belongs to namespace {:?} (route {ns}/{name} \
+                "the any-host key \"*\" (LuaRoutes without hostnames) belongs to namespace {:?} (route {owner} \
                  has no hostnames); to serve any host from namespace {wanted:?}, a LuaRoute of namespace {:?} \
                  without hostnames must list {wanted:?} in spec.allowedNamespaces",
                 self.owner_namespace, self.owner_namespace
             )
         } else {
             format!(
-                "hostname {:?} belongs to namespace {:?} (route {ns}/{name} names it); to serve it from namespace \
+                "hostname {:?} belongs to namespace {:?} (route {owner} names it); to serve it from namespace \
                  {wanted:?}, a LuaRoute of namespace {:?} that names {:?} must list {wanted:?} in \
                  spec.allowedNamespaces",
                 self.hostname, self.owner_namespace, self.owner_namespace, self.hostname
@@ -89,7 +88,7 @@ struct Owner<'a> {
 /// the module doc). Each refused route appears once per such hostname.
 pub fn taken<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<HostnameTaken> {
     let mut routes: Vec<&pb::Route> = routes.into_iter().collect();
-    routes.sort_by(|a, b| snapshot::order(a, b));
+    routes.sort_by(|a, b| moongate_proto::snapshot::order(a, b));
     let keys: Vec<Vec<String>> = routes.iter().map(|r| host_keys(r)).collect();
 
     // Oldest first, so the first route to name a key owns it; the owner's
@@ -120,10 +119,10 @@ pub fn taken<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<Hostnam
                 || owner.allowed.contains(route.namespace.as_str());
             if !allowed {
                 out.push(HostnameTaken {
-                    route: (route.namespace.clone(), route.name.clone()),
+                    route: RouteKey::of(route),
                     hostname: key.clone(),
                     owner_namespace: owning.namespace.clone(),
-                    owner_route: (owning.namespace.clone(), owning.name.clone()),
+                    owner_route: RouteKey::of(owning),
                 });
             }
         }
@@ -151,16 +150,13 @@ mod tests {
     }
 
     fn refused(found: &[HostnameTaken]) -> Vec<String> {
-        let mut v: Vec<String> = found
-            .iter()
-            .map(|t| format!("{}/{}@{}", t.route.0, t.route.1, t.hostname))
-            .collect();
+        let mut v: Vec<String> = found.iter().map(|t| format!("{}@{}", t.route, t.hostname)).collect();
         v.dedup();
         v
     }
 
     fn key(ns: &str, name: &str) -> RouteKey {
-        (ns.to_string(), name.to_string())
+        RouteKey::new(ns, name)
     }
 
     #[test]

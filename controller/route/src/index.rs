@@ -10,7 +10,7 @@
 //!
 //! **Location conflicts.**
 //! Routes are taken in dataplane order (creation time, then namespace/name; see
-//! [`crate::snapshot`]). A route *claims* every (hostname, location) pair it
+//! [`moongate_proto::snapshot::order`]). A route *claims* every (hostname, location) pair it
 //! serves: each of its hostnames (or the key `*` when its hostname list is empty,
 //! meaning "any host") crossed with each of its locations, a location being a
 //! match kind plus a path — one nginx `location` line.
@@ -19,7 +19,8 @@
 //! twice on the same `server`. The older route keeps the pair; the newer route is
 //! in conflict. Hostnames are compared literally after ASCII lowercasing: `*` is
 //! only the any-host key, and `*.example.com` is just a name, with no wildcard
-//! matching. Regex locations conflict only with the very same regex and kind.
+//! matching. Which locations are the same is [`LocationKey`]'s rule, the one the
+//! dataplane's location index applies too.
 //!
 //! **What the caller does with a refusal:** it drops the route *entirely*
 //! from what it pushes to dataplanes (never half a route) and reports
@@ -41,10 +42,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use moongate_proto::snapshot::order;
 use moongate_proto::v1 as pb;
 
+use crate::RouteKey;
 use crate::hostnames::{self, HostnameTaken};
-use crate::published::RouteKey;
+use crate::location::LocationKey;
+pub use crate::location::nginx_location;
 
 /// The any-host key: a route with an empty hostname list.
 pub const ANY_HOST: &str = "*";
@@ -52,14 +56,14 @@ pub const ANY_HOST: &str = "*";
 /// A newer route serves a (hostname, location) pair an older route already serves.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Conflict {
-    /// Namespace and name of the newer route, the one to drop.
-    pub route: (String, String),
+    /// The newer route, the one to drop.
+    pub route: RouteKey,
     /// The hostname both serve, lowercased, or `*` for "any host".
     pub hostname: String,
     /// The location in nginx notation: `= /exact`, `/prefix`, `^~ /p`, `~ re`, `~* re`.
     pub location: String,
-    /// Namespace and name of the older route that keeps the pair.
-    pub owner: (String, String),
+    /// The older route that keeps the pair.
+    pub owner: RouteKey,
 }
 
 impl Conflict {
@@ -67,32 +71,9 @@ impl Conflict {
     /// `location "= /hello" on host "a.example.com" is already served by default/older`.
     pub fn message(&self) -> String {
         format!(
-            "location {:?} on host {:?} is already served by {}/{}",
-            self.location, self.hostname, self.owner.0, self.owner.1
+            "location {:?} on host {:?} is already served by {}",
+            self.location, self.hostname, self.owner
         )
-    }
-}
-
-/// A location in nginx notation (`= /exact`, `/prefix`, `^~ /p`, `~ re`, `~* re`).
-/// nginx treats `location /p` and `location ^~ /p` as the same location
-/// ("duplicate location"), so they share a key.
-fn kind_key(match_kind: i32) -> i32 {
-    if match_kind == pb::MatchKind::PrefixPriority as i32 {
-        pb::MatchKind::Prefix as i32
-    } else {
-        match_kind
-    }
-}
-
-pub fn nginx_location(location: &pb::Location) -> String {
-    let path = &location.path;
-    match pb::MatchKind::try_from(location.match_kind) {
-        Ok(pb::MatchKind::Prefix) => path.clone(),
-        Ok(pb::MatchKind::Exact) => format!("= {path}"),
-        Ok(pb::MatchKind::PrefixPriority) => format!("^~ {path}"),
-        Ok(pb::MatchKind::Regex) => format!("~ {path}"),
-        Ok(pb::MatchKind::RegexCaseInsensitive) => format!("~* {path}"),
-        Err(_) => format!("?{} {path}", location.match_kind),
     }
 }
 
@@ -115,10 +96,10 @@ pub(crate) fn host_keys(route: &pb::Route) -> Vec<String> {
 /// in [`Conflict::route`] are to be dropped; all others are kept.
 pub fn conflicts<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<Conflict> {
     let mut routes: Vec<&pb::Route> = routes.into_iter().collect();
-    routes.sort_by(|a, b| (a.created_at, &a.namespace, &a.name).cmp(&(b.created_at, &b.namespace, &b.name)));
+    routes.sort_by(|a, b| order(a, b));
 
-    // (hostname, match kind, path) -> index into `routes` of the kept owner.
-    let mut owners: HashMap<(String, i32, &str), usize> = HashMap::new();
+    // (hostname, location) -> index into `routes` of the kept owner.
+    let mut owners: HashMap<(String, LocationKey<'_>), usize> = HashMap::new();
     let mut out = Vec::new();
     for (i, route) in routes.iter().enumerate() {
         let hosts = host_keys(route);
@@ -126,16 +107,16 @@ pub fn conflicts<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<Con
         for location in &route.locations {
             for host in &hosts {
                 // A borrowed lookup would need a custom key type; hostnames are short.
-                let key = (host.clone(), kind_key(location.match_kind), location.path.as_str());
+                let key = (host.clone(), LocationKey::of(location));
                 if let Some(&owner) = owners.get(&key)
                     && owner != i
                 {
                     let owner = routes[owner];
                     out.push(Conflict {
-                        route: (route.namespace.clone(), route.name.clone()),
+                        route: RouteKey::of(route),
                         hostname: host.clone(),
                         location: nginx_location(location),
-                        owner: (owner.namespace.clone(), owner.name.clone()),
+                        owner: RouteKey::of(owner),
                     });
                 }
             }
@@ -143,9 +124,7 @@ pub fn conflicts<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<Con
         if out.len() == before {
             for location in &route.locations {
                 for host in &hosts {
-                    owners
-                        .entry((host.clone(), kind_key(location.match_kind), location.path.as_str()))
-                        .or_insert(i);
+                    owners.entry((host.clone(), LocationKey::of(location))).or_insert(i);
                 }
             }
         }
@@ -196,11 +175,8 @@ impl Refusal {
 pub fn admit<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<Refusal> {
     let routes: Vec<&pb::Route> = routes.into_iter().collect();
     let taken = hostnames::taken(routes.iter().copied());
-    let refused: HashSet<(&str, &str)> = taken.iter().map(|t| (t.route.0.as_str(), t.route.1.as_str())).collect();
-    let remaining = routes
-        .iter()
-        .copied()
-        .filter(|r| !refused.contains(&(r.namespace.as_str(), r.name.as_str())));
+    let refused: HashSet<&RouteKey> = taken.iter().map(|t| &t.route).collect();
+    let remaining = routes.iter().copied().filter(|r| !refused.contains(&RouteKey::of(r)));
     let conflicts = conflicts(remaining);
     taken
         .into_iter()
@@ -214,11 +190,8 @@ pub fn admit<'a>(routes: impl IntoIterator<Item = &'a pb::Route>) -> Vec<Refusal
 pub fn retain_admitted(routes: &mut Vec<pb::Route>) -> Vec<Refusal> {
     let found = admit(routes.iter());
     if !found.is_empty() {
-        let dropped: HashSet<(&str, &str)> = found
-            .iter()
-            .map(|r| (r.route().0.as_str(), r.route().1.as_str()))
-            .collect();
-        routes.retain(|r| !dropped.contains(&(r.namespace.as_str(), r.name.as_str())));
+        let dropped: HashSet<&RouteKey> = found.iter().map(Refusal::route).collect();
+        routes.retain(|r| !dropped.contains(&RouteKey::of(r)));
     }
     found
 }
@@ -247,7 +220,7 @@ mod tests {
     }
 
     fn dropped(cs: &[Conflict]) -> Vec<String> {
-        let mut v: Vec<String> = cs.iter().map(|c| format!("{}/{}", c.route.0, c.route.1)).collect();
+        let mut v: Vec<String> = cs.iter().map(|c| c.route.to_string()).collect();
         v.dedup();
         v
     }
@@ -264,10 +237,10 @@ mod tests {
             assert_eq!(
                 cs,
                 vec![Conflict {
-                    route: ("team".into(), "newer".into()),
+                    route: RouteKey::new("team", "newer"),
                     hostname: "a.example.com".into(),
                     location: "= /hello".into(),
-                    owner: ("default".into(), "older".into()),
+                    owner: RouteKey::new("default", "older"),
                 }]
             );
             assert_eq!(
@@ -284,7 +257,7 @@ mod tests {
         let b2 = route("b", "b", 5, &["h"], vec![loc(Prefix, "/")]);
         let cs = conflicts([&b2, &b, &a]);
         assert_eq!(dropped(&cs), vec!["b/a", "b/b"]);
-        assert!(cs.iter().all(|c| c.owner == ("a".to_string(), "z".to_string())));
+        assert!(cs.iter().all(|c| c.owner == RouteKey::new("a", "z")));
     }
 
     #[test]
@@ -329,7 +302,7 @@ mod tests {
         let cs = conflicts([&any1, &named, &any2]);
         assert_eq!(dropped(&cs), vec!["ns/any2"]);
         assert_eq!(cs[0].hostname, "*");
-        assert_eq!(cs[0].owner, ("ns".to_string(), "any1".to_string()));
+        assert_eq!(cs[0].owner, RouteKey::new("ns", "any1"));
     }
 
     #[test]
@@ -383,8 +356,8 @@ mod tests {
         let cs = conflicts([&r4, &r3, &r2, &r1]);
         assert_eq!(dropped(&cs), vec!["ns/r2", "ns/r4"]);
         assert_eq!(cs.len(), 2, "{cs:?}");
-        assert_eq!(cs[0].owner.1, "r1");
-        assert_eq!(cs[1].owner.1, "r3");
+        assert_eq!(cs[0].owner.name, "r1");
+        assert_eq!(cs[1].owner.name, "r3");
     }
 
     #[test]
@@ -402,7 +375,7 @@ mod tests {
         ];
         let refusals = retain_admitted(&mut routes);
         assert_eq!(refusals.len(), 1);
-        assert_eq!(refusals[0].route(), &("ns".to_string(), "new".to_string()));
+        assert_eq!(refusals[0].route(), &RouteKey::new("ns", "new"));
         let kept: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(kept, vec!["old", "other"]);
     }
@@ -424,13 +397,13 @@ mod tests {
         assert_eq!(refusals.len(), 1, "{refusals:?}");
         match &refusals[0] {
             Refusal::Hostname(t) => {
-                assert_eq!(t.route, ("b".to_string(), "mixed".to_string()));
+                assert_eq!(t.route, RouteKey::new("b", "mixed"));
                 assert_eq!(t.hostname, "shop.example.com");
-                assert_eq!(t.owner_route, ("a".to_string(), "shop".to_string()));
+                assert_eq!(t.owner_route, RouteKey::new("a", "shop"));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(refusals[0].holder(), &("a".to_string(), "shop".to_string()));
+        assert_eq!(refusals[0].holder(), &RouteKey::new("a", "shop"));
         let kept: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(kept, ["shop", "own"], "none of b/mixed's hostnames is served");
     }
@@ -453,14 +426,14 @@ mod tests {
                     Refusal::Hostname(_) => "hostname",
                     Refusal::Location(_) => "location",
                 };
-                (format!("{}/{}", r.route().0, r.route().1), kind)
+                (r.route().to_string(), kind)
             })
             .collect();
         assert_eq!(
             got,
             [("b/json".to_string(), "hostname"), ("a/again".to_string(), "location")]
         );
-        assert_eq!(refusals[1].holder(), &("a".to_string(), "shop".to_string()));
+        assert_eq!(refusals[1].holder(), &RouteKey::new("a", "shop"));
     }
 
     #[test]
@@ -476,8 +449,8 @@ mod tests {
         assert_eq!(refusals.len(), 1, "{refusals:?}");
         match &refusals[0] {
             Refusal::Location(c) => {
-                assert_eq!(c.route, ("b".to_string(), "root".to_string()));
-                assert_eq!(c.owner, ("a".to_string(), "shop".to_string()));
+                assert_eq!(c.route, RouteKey::new("b", "root"));
+                assert_eq!(c.owner, RouteKey::new("a", "shop"));
             }
             other => panic!("{other:?}"),
         }
@@ -495,9 +468,9 @@ mod tests {
             route("c", "json2", 5, &["h"], vec![loc(Regex, r"\.json$")]),
         ];
         let want = admit(&routes);
-        let names: Vec<&str> = want.iter().map(|r| r.route().1.as_str()).collect();
+        let names: Vec<&str> = want.iter().map(|r| r.route().name.as_str()).collect();
         assert_eq!(names, ["json", "root", "json2"]);
-        assert!(matches!(&want[0], Refusal::Hostname(t) if t.route.0 == "b"));
+        assert!(matches!(&want[0], Refusal::Hostname(t) if t.route.namespace == "b"));
         let mut order: Vec<&pb::Route> = routes.iter().collect();
         for _ in 0..routes.len() {
             order.rotate_left(1);
@@ -524,7 +497,7 @@ mod tests {
         let start = std::time::Instant::now();
         let cs = conflicts(&routes);
         assert_eq!(cs.len(), 29);
-        assert!(cs.iter().all(|c| c.owner.1 == "r0000"));
+        assert!(cs.iter().all(|c| c.owner.name == "r0000"));
         assert!(
             start.elapsed() < std::time::Duration::from_secs(2),
             "{:?}",
