@@ -2,6 +2,7 @@
 //! sandbox every route's code runs in, and the `ngx` API (`api`).
 
 pub mod api;
+pub mod args;
 pub mod budget;
 pub mod memory;
 pub mod pattern;
