@@ -55,6 +55,7 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use crate::config::{Config, Route};
 use crate::lua::api::timer::Run;
+use crate::lua::args::{NO_VALUE, bad_argument, bad_type};
 use crate::lua::budget::{Account, HookHandle, Limits, Running};
 use crate::lua::vm::LoadedConfig;
 use crate::shdict::DictStore;
@@ -257,27 +258,24 @@ fn at_durable(
         Some(Value::Integer(i)) => i as f64,
         Some(Value::Number(n)) => n,
         other => {
-            return Err(bad_arg(
-                1,
-                format!("number expected, got {}", type_name(other.as_ref())),
-            ));
+            let got = other.as_ref().map_or(NO_VALUE, Value::type_name);
+            return Err(mlua::Error::runtime(bad_type(1, API, "number", got)));
         }
     };
     if delay.is_nan() || delay < 0.0 {
-        return Err(bad_arg(1, "delay must be >= 0".into()));
+        return Err(mlua::Error::runtime(bad_argument(1, API, "delay must be >= 0")));
     }
     let callback = match args.next() {
         Some(Value::String(s)) => s.to_str()?.to_string(),
         other => {
-            return Err(bad_arg(
-                2,
-                format!("string expected, got {}", type_name(other.as_ref())),
-            ));
+            let got = other.as_ref().map_or(NO_VALUE, Value::type_name);
+            return Err(mlua::Error::runtime(bad_type(2, API, "string", got)));
         }
     };
     check_callback(&require, modules, &callback)?;
     let extra: Vec<Value> = args.collect();
-    let stored = codec::args_from_lua(&extra).map_err(|(i, why)| bad_arg(i + 3, why))?;
+    let stored =
+        codec::args_from_lua(&extra).map_err(|(i, why)| mlua::Error::runtime(bad_argument(i + 3, API, &why)))?;
     if crate::lua::exiting() {
         return Ok((None, Some("process exiting".into())));
     }
@@ -309,10 +307,12 @@ fn at_durable(
 /// of the route's modules (loading the module if it was not yet).
 fn check_callback(require: &Function, modules: &[String], callback: &str) -> mlua::Result<()> {
     let Some((module, function)) = split_callback(callback) else {
-        return Err(bad_arg(2, format!("\"module.function\" expected, got \"{callback}\"")));
+        let why = format!("\"module.function\" expected, got \"{callback}\"");
+        return Err(mlua::Error::runtime(bad_argument(2, API, &why)));
     };
     if !modules.iter().any(|m| m == module) {
-        return Err(bad_arg(2, format!("no module '{module}' in this LuaRoute")));
+        let why = format!("no module '{module}' in this LuaRoute");
+        return Err(mlua::Error::runtime(bad_argument(2, API, &why)));
     }
     let exported: Value = require.call(module)?;
     let found = match exported {
@@ -320,7 +320,8 @@ fn check_callback(require: &Function, modules: &[String], callback: &str) -> mlu
         _ => false,
     };
     if !found {
-        return Err(bad_arg(2, format!("module '{module}' has no function '{function}'")));
+        let why = format!("module '{module}' has no function '{function}'");
+        return Err(mlua::Error::runtime(bad_argument(2, API, &why)));
     }
     Ok(())
 }
@@ -329,14 +330,6 @@ fn check_callback(require: &Function, modules: &[String], callback: &str) -> mlu
 pub fn split_callback(callback: &str) -> Option<(&str, &str)> {
     let (module, function) = callback.rsplit_once('.')?;
     (!module.is_empty() && !function.is_empty()).then_some((module, function))
-}
-
-fn bad_arg(n: usize, why: String) -> mlua::Error {
-    mlua::Error::runtime(format!("bad argument #{n} to '{API}' ({why})"))
-}
-
-fn type_name(v: Option<&Value>) -> &'static str {
-    v.map_or("no value", Value::type_name)
 }
 
 /// Unique across workers and restarts: time, process and a counter.

@@ -2,6 +2,7 @@
 //! sandbox every route's code runs in, and the `ngx` API (`api`).
 
 pub mod api;
+pub mod args;
 // The FFI modules: LuaJIT's C API (instruction hooks, the allocator), POSIX
 // signals and pthread stack bounds have no safe binding. Each `unsafe` block in
 // them carries its SAFETY argument; nothing else in the crate may use unsafe.

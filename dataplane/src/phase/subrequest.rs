@@ -16,6 +16,7 @@ use mlua::{Lua, MultiValue, Table, Value};
 
 use super::{Finish, Lifecycle};
 use crate::lua::api::{codec, req::METHODS};
+use crate::lua::args::{bad_argument, bad_type};
 use crate::request::{Body, RequestState};
 
 /// nginx's limit on nested subrequests.
@@ -138,14 +139,16 @@ fn spec(lua: &Lua, item: &Table) -> mlua::Result<Spec> {
     let uri = match item.raw_get::<Value>(1)? {
         Value::String(s) => s.as_bytes().to_vec(),
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #1 to 'capture' (string expected, got {})",
-                other.type_name()
+            return Err(mlua::Error::runtime(bad_type(
+                1,
+                "capture",
+                "string",
+                other.type_name(),
             )));
         }
     };
     if uri.is_empty() {
-        return Err(mlua::Error::runtime("bad argument #1 to 'capture' (uri is empty)"));
+        return Err(mlua::Error::runtime(bad_argument(1, "capture", "uri is empty")));
     }
     let (path, query) = match uri.iter().position(|&b| b == b'?') {
         Some(q) => (uri[..q].to_vec(), Some(uri[q + 1..].to_vec())),
@@ -164,10 +167,7 @@ fn spec(lua: &Lua, item: &Table) -> mlua::Result<Spec> {
         Value::Table(t) => t,
         Value::Nil => return Ok(spec),
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #2 to 'capture' (table expected, got {})",
-                other.type_name()
-            )));
+            return Err(mlua::Error::runtime(bad_type(2, "capture", "table", other.type_name())));
         }
     };
     if let Some(id) = opts.get::<Option<i64>>("method")? {

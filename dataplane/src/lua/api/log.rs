@@ -4,6 +4,7 @@
 use mlua::{Lua, Table, Value};
 
 use super::fmt_number;
+use crate::lua::args::{NO_VALUE, bad_type};
 
 pub const LEVELS: &[(&str, i64)] = &[
     ("STDERR", 0),
@@ -29,15 +30,10 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                 Some(Value::Integer(i)) => i,
                 Some(Value::Number(n)) => n as i64,
                 Some(other) => {
-                    return Err(mlua::Error::runtime(format!(
-                        "bad argument #1 to 'log' (number expected, got {})",
-                        other.type_name()
-                    )));
+                    return Err(mlua::Error::runtime(bad_type(1, "log", "number", other.type_name())));
                 }
                 None => {
-                    return Err(mlua::Error::runtime(
-                        "bad argument #1 to 'log' (number expected, got no value)",
-                    ));
+                    return Err(mlua::Error::runtime(bad_type(1, "log", "number", NO_VALUE)));
                 }
             };
             if !(0..=8).contains(&level) {
@@ -53,11 +49,8 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                     Value::Nil => msg.push_str("nil"),
                     Value::LightUserData(p) if p.0.is_null() => msg.push_str("null"),
                     other => {
-                        return Err(mlua::Error::runtime(format!(
-                            "bad argument #{} to 'log' (string, number, boolean, or nil expected, got {})",
-                            i + 2,
-                            other.type_name()
-                        )));
+                        let what = "string, number, boolean, or nil";
+                        return Err(mlua::Error::runtime(bad_type(i + 2, "log", what, other.type_name())));
                     }
                 }
             }

@@ -17,6 +17,7 @@ pub mod var;
 use mlua::{Lua, Table};
 
 use crate::config::Phase;
+use crate::lua::args::bad_argument;
 
 /// Yield ops from `prelude.lua` to the request driver.
 pub const OP_EXIT: i64 = 1;
@@ -146,9 +147,7 @@ fn random_functions(lua: &Lua) -> mlua::Result<(mlua::Function, mlua::Function)>
         };
         if m > n {
             let which = if args.len() == 1 { 1 } else { 2 };
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #{which} to 'random' (interval is empty)"
-            )));
+            return Err(mlua::Error::runtime(bad_argument(which, "random", "interval is empty")));
         }
         Ok(mlua::Value::Number((m + (r * (n - m + 1.0)).floor()).min(n)))
     })?;

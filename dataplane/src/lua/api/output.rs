@@ -12,6 +12,7 @@ use mlua::{Lua, Table, Value};
 
 use super::fmt_number;
 use crate::config::Phase;
+use crate::lua::args::{bad_argument, bad_argument_bare, bad_type};
 use crate::request::{self, Body, Exit, RequestState};
 
 const OUTPUT_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
@@ -104,9 +105,8 @@ fn append_nested(out: &mut BytesMut, v: &Value, api: &str, arg: usize, depth: us
         Value::LightUserData(p) if p.0.is_null() => out.put_slice(b"null"),
         Value::Table(t) => {
             if depth >= MAX_TABLE_DEPTH {
-                return Err(mlua::Error::runtime(format!(
-                    "bad argument #{arg} to '{api}' (table nested deeper than {MAX_TABLE_DEPTH} levels, or cyclic)"
-                )));
+                let why = format!("table nested deeper than {MAX_TABLE_DEPTH} levels, or cyclic");
+                return Err(mlua::Error::runtime(bad_argument(arg, api, &why)));
             }
             let len = t.raw_len();
             for i in 1..=len {
@@ -116,19 +116,15 @@ fn append_nested(out: &mut BytesMut, v: &Value, api: &str, arg: usize, depth: us
                         append_nested(out, &item, api, arg, depth + 1)?
                     }
                     other => {
-                        return Err(mlua::Error::runtime(format!(
-                            "bad argument #{arg} to '{api}' (bad data type {} found)",
-                            other.type_name()
-                        )));
+                        let why = format!("bad data type {} found", other.type_name());
+                        return Err(mlua::Error::runtime(bad_argument(arg, api, &why)));
                     }
                 }
             }
         }
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #{arg} to '{api}' (string, number, boolean, nil, ngx.null, or array table expected, got {})",
-                other.type_name()
-            )));
+            let what = "string, number, boolean, nil, ngx.null, or array table";
+            return Err(mlua::Error::runtime(bad_type(arg, api, what, other.type_name())));
         }
     }
     Ok(())
@@ -231,12 +227,9 @@ fn exit(status: Value) -> mlua::Result<bool> {
             .to_str()?
             .trim()
             .parse()
-            .map_err(|_| mlua::Error::runtime("bad argument #1 to 'exit'"))?,
+            .map_err(|_| mlua::Error::runtime(bad_argument_bare(1, "exit")))?,
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #1 to 'exit' (number expected, got {})",
-                other.type_name()
-            )));
+            return Err(mlua::Error::runtime(bad_type(1, "exit", "number", other.type_name())));
         }
     };
     request::with("ngx.exit", |r| {
@@ -261,10 +254,7 @@ fn exec(lua: &Lua, uri: Value, args: Value) -> mlua::Result<bool> {
     let uri = match uri {
         Value::String(s) => s.as_bytes().to_vec(),
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #1 to 'exec' (string expected, got {})",
-                other.type_name()
-            )));
+            return Err(mlua::Error::runtime(bad_type(1, "exec", "string", other.type_name())));
         }
     };
     let mut args = match args {
@@ -272,9 +262,11 @@ fn exec(lua: &Lua, uri: Value, args: Value) -> mlua::Result<bool> {
         Value::String(s) => Some(s.as_bytes().to_vec()),
         Value::Table(t) => Some(super::codec::encode_args(lua, &t)?),
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #2 to 'exec' (string or table expected, got {})",
-                other.type_name()
+            return Err(mlua::Error::runtime(bad_type(
+                2,
+                "exec",
+                "string or table",
+                other.type_name(),
             )));
         }
     };
@@ -304,9 +296,11 @@ fn redirect(uri: Value, status: Option<i64>) -> mlua::Result<bool> {
     let uri = match uri {
         Value::String(s) => s.as_bytes().to_vec(),
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #1 to 'redirect' (string expected, got {})",
-                other.type_name()
+            return Err(mlua::Error::runtime(bad_type(
+                1,
+                "redirect",
+                "string",
+                other.type_name(),
             )));
         }
     };
@@ -324,7 +318,7 @@ fn redirect(uri: Value, status: Option<i64>) -> mlua::Result<bool> {
             ));
         }
         let value = http::HeaderValue::from_bytes(&uri)
-            .map_err(|_| mlua::Error::runtime("bad argument #1 to 'redirect' (invalid uri)"))?;
+            .map_err(|_| mlua::Error::runtime(bad_argument(1, "redirect", "invalid uri")))?;
         r.resp_headers.insert(http::header::LOCATION, value);
         r.exit = Some(Exit::Status(status));
         Ok(true)

@@ -6,6 +6,7 @@ use mlua::{Lua, Table, Value};
 
 use super::header::{header_values, lookup_metatable, normalize_name};
 use crate::config::Phase;
+use crate::lua::args::bad_type;
 use crate::request::{self, Body, Exit, RequestState};
 
 const EARLY_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
@@ -117,9 +118,11 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
             let uri = match uri {
                 Value::String(s) => s.as_bytes().to_vec(),
                 other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "bad argument #1 to 'set_uri' (string expected, got {})",
-                        other.type_name()
+                    return Err(mlua::Error::runtime(bad_type(
+                        1,
+                        "set_uri",
+                        "string",
+                        other.type_name(),
                     )));
                 }
             };
@@ -153,9 +156,12 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                 Value::Number(n) => super::fmt_number(n).into_bytes(),
                 Value::Table(t) => super::codec::encode_args(lua, &t)?,
                 other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "bad argument #1 to 'set_uri_args' (string, number, or table expected, got {})",
-                        other.type_name()
+                    let what = "string, number, or table";
+                    return Err(mlua::Error::runtime(bad_type(
+                        1,
+                        "set_uri_args",
+                        what,
+                        other.type_name(),
                     )));
                 }
             };

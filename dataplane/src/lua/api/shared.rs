@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use mlua::{Function, Lua, LuaString, Table, UserData, UserDataRef, Value as LuaValue};
 
+use crate::lua::args::arg_message;
 use crate::shdict::{Dict, DictError, ListItem, StoreOp, Value, ValueRef};
 
 /// Registry slot of the compiled `METHODS` chunk and the primitives table.
@@ -271,19 +272,7 @@ fn primitives(lua: &Lua) -> mlua::Result<Table> {
     raw.set(
         "argerror",
         lua.create_function(|lua, (level, narg, extra): (usize, i64, LuaString)| {
-            let extra = extra.to_string_lossy();
-            let (name, method) = lua
-                .inspect_stack(level, |frame| {
-                    let names = frame.names();
-                    (names.name.map(|n| n.into_owned()), names.name_what == Some("method"))
-                })
-                .unwrap_or((None, false));
-            let name = name.unwrap_or_else(|| "?".to_string());
-            let narg = if method { narg - 1 } else { narg };
-            if narg == 0 {
-                return Ok(format!("calling '{name}' on bad self ({extra})"));
-            }
-            Ok(format!("bad argument #{narg} to '{name}' ({extra})"))
+            Ok(arg_message(lua, level, narg, &extra.to_string_lossy()))
         })?,
     )?;
 

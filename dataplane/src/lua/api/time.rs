@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, Table, Value};
 
-use super::codec::runtime_error;
+use crate::lua::args::runtime_error;
 
 /// The clock as nginx caches it: whole seconds, milliseconds, and the local UTC offset in minutes.
 #[derive(Clone, Copy)]

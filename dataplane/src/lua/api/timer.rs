@@ -21,6 +21,7 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 use tokio::sync::Notify;
 
 use super::OP_SLEEP;
+use crate::lua::args::{NO_VALUE, bad_argument, bad_type};
 use crate::lua::budget::{self, HookHandle, Limits, Running};
 
 /// Per route, as OpenResty's per-worker defaults.
@@ -144,26 +145,22 @@ fn create(
         Some(Value::Integer(i)) => i as f64,
         Some(Value::Number(n)) => n,
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #1 to '{api}' (number expected, got {})",
-                other.map_or("no value", |v| v.type_name())
-            )));
+            let got = other.map_or(NO_VALUE, |v| v.type_name());
+            return Err(mlua::Error::runtime(bad_type(1, api, "number", got)));
         }
     };
     if delay.is_nan() || delay < 0.0 || (every && delay == 0.0) {
         return Err(mlua::Error::runtime(if every {
-            "bad argument #1 to 'every' (delay must be > 0)"
+            bad_argument(1, "every", "delay must be > 0")
         } else {
-            "bad argument #1 to 'at' (delay must be >= 0)"
+            bad_argument(1, "at", "delay must be >= 0")
         }));
     }
     let callback = match args.next() {
         Some(Value::Function(f)) => f,
         other => {
-            return Err(mlua::Error::runtime(format!(
-                "bad argument #2 to '{api}' (function expected, got {})",
-                other.map_or("no value", |v| v.type_name())
-            )));
+            let got = other.map_or(NO_VALUE, |v| v.type_name());
+            return Err(mlua::Error::runtime(bad_type(2, api, "function", got)));
         }
     };
     if crate::lua::exiting() {
@@ -226,9 +223,11 @@ pub fn cancel_function(lua: &Lua) -> mlua::Result<Function> {
             Value::Integer(i) => u64::try_from(i).ok(),
             Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => Some(n as u64),
             other => {
-                return Err(mlua::Error::runtime(format!(
-                    "bad argument #1 to 'cancel' (timer handle expected, got {})",
-                    other.type_name()
+                return Err(mlua::Error::runtime(bad_type(
+                    1,
+                    "cancel",
+                    "timer handle",
+                    other.type_name(),
                 )));
             }
         };

@@ -1,12 +1,8 @@
-//! Argument checking and errors of the string functions, exactly as LuaJIT's `lj_lib_*`,
-//! `luaL_*` and `lj_err_*` do them.
+//! Argument checking of the string functions, exactly as LuaJIT's `lj_lib_*` and `luaL_*` do it.
 //!
 //! In: the arguments of one call as mlua hands them over. Out: strings and integers coerced the
-//! way LuaJIT coerces them, or LuaJIT's error text. LuaJIT names the function in an argument error
-//! from how the caller called it (`string.find` → 'find', a local `f` → 'f', `s:find` → 'find'
-//! with the arguments renumbered, through `pcall` → '?') and prefixes the caller's `chunk:line: `
-//! when the caller is Lua code; `lua_getinfo` answers both from the same frames, so
-//! `Lua::inspect_stack` reproduces them.
+//! way LuaJIT coerces them, or LuaJIT's error text (`crate::lua::args`, with LuaJIT's own
+//! position rule: the function named as the caller called it, the caller's `chunk:line: `).
 //!
 //! Errors are `mlua::Error::RuntimeError` carrying that text: the sandbox's `pcall` and `xpcall`
 //! turn them into the plain string LuaJIT would have raised.
@@ -14,6 +10,8 @@
 use std::borrow::Cow;
 
 use mlua::{Lua, LuaString, MultiValue, Value};
+
+use crate::lua::args::{self, Where};
 
 /// The arguments of one call, numbered from 1 as in Lua.
 pub(super) struct Args<'a> {
@@ -84,8 +82,7 @@ impl<'a> Args<'a> {
 
     /// "bad argument #n to 'f' (string expected, got nil)" (`lj_err_argtype`).
     fn type_error(&self, n: usize, expected: &str, got: Option<&Value>) -> mlua::Error {
-        let got = got.map_or("no value", type_name);
-        arg_error(self.lua, n, &format!("{expected} expected, got {got}"))
+        args::type_error(self.lua, n, expected, got, Where::LuaJit)
     }
 }
 
@@ -111,52 +108,4 @@ pub(super) fn c_double_to_i64(x: f64) -> i64 {
     } else {
         x as i64
     }
-}
-
-/// Lua's name for the type of `v` (`lua_typename`): light userdata and mlua's error values are
-/// "userdata"; the only type mlua cannot name under LuaJIT is FFI "cdata".
-pub(super) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Nil => "nil",
-        Value::Boolean(_) => "boolean",
-        Value::LightUserData(_) | Value::UserData(_) | Value::Error(_) => "userdata",
-        Value::Integer(_) | Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Table(_) => "table",
-        Value::Function(_) => "function",
-        Value::Thread(_) => "thread",
-        _ => "cdata",
-    }
-}
-
-/// An error about argument `n` of the running function (`err_argmsg`).
-pub(super) fn arg_error(lua: &Lua, n: usize, msg: &str) -> mlua::Error {
-    let (name, is_method) = lua
-        .inspect_stack(0, |frame| {
-            let names = frame.names();
-            (names.name.map(|s| s.into_owned()), names.name_what == Some("method"))
-        })
-        .unwrap_or((None, false));
-    let name = name.as_deref().unwrap_or("?");
-    let text = if is_method && n == 1 {
-        format!("calling '{name}' on bad self ({msg})")
-    } else {
-        let n = if is_method { n - 1 } else { n };
-        format!("bad argument #{n} to '{name}' ({msg})")
-    };
-    caller_error(lua, &text)
-}
-
-/// An error in the context of the caller (`lj_err_callermsg`): prefixed with `chunk:line: ` when
-/// the caller is a Lua function.
-pub(super) fn caller_error(lua: &Lua, msg: &str) -> mlua::Error {
-    let location = lua
-        .inspect_stack(1, |frame| {
-            let line = frame.current_line()?;
-            let source = frame.source();
-            Some(format!("{}:{line}: ", source.short_src?))
-        })
-        .flatten()
-        .unwrap_or_default();
-    mlua::Error::runtime(format!("{location}{msg}"))
 }

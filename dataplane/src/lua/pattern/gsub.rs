@@ -7,9 +7,10 @@
 
 use mlua::{Function, Lua, LuaString, MultiValue, Table, Value};
 
-use super::args::{Args, arg_error, caller_error, type_name};
+use super::args::Args;
 use super::engine::{self, Capture, Matcher};
 use super::{CallbackNesting, Meter, capture_value};
+use crate::lua::args::{Where, arg_error, caller_error, type_name};
 use crate::lua::budget;
 
 const ESC: u8 = b'%';
@@ -101,7 +102,7 @@ pub(super) fn gsub(lua: &Lua, args: &MultiValue, callbacks: &Callbacks) -> mlua:
             table: table.clone(),
         },
         Some(Value::Function(f)) => Replacement::Function(f.clone()),
-        _ => return Err(arg_error(lua, 3, "string/function/table expected")),
+        _ => return Err(arg_error(lua, 3, "string/function/table expected", Where::LuaJit)),
     };
     let pattern = pattern.as_bytes();
     let (anchored, pattern) = engine::split_anchor(engine::c_string(&pattern));

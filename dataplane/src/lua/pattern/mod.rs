@@ -32,8 +32,9 @@ use std::cell::Cell;
 
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
-use self::args::{Args, caller_error};
+use self::args::Args;
 use self::engine::{Capture, MatchError, Matcher};
+use crate::lua::args::caller_error;
 use crate::lua::budget;
 
 /// Most `gsub` calls with a Lua replacement active at once on one thread. One level (`gsub` →

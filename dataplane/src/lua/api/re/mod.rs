@@ -26,6 +26,7 @@ use mlua::{Function, Lua, LuaString, MultiValue, Table, Value};
 
 use self::pcre::{ExecMode, Match, Regex};
 use self::template::Template;
+use crate::lua::args::{bad_argument, bad_type, type_name};
 use crate::lua::budget;
 
 /// Wraps each Rust entry point: `RAISE, value, level` from Rust becomes
@@ -164,23 +165,6 @@ fn arg(args: &MultiValue, index: usize) -> Value {
     args.get(index).cloned().unwrap_or(Value::Nil)
 }
 
-/// Lua's `type()` name (mlua splits numbers into integer/number).
-fn lua_type(value: &Value) -> &'static str {
-    match value {
-        Value::Integer(_) | Value::Number(_) => "number",
-        Value::LightUserData(_) | Value::UserData(_) | Value::Error(_) => "userdata",
-        Value::Other(_) => "cdata",
-        other => other.type_name(),
-    }
-}
-
-fn bad_argument(pos: usize, func: &str, expected: &str, got: &Value) -> Fail {
-    Fail::Raise(format!(
-        "bad argument #{pos} to '{func}' ({expected} expected, got {})",
-        lua_type(got)
-    ))
-}
-
 /// `tostring(value)`, as lua-resty-core applies to subjects and replacements.
 fn tostring(api: &Api, value: Value) -> Result<LuaString, Fail> {
     match value {
@@ -196,7 +180,7 @@ fn tostring(api: &Api, value: Value) -> Result<LuaString, Fail> {
 fn string_arg(api: &Api, args: &MultiValue, index: usize, func: &str) -> Result<LuaString, Fail> {
     match arg(args, index) {
         value @ (Value::String(_) | Value::Integer(_) | Value::Number(_)) => tostring(api, value),
-        other => Err(bad_argument(index + 1, func, "string", &other)),
+        other => Err(Fail::Raise(bad_type(index + 1, func, "string", type_name(&other)))),
     }
 }
 
@@ -212,7 +196,7 @@ fn optional_table(args: &MultiValue, index: usize, func: &str) -> Result<Option<
     match arg(args, index) {
         Value::Nil | Value::Boolean(false) => Ok(None),
         Value::Table(t) => Ok(Some(t)),
-        other => Err(bad_argument(index + 1, func, "table", &other)),
+        other => Err(Fail::Raise(bad_type(index + 1, func, "table", type_name(&other)))),
     }
 }
 
@@ -297,7 +281,7 @@ fn match_or_find(lua: &Lua, api: &Api, args: MultiValue, want: Want) -> Outcome 
     let nth = match (want, arg(&args, 4)) {
         (Want::Captures, _) | (_, Value::Nil | Value::Boolean(false)) => 0,
         (_, value) => integer_of(&value)
-            .ok_or_else(|| bad_argument(5, func, "number", &value))?
+            .ok_or_else(|| Fail::Raise(bad_type(5, func, "number", type_name(&value))))?
             .max(0),
     };
     let err_nils = if want == Want::Captures { 1 } else { 2 };
@@ -313,10 +297,8 @@ fn match_or_find(lua: &Lua, api: &Api, args: MultiValue, want: Want) -> Outcome 
                 Value::Nil => 0,
                 value => {
                     let pos = integer_of(&value).ok_or_else(|| {
-                        Fail::Raise(format!(
-                            "bad argument #4 to '{func}' (ctx.pos must be a number, got {})",
-                            lua_type(&value)
-                        ))
+                        let why = format!("ctx.pos must be a number, got {}", type_name(&value));
+                        Fail::Raise(bad_argument(4, func, &why))
                     })?;
                     usize::try_from(pos.saturating_sub(1)).unwrap_or(0)
                 }
