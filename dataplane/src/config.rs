@@ -2,12 +2,15 @@
 //! at the boundary: digests are checked and regexes compiled here, so a bad
 //! snapshot is rejected before any worker sees it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use moongate_proto::v1 as pb;
 use pcre2::bytes::{Regex, RegexBuilder};
 use sha2::{Digest, Sha256};
+
+use moongate_route::RouteKey;
+use moongate_route::location::{LocationKey, LocationKind};
 
 use crate::error::{Error, Result};
 
@@ -53,10 +56,10 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    fn verified(route: &str, chunk: &pb::Chunk) -> Result<Chunk> {
+    fn verified(route: &RouteKey, chunk: &pb::Chunk) -> Result<Chunk> {
         if Sha256::digest(&chunk.bytecode).as_slice() != chunk.digest.as_slice() {
             return Err(Error::Load {
-                route: route.to_string(),
+                route: route.clone(),
                 message: format!("chunk {}: digest mismatch", chunk.name),
             });
         }
@@ -67,20 +70,12 @@ impl Chunk {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MatchKind {
-    Prefix,
-    Exact,
-    PrefixPriority,
-    Regex,
-}
-
 #[derive(Debug)]
 pub struct Location {
     /// "route default/hello, location /hello", for log lines.
     pub site: Arc<str>,
     pub path: String,
-    pub kind: MatchKind,
+    pub kind: LocationKind,
     regex: Option<Regex>,
     /// `set $name value`, in order.
     pub vars: Vec<(String, Vec<u8>)>,
@@ -146,7 +141,8 @@ pub struct DictDecl {
 
 #[derive(Debug)]
 pub struct Route {
-    /// `namespace/name`
+    pub key: RouteKey,
+    /// `key` as text (`namespace/name`), for log lines and per-route maps.
     pub id: String,
     pub namespace: String,
     /// Lowercase, without a trailing dot; empty: any host.
@@ -227,6 +223,11 @@ impl Config {
     /// Indexes `routes`, in dataplane order, into virtual servers.
     fn index(version: u64, content_hash: Vec<u8>, routes: Vec<Arc<Route>>) -> Config {
         let mut servers = vec![Server::default()];
+        // Per server, the locations taken so far. The first route to declare a
+        // location keeps it, by the rule the controller refuses the later
+        // route with (`LocationKey`); this holds for whatever reaches a
+        // dataplane without that check (a restored or hand-built snapshot).
+        let mut claimed: Vec<HashSet<LocationKey<'_>>> = vec![HashSet::new()];
         let mut by_host: HashMap<String, ServerId> = HashMap::new();
         for (ri, r) in routes.iter().enumerate() {
             let ids: Vec<ServerId> = if r.hostnames.is_empty() {
@@ -239,6 +240,7 @@ impl Config {
                     .map(|h| {
                         *by_host.entry(h.clone()).or_insert_with(|| {
                             servers.push(Server::default());
+                            claimed.push(HashSet::new());
                             ServerId(servers.len() - 1)
                         })
                     })
@@ -248,6 +250,9 @@ impl Config {
             };
             for id in ids {
                 for (li, loc) in r.locations.iter().enumerate() {
+                    if !claimed[id.0].insert(LocationKey::new(loc.kind, &loc.path)) {
+                        continue;
+                    }
                     servers[id.0].add(
                         &loc.path,
                         loc.kind,
@@ -280,24 +285,19 @@ impl Config {
 }
 
 fn route_from_proto(r: &pb::Route) -> Result<Route> {
-    let id = format!("{}/{}", r.namespace, r.name);
-    let chunk = |c: &Option<pb::Chunk>| c.as_ref().map(|c| Chunk::verified(&id, c)).transpose();
+    let key = RouteKey::of(r);
+    let id = key.to_string();
+    let chunk = |c: &Option<pb::Chunk>| c.as_ref().map(|c| Chunk::verified(&key, c)).transpose();
     let mut locations = Vec::with_capacity(r.locations.len());
     for l in &r.locations {
-        let (kind, caseless) = match pb::MatchKind::try_from(l.match_kind).unwrap_or(pb::MatchKind::Prefix) {
-            pb::MatchKind::Prefix => (MatchKind::Prefix, false),
-            pb::MatchKind::Exact => (MatchKind::Exact, false),
-            pb::MatchKind::PrefixPriority => (MatchKind::PrefixPriority, false),
-            pb::MatchKind::Regex => (MatchKind::Regex, false),
-            pb::MatchKind::RegexCaseInsensitive => (MatchKind::Regex, true),
-        };
-        let regex = if kind == MatchKind::Regex {
+        let kind = LocationKind::from_wire(l.match_kind);
+        let regex = if let LocationKind::Regex { caseless } = kind {
             let re = RegexBuilder::new()
                 .caseless(caseless)
                 .jit_if_available(true)
                 .build(&l.path)
                 .map_err(|e| Error::Load {
-                    route: id.clone(),
+                    route: key.clone(),
                     message: format!("location {}: invalid regex: {e}", l.path),
                 })?;
             Some(re)
@@ -335,11 +335,12 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
     let mut modules = Vec::with_capacity(r.modules.len());
     for m in &r.modules {
         if let Some(c) = &m.chunk {
-            modules.push((m.name.clone(), Chunk::verified(&id, c)?));
+            modules.push((m.name.clone(), Chunk::verified(&key, c)?));
         }
     }
     let limits = r.limits.unwrap_or_default();
     Ok(Route {
+        key: key.clone(),
         id: id.clone(),
         namespace: r.namespace.clone(),
         hostnames: r.hostnames.iter().map(|h| normalize_host(h.as_bytes())).collect(),
@@ -363,19 +364,17 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
 }
 
 impl Server {
-    fn add(&mut self, path: &str, kind: MatchKind, at: LocationRef) {
+    /// Adds a location no earlier route of this server declared.
+    fn add(&mut self, path: &str, kind: LocationKind, at: LocationRef) {
         match kind {
-            // The first route to declare an exact path keeps it; the controller reports the conflict.
-            MatchKind::Exact => {
-                self.exact.entry(path.as_bytes().to_vec()).or_insert(at);
+            LocationKind::Exact => {
+                self.exact.insert(path.as_bytes().to_vec(), at);
             }
-            MatchKind::Prefix | MatchKind::PrefixPriority => {
-                if !self.prefixes.iter().any(|(p, _, _)| p == path.as_bytes()) {
-                    self.prefixes
-                        .push((path.as_bytes().to_vec(), kind == MatchKind::PrefixPriority, at));
-                }
+            LocationKind::Prefix | LocationKind::PrefixPriority => {
+                self.prefixes
+                    .push((path.as_bytes().to_vec(), kind == LocationKind::PrefixPriority, at));
             }
-            MatchKind::Regex => self.regexes.push(at),
+            LocationKind::Regex { .. } => self.regexes.push(at),
         }
     }
 }

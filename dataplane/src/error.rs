@@ -12,7 +12,10 @@ pub enum Error {
     Config(#[from] moongate_route::Error),
     /// A snapshot failed to load into a worker's Lua VM.
     #[error("route {route}: {message}")]
-    Load { route: String, message: String },
+    Load {
+        route: moongate_route::RouteKey,
+        message: String,
+    },
     #[error("{what} {addr}: {source}")]
     Listen {
         what: &'static str,

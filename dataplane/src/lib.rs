@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod context;
 pub mod discovery;
 pub mod durable_timer;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod phase;
 pub mod redb_file;
 pub mod request;
+pub mod response;
 pub mod sched;
 pub mod shdict;
 pub mod standalone;

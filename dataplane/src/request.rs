@@ -1,10 +1,6 @@
-//! Per-request state shared by the phase driver and the `ngx` Lua API.
-//!
-//! Lua API functions reach the request through a thread-local "current
-//! request" that the driver sets around every coroutine resume or filter call
-//! (`Current::enter`). Outside of that window no request is current, so an API
-//! called from `init` or from a leaked closure gets a clear Lua error instead of
-//! touching a finished request (the Envoy "dead handle" rule).
+//! Per-request state shared by the phase driver and the `ngx` Lua API: plain
+//! data, with no Lua in it. How the Lua API reaches the request is
+//! [`crate::context`]'s business.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -175,6 +171,14 @@ impl RequestState {
         self.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_deref())
     }
 
+    /// `$host`: the Host header without port, lowercased; else the server name.
+    pub fn host(&self) -> Vec<u8> {
+        self.headers
+            .get(http::header::HOST)
+            .and_then(|v| host_of(v.as_bytes()))
+            .unwrap_or_else(|| b"localhost".to_vec())
+    }
+
     /// The response status as it will be sent.
     pub fn effective_status(&self) -> u16 {
         if self.status == 0 { 200 } else { self.status }
@@ -261,63 +265,25 @@ impl Output {
 
 pub type SharedRequest = Rc<RefCell<RequestState>>;
 
-thread_local! {
-    static CURRENT: RefCell<Option<SharedRequest>> = const { RefCell::new(None) };
-}
-
-/// Makes a request current for the Lua API until dropped; restores the previous one.
-pub struct Current {
-    previous: Option<SharedRequest>,
-}
-
-impl Current {
-    pub fn enter(request: &SharedRequest) -> Current {
-        let previous = CURRENT.with(|c| c.replace(Some(request.clone())));
-        Current { previous }
-    }
-}
-
-impl Drop for Current {
-    fn drop(&mut self) {
-        let previous = self.previous.take();
-        CURRENT.with(|c| *c.borrow_mut() = previous);
-    }
-}
-
-/// The current request, or a Lua error naming the API when none is.
-pub fn current(api: &str) -> mlua::Result<SharedRequest> {
-    CURRENT.with(|c| c.borrow().clone()).ok_or_else(|| no_request(api))
-}
-
-pub fn has_current() -> bool {
-    CURRENT.with(|c| c.borrow().is_some())
-}
-
-fn no_request(api: &str) -> mlua::Error {
-    let context = crate::lua::phase_context();
-    mlua::Error::runtime(format!("API disabled in the context of {context} ({api})"))
-}
-
-/// Runs `f` on the current request.
-pub fn with<R>(api: &str, f: impl FnOnce(&mut RequestState) -> mlua::Result<R>) -> mlua::Result<R> {
-    let request = current(api)?;
-    let mut state = request
-        .try_borrow_mut()
-        .map_err(|_| mlua::Error::runtime(format!("{api}: request is busy")))?;
-    f(&mut state)
-}
-
-/// Fails with nginx's message when `api` is called in a phase that forbids it.
-pub fn check_phase(state: &RequestState, api: &str, allowed: &[Phase]) -> mlua::Result<()> {
-    if allowed.contains(&state.phase) {
-        Ok(())
+/// `$host` of a Host header value: without the port or a trailing dot,
+/// lowercase; `None` where nginx's `ngx_http_validate_host` answers 400
+/// (empty, `/`, NUL, a leading dot or `..`, an unclosed `[`).
+pub fn host_of(raw: &[u8]) -> Option<Vec<u8>> {
+    let end = if raw.first() == Some(&b'[') {
+        raw.iter().position(|&b| b == b']')? + 1
     } else {
-        Err(mlua::Error::runtime(format!(
-            "API disabled in the context of {}",
-            crate::lua::context_name(state.phase)
-        )))
-        .map_err(|e| mlua::Error::runtime(format!("{e} ({api})")))
+        raw.iter().position(|&b| b == b':').unwrap_or(raw.len())
+    };
+    let host = &raw[..end];
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty()
+        || host.first() == Some(&b'.')
+        || host.iter().any(|&b| b == b'/' || b == 0)
+        || host.windows(2).any(|w| w == b"..")
+    {
+        return None;
     }
+    Some(host.to_ascii_lowercase())
 }
 
 /// Splits `path?query` and decodes/normalizes the path as nginx does for `$uri`:

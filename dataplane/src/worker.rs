@@ -153,7 +153,7 @@ impl Worker {
     }
 
     /// The VM of `namespace`, created at its first route.
-    fn tenant(&self, namespace: &str) -> Result<Rc<Vm>, String> {
+    fn tenant(&self, namespace: &str) -> mlua::Result<Rc<Vm>> {
         if let Some(vm) = self.tenants.borrow().get(namespace) {
             return Ok(vm.clone());
         }
@@ -162,10 +162,7 @@ impl Worker {
             worker_count: self.settings.workers,
             memory_limit: self.settings.memory_limit,
         };
-        let vm = Rc::new(
-            Vm::new(namespace, &settings, &self.dicts)
-                .map_err(|e| format!("creating the Lua VM of namespace {namespace}: {e}"))?,
-        );
+        let vm = Rc::new(Vm::new(namespace, &settings, &self.dicts)?);
         self.tenants.borrow_mut().insert(vm.tenant.clone(), vm.clone());
         crate::metrics::tenant_vms(self.id, self.tenants.borrow().len());
         Ok(vm)
@@ -186,9 +183,9 @@ impl Worker {
                     )
                     .await
                 }
-                Err(message) => Err(RouteLoadError {
-                    route: route.id.clone(),
-                    message,
+                Err(e) => Err(RouteLoadError {
+                    route: route.key.clone(),
+                    message: format!("creating the Lua VM of namespace {}: {e}", route.namespace),
                 }),
             };
             match result {
@@ -263,9 +260,9 @@ impl Worker {
 /// What applying a version did.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Routes whose new version failed to load, by route id: why, and
-    /// whether their previous version keeps serving (else they are left out).
-    pub failed: BTreeMap<String, Failed>,
+    /// Routes whose new version failed to load: why, and whether their
+    /// previous version keeps serving (else they are left out).
+    pub failed: BTreeMap<moongate_route::RouteKey, Failed>,
 }
 
 impl Applied {
@@ -364,7 +361,7 @@ impl Workers {
             let previous = serving.as_ref().and_then(|s| {
                 s.routes
                     .iter()
-                    .position(|r| r.id == route.id)
+                    .position(|r| r.key == route.key)
                     .map(|j| (j, s.routes[j].clone()))
             });
             if let Some((j, old)) = &previous {

@@ -24,6 +24,7 @@ use moongate_proto::v1 as pb;
 use moongate_proto::v1::config_discovery_client::ConfigDiscoveryClient;
 use moongate_proto::v1::controller_message::Kind as Push;
 use moongate_proto::v1::dataplane_message::Kind as Reply;
+use moongate_route::RouteKey;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -59,7 +60,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// What this dataplane serves: routes by key, and the version they make up.
 #[derive(Default)]
 struct Applied {
-    routes: BTreeMap<(String, String), pb::Route>,
+    routes: BTreeMap<RouteKey, pb::Route>,
     version: u64,
     content_hash: Vec<u8>,
     /// Routes of `routes` that failed to load and are not served.
@@ -185,11 +186,7 @@ impl<'a> Client<'a> {
         while let Some(message) = inbound.message().await? {
             let (routes, version, content_hash) = match message.kind {
                 Some(Push::Snapshot(snapshot)) => {
-                    let routes = snapshot
-                        .routes
-                        .into_iter()
-                        .map(|r| ((r.namespace.clone(), r.name.clone()), r))
-                        .collect();
+                    let routes = snapshot.routes.into_iter().map(|r| (RouteKey::of(&r), r)).collect();
                     (routes, snapshot.version, snapshot.content_hash)
                 }
                 Some(Push::Delta(delta)) => {
@@ -203,10 +200,10 @@ impl<'a> Client<'a> {
                     }
                     let mut routes = self.applied.routes.clone();
                     for key in delta.removed {
-                        routes.remove(&(key.namespace, key.name));
+                        routes.remove(&RouteKey::from(&key));
                     }
                     for route in delta.upserted {
-                        routes.insert((route.namespace.clone(), route.name.clone()), route);
+                        routes.insert(RouteKey::of(&route), route);
                     }
                     (routes, delta.version, delta.content_hash)
                 }
@@ -274,14 +271,7 @@ impl<'a> Client<'a> {
         let left_out: Vec<pb::RouteError> = applied
             .failed
             .iter()
-            .map(|(id, failed)| {
-                let (namespace, name) = id.split_once('/').unwrap_or(("", id));
-                pb::RouteError {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                    message: failed.to_string(),
-                }
-            })
+            .map(|(key, failed)| route_error(key, failed.to_string()))
             .collect();
         self.admin.set_config(snapshot.version, &snapshot.content_hash);
         tracing::info!(
@@ -290,11 +280,7 @@ impl<'a> Client<'a> {
             "config applied"
         );
         self.applied = Applied {
-            routes: snapshot
-                .routes
-                .into_iter()
-                .map(|r| ((r.namespace.clone(), r.name.clone()), r))
-                .collect(),
+            routes: snapshot.routes.into_iter().map(|r| (RouteKey::of(&r), r)).collect(),
             version: snapshot.version,
             content_hash: snapshot.content_hash,
             left_out: left_out.clone(),
@@ -312,20 +298,21 @@ struct Rejection {
 impl From<crate::Error> for Rejection {
     fn from(e: crate::Error) -> Rejection {
         let route_errors = match &e {
-            crate::Error::Load { route, message } => match route.split_once('/') {
-                Some((namespace, name)) => vec![pb::RouteError {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                    message: message.clone(),
-                }],
-                None => Vec::new(),
-            },
+            crate::Error::Load { route, message } => vec![route_error(route, message.clone())],
             _ => Vec::new(),
         };
         Rejection {
             message: e.to_string(),
             route_errors,
         }
+    }
+}
+
+fn route_error(key: &RouteKey, message: String) -> pb::RouteError {
+    pb::RouteError {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        message,
     }
 }
 

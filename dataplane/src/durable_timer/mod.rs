@@ -250,7 +250,7 @@ fn at_durable(
     let Some(Value::Function(require)) = args.next() else {
         return Err(mlua::Error::runtime("moongate.timer: internal error (no require)"));
     };
-    if crate::lua::phase_name() == "init" {
+    if crate::context::vm_phase() == Some(crate::context::VmPhase::Init) {
         // A config being prepared may never serve; and every worker runs init.
         return Err(mlua::Error::runtime("API disabled in the context of init_by_lua*"));
     }
@@ -276,7 +276,7 @@ fn at_durable(
     let extra: Vec<Value> = args.collect();
     let stored =
         codec::args_from_lua(&extra).map_err(|(i, why)| mlua::Error::runtime(bad_argument(i + 3, API, &why)))?;
-    if crate::lua::exiting() {
+    if crate::context::exiting() {
         return Ok((None, Some("process exiting".into())));
     }
     if pending() >= MAX_PENDING {
@@ -361,7 +361,7 @@ fn schedule(id: String, rec: Record) {
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
         PENDING.with(|p| p.set(p.get().saturating_sub(1)));
-        if crate::lua::exiting() {
+        if crate::context::exiting() {
             return;
         }
         fire(&id, &rec).await;
@@ -413,7 +413,7 @@ async fn run(rec: &Record) -> Outcome {
         return Outcome::Dropped(format!("route {route_id} has no module '{module}'"));
     }
     let account = Account::new(env.key.clone(), env.limits, env.limits, usize::MAX);
-    let loaded = crate::lua::with_vm_phase("timer", || {
+    let loaded = crate::context::with_vm_phase(crate::context::VmPhase::Timer, || {
         let _running = Running::enter(&account, env.hook);
         env.require.call::<Value>(module)
     });

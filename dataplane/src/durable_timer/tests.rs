@@ -29,6 +29,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 fn route(name: &str, modules: &[&str]) -> Route {
     Route {
+        key: moongate_route::RouteKey::new("default", name),
         id: format!("default/{name}"),
         namespace: "default".into(),
         hostnames: Vec::new(),
@@ -112,7 +113,7 @@ fn worker(lua: &Lua, dicts: &Arc<DictStore>, jobs_src: &str) -> Table {
 /// Runs `code` in `env` as route code outside init (a timer-like context).
 fn run(lua: &Lua, env: &Table, code: &str) -> mlua::Result<mlua::MultiValue> {
     let f = lua.load(code).set_environment(env.clone()).into_function()?;
-    crate::lua::with_vm_phase("timer", || f.call(()))
+    crate::context::with_vm_phase(crate::context::VmPhase::Timer, || f.call(()))
 }
 
 fn stored(dir: &Path) -> Vec<(String, Record)> {
@@ -314,7 +315,7 @@ fn stored_timer_survives_reopen_fires_once_and_is_deleted() {
                 )
                 .unwrap();
                 let id = out.into_iter().next().unwrap().to_string().unwrap();
-                crate::lua::set_exiting();
+                crate::context::set_exiting();
                 tx.send(id).unwrap();
             });
             dicts.flush_and_close();
@@ -459,7 +460,7 @@ fn dropped_timer_is_deleted_and_shutdown_keeps_pending_ones() {
             // pending when the process starts exiting.
             assert!(wait_until(|| pending() == 0).await);
             run(&lua, &env, "moongate.timer.at_durable(0.05, 'jobs.run')").unwrap();
-            crate::lua::set_exiting();
+            crate::context::set_exiting();
             tokio::time::sleep(Duration::from_millis(150)).await;
             env
         });

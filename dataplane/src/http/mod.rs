@@ -1,6 +1,3 @@
-//! HTTP at the edge: listeners, connections (hyper 1.x, HTTP/1.1 and h2c),
-//! response bodies and nginx-style special pages.
+//! HTTP at the edge: listeners and connections (hyper 1.x, HTTP/1.1 and h2c).
 
-pub mod body;
 pub mod server;
-pub mod special;

@@ -164,7 +164,7 @@ fn worker_main(
             }
         }
         drop(listener);
-        crate::lua::set_exiting();
+        crate::context::set_exiting();
         crate::lua::api::timer::shutdown();
         let deadline = tokio::time::sleep(settings.shutdown_timeout);
         tokio::pin!(deadline);
@@ -232,10 +232,11 @@ async fn serve_connection(
             // The lifecycle runs inline until the response head is ready; if it
             // still has work then (streaming a body), the rest of it moves to
             // its own task so the head can go out now.
-            let mut lifecycle = Box::pin(phase::run(worker, req, conn));
+            let slot = phase::HeadSlot::default();
+            let mut lifecycle = Box::pin(phase::run(worker, req, conn, slot.clone()));
             let head = std::future::poll_fn(|cx| {
                 let done = lifecycle.as_mut().poll(cx).is_ready();
-                match phase::take_head() {
+                match slot.take() {
                     Some(head) => Poll::Ready(Some((head, done))),
                     None if done => Poll::Ready(None),
                     None => Poll::Pending,

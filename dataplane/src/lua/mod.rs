@@ -21,71 +21,16 @@ pub mod watchdog;
 #[allow(unsafe_code)]
 mod sandbox_tests;
 
-use std::cell::Cell;
-
 use crate::config::Phase;
 
-thread_local! {
-    /// The phase of Lua running outside any request on this thread: "init",
-    /// "init_worker" or "timer".
-    static VM_PHASE: Cell<&'static str> = const { Cell::new("init") };
-    static EXITING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f` with the VM-level phase set (for code that runs without a request).
-pub fn with_vm_phase<R>(phase: &'static str, f: impl FnOnce() -> R) -> R {
-    let prev = VM_PHASE.with(|p| p.replace(phase));
-    let r = f();
-    VM_PHASE.with(|p| p.set(prev));
-    r
-}
-
-pub fn set_exiting() {
-    EXITING.with(|e| e.set(true));
-}
-
-pub fn exiting() -> bool {
-    EXITING.with(|e| e.get())
-}
-
-/// What `ngx.get_phase()` returns here and now.
-pub fn phase_name() -> &'static str {
-    match crate::request::current("ngx.get_phase") {
-        Ok(r) => r.try_borrow().map(|r| r.phase.name()).unwrap_or("content"),
-        Err(_) => VM_PHASE.with(|p| p.get()),
+/// Logs a Lua error of a request's handler with its route, location, phase and line.
+pub fn log_error(site: &str, phase: Phase, e: &mlua::Error) {
+    crate::metrics::lua_error(phase);
+    if matches!(e, mlua::Error::MemoryError(_)) || error_message(e).contains("not enough memory") {
+        crate::metrics::lua_memory_error();
     }
-}
-
-/// nginx's name for a phase context in "API disabled in the context of …".
-pub fn context_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Rewrite => "rewrite_by_lua*",
-        Phase::Access => "access_by_lua*",
-        Phase::Content => "content_by_lua*",
-        Phase::HeaderFilter => "header_filter_by_lua*",
-        Phase::BodyFilter => "body_filter_by_lua*",
-        Phase::Log => "log_by_lua*",
-    }
-}
-
-/// The context name when no request is current.
-pub fn phase_context() -> &'static str {
-    match VM_PHASE.with(|p| p.get()) {
-        "init_worker" => "init_worker_by_lua*",
-        "timer" => "ngx.timer",
-        _ => "init_by_lua*",
-    }
-}
-
-/// "route default/hello, location /hello, phase content: " for log lines from Lua.
-pub fn log_context() -> String {
-    match crate::request::current("ngx.log") {
-        Ok(r) => match r.try_borrow() {
-            Ok(r) => format!("{}, phase {}: ", r.site, r.phase.name()),
-            Err(_) => String::new(),
-        },
-        Err(_) => format!("{}: ", VM_PHASE.with(|p| p.get())),
-    }
+    let msg = error_message(e);
+    tracing::error!("{site}, phase {}: lua error: {msg}", phase.name());
 }
 
 /// `error_message` without the stack traceback mlua appends: one line, for

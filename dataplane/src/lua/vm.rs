@@ -24,7 +24,7 @@ use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 use super::api;
 use super::budget::{Account, HookHandle, Limits, Running};
 use crate::config::{Chunk, Config, Phase, Route};
-use crate::request;
+use crate::context::{self, VmPhase};
 use crate::shdict::DictStore;
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -93,7 +93,7 @@ impl LoadedConfig {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("route {route}: {message}")]
 pub struct RouteLoadError {
-    pub route: String,
+    pub route: moongate_route::RouteKey,
     pub message: String,
 }
 
@@ -183,7 +183,7 @@ impl Vm {
         max_body: u64,
     ) -> Result<LoadedRoute, RouteLoadError> {
         let fail = |message: String| RouteLoadError {
-            route: route.id.clone(),
+            route: route.key.clone(),
             message,
         };
         let lua_fail = |e: mlua::Error| fail(super::error_summary(&e));
@@ -242,7 +242,7 @@ impl Vm {
         let init_worker = route.init_worker.as_ref().map(load).transpose()?;
         if let Some(f) = init {
             let account = self.account(&key, limits, limits);
-            self.run_preemptible("init", &account, &f)
+            self.run_preemptible(VmPhase::Init, &account, &f)
                 .await
                 .map_err(|e| fail(format!("init: {}", super::error_summary(&e))))?;
         }
@@ -259,12 +259,12 @@ impl Vm {
     /// Runs `f` (an `init` or `init_worker` chunk) to its end in a coroutine
     /// on `account`: the hook preempts it into the worker's background lane;
     /// any other yield is an error, as these phases cannot wait on anything.
-    async fn run_preemptible(&self, phase: &'static str, account: &Rc<Account>, f: &Function) -> mlua::Result<()> {
+    async fn run_preemptible(&self, phase: VmPhase, account: &Rc<Account>, f: &Function) -> mlua::Result<()> {
         let thread = self.lua.create_thread(f.clone())?;
         let sched = crate::sched::current();
         let mut slice = None;
         loop {
-            let resumed = super::with_vm_phase(phase, || {
+            let resumed = crate::context::with_vm_phase(phase, || {
                 let _running = Running::enter(account, self.hook);
                 thread.resume::<mlua::MultiValue>(())
             });
@@ -275,7 +275,7 @@ impl Vm {
                 return Ok(());
             }
             if !(values.is_empty() && super::budget::preempted(false)) {
-                return Err(mlua::Error::runtime(format!("attempt to yield from {phase}")));
+                return Err(mlua::Error::runtime(format!("attempt to yield from {}", phase.name())));
             }
             slice = Some(sched.background(account.id()).await);
         }
@@ -317,7 +317,7 @@ impl LoadedRoute {
     pub async fn run_init_worker(&self, route: &Route) {
         let Some(f) = &self.init_worker else { return };
         let account = self.vm.account(&self.key, self.limits, self.limits);
-        if let Err(e) = self.vm.run_preemptible("init_worker", &account, f).await {
+        if let Err(e) = self.vm.run_preemptible(VmPhase::InitWorker, &account, f).await {
             tracing::error!(route = %route.id, "init_worker failed: {}", super::error_message(&e));
         }
     }
@@ -355,11 +355,11 @@ fn ngx_metatable(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(|lua, (_, key): (Value, Value)| {
             let Value::String(key) = key else { return Ok(Value::Nil) };
             match &*key.as_bytes() {
-                b"status" => request::with("ngx.status", |r| Ok(Value::Integer(api::output::get_status(r)))),
-                b"headers_sent" => request::with("ngx.headers_sent", |r| Ok(Value::Boolean(r.headers_sent))),
-                b"is_subrequest" => request::with("ngx.is_subrequest", |r| Ok(Value::Boolean(r.subrequest_depth > 0))),
+                b"status" => context::with("ngx.status", |r| Ok(Value::Integer(api::output::get_status(r)))),
+                b"headers_sent" => context::with("ngx.headers_sent", |r| Ok(Value::Boolean(r.headers_sent))),
+                b"is_subrequest" => context::with("ngx.is_subrequest", |r| Ok(Value::Boolean(r.subrequest_depth > 0))),
                 b"ctx" => {
-                    let req = request::current("ngx.ctx")?;
+                    let req = context::current("ngx.ctx")?;
                     let existing = req.borrow().ctx.clone();
                     match existing {
                         Some(t) => Ok(Value::Table(t)),
@@ -379,12 +379,12 @@ fn ngx_metatable(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(|_, (t, key, value): (Table, Value, Value)| {
             if let Value::String(k) = &key {
                 match &*k.as_bytes() {
-                    b"status" => return request::with("ngx.status", |r| api::output::set_status(r, value)),
+                    b"status" => return context::with("ngx.status", |r| api::output::set_status(r, value)),
                     b"ctx" => {
                         let Value::Table(ctx) = value else {
                             return Err(mlua::Error::runtime("ctx should be a table while getting a nil"));
                         };
-                        return request::with("ngx.ctx", |r| {
+                        return context::with("ngx.ctx", |r| {
                             r.ctx = Some(ctx);
                             Ok(())
                         });

@@ -11,7 +11,6 @@
 mod access;
 mod body_filter;
 mod content;
-pub mod header_filter;
 mod log;
 mod rewrite;
 mod subrequest;
@@ -28,12 +27,14 @@ use mlua::{Function, MultiValue, Value};
 use tokio::sync::mpsc;
 
 use crate::config::{self, LocationRef, Phase, ServerId};
-use crate::http::body::ResponseBody;
-use crate::http::special;
+use crate::context::{Current, call_plain};
 use crate::lua::api;
 use crate::lua::budget::{self, Account, Running};
 use crate::lua::vm::LoadedConfig;
-use crate::request::{self, Body, Current, Exit, RequestState, SharedRequest};
+use crate::request::{self, Body, Exit, RequestState, SharedRequest};
+use crate::response::body::ResponseBody;
+use crate::response::head::send_header;
+use crate::response::special;
 use crate::worker::Worker;
 
 /// nginx allows 10 internal redirects before "rewrite or internal redirection cycle".
@@ -83,6 +84,8 @@ pub struct Lifecycle {
     loaded: Rc<LoadedConfig>,
     req: SharedRequest,
     body_stream: Option<Incoming>,
+    /// Where the head goes; `None` for a subrequest, whose response is captured.
+    head: Option<HeadSlot>,
     /// The response head has not been handed to the connection yet.
     head_pending: bool,
     stream_tx: Option<mpsc::Sender<Bytes>>,
@@ -90,23 +93,15 @@ pub struct Lifecycle {
     captured: Option<subrequest::Captured>,
 }
 
-thread_local! {
-    /// The response head a lifecycle produced during its latest poll.
-    /// Invariant: a lifecycle deposits its head only while it is being polled
-    /// by its connection's service (`take_head` right after that poll), and at
-    /// most once; so one slot per thread suffices and no channel is needed.
-    static HEAD: std::cell::RefCell<Option<Response>> = const { std::cell::RefCell::new(None) };
-}
+/// Where a lifecycle puts its response head for the connection to send.
+/// Invariant: the connection polls the lifecycle and takes the head right
+/// after each poll; the lifecycle puts it there at most once.
+pub type HeadSlot = Rc<std::cell::Cell<Option<Response>>>;
 
-/// The head deposited by the lifecycle polled just now, if any.
-pub fn take_head() -> Option<Response> {
-    HEAD.with(|h| h.borrow_mut().take())
-}
-
-/// Serves one request. The response head is deposited (`take_head`) as soon
-/// as it is known; the future then goes on to stream the body and run the log
+/// Serves one request. The response head is put in `head` as soon as it is
+/// known; the future then goes on to stream the body and run the log
 /// phase. Finishing without a head means: close the connection.
-pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: ConnInfo) {
+pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: ConnInfo, head: HeadSlot) {
     crate::lua::api::time::update_cached_time();
     worker.sched.foreground(0);
     let loaded = worker.config();
@@ -139,6 +134,7 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         loaded,
         req: Rc::new(std::cell::RefCell::new(state)),
         body_stream: Some(body),
+        head: Some(head),
         head_pending: true,
         stream_tx: None,
         captured: None,
@@ -450,7 +446,7 @@ impl Lifecycle {
     }
 
     fn lua_error(&self, phase: Phase, e: &mlua::Error) -> HandlerEnd {
-        log_lua_error(&self.req.borrow().site, phase, e);
+        crate::lua::log_error(&self.req.borrow().site, phase, e);
         HandlerEnd::Error
     }
 
@@ -461,7 +457,7 @@ impl Lifecycle {
             return;
         }
         // Sends the head (running the header filter) if no handler did yet.
-        header_filter::send_header(&self.req);
+        send_header(&self.req);
         if self.req.borrow().close {
             self.head_pending = false;
             self.stream_tx = None;
@@ -489,12 +485,12 @@ impl Lifecycle {
             self.head_pending = false;
             if eof {
                 let resp = self.response(ResponseBody::without_length(body));
-                HEAD.with(|h| *h.borrow_mut() = Some(resp));
+                self.put_head(resp);
                 return;
             }
             let (stx, srx) = mpsc::channel(16);
             let resp = self.response(ResponseBody::Streaming(srx));
-            HEAD.with(|h| *h.borrow_mut() = Some(resp));
+            self.put_head(resp);
             self.stream_tx = Some(stx);
         }
         if let Some(stx) = &self.stream_tx {
@@ -545,6 +541,12 @@ impl Lifecycle {
         self.flush(true).await;
     }
 
+    fn put_head(&self, resp: Response) {
+        if let Some(head) = &self.head {
+            head.set(Some(resp));
+        }
+    }
+
     /// The response head from the request state, with `body`.
     fn response(&self, body: ResponseBody) -> Response {
         let r = self.req.borrow();
@@ -570,49 +572,12 @@ impl Lifecycle {
     }
 }
 
-/// Logs a Lua error with its route, location, phase and line.
-pub fn log_lua_error(site: &str, phase: Phase, e: &mlua::Error) {
-    crate::metrics::lua_error(phase);
-    if matches!(e, mlua::Error::MemoryError(_)) || crate::lua::error_message(e).contains("not enough memory") {
-        crate::metrics::lua_memory_error();
-    }
-    let msg = crate::lua::error_message(e);
-    tracing::error!("{site}, phase {}: lua error: {msg}", phase.name());
-}
-
-/// Calls a filter or log handler (no yields allowed) with the request
-/// current, on the request's account: the running handler's when a filter
-/// runs inside it (`ngx.say` sends the headers), a fresh budget otherwise.
-pub(crate) fn call_plain(req: &SharedRequest, phase: Phase, f: &Function) -> Result<(), mlua::Error> {
-    let (account, hook, previous) = {
-        let mut r = req.borrow_mut();
-        let account = r.account.clone();
-        (account, r.hook, std::mem::replace(&mut r.phase, phase))
-    };
-    let result = {
-        let _current = Current::enter(req);
-        match account {
-            Some(account) => {
-                let nested = budget::running().is_some_and(|a| Rc::ptr_eq(&a, &account));
-                if !nested && req.borrow().subrequest_depth == 0 {
-                    account.reset();
-                }
-                let _running = Running::enter(&account, hook);
-                f.call::<()>(())
-            }
-            None => f.call::<()>(()),
-        }
-    };
-    req.borrow_mut().phase = previous;
-    result
-}
-
 /// `call_plain` for the driver's filters and log handler: logs the error.
 fn call_filter(lc: &Lifecycle, phase: Phase, f: &Function) -> bool {
     match call_plain(&lc.req, phase, f) {
         Ok(()) => true,
         Err(e) => {
-            log_lua_error(&lc.req.borrow().site, phase, &e);
+            crate::lua::log_error(&lc.req.borrow().site, phase, &e);
             false
         }
     }
@@ -637,7 +602,7 @@ fn select_server(
             None => return Some(ServerId::ANY),
         },
     };
-    let host = api::var::host_of(host)?;
+    let host = request::host_of(host)?;
     if !config.has_hostnames() {
         return Some(ServerId::ANY);
     }

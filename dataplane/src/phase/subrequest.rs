@@ -95,6 +95,7 @@ impl Lifecycle {
             loaded: self.loaded.clone(),
             req: Rc::new(std::cell::RefCell::new(state)),
             body_stream: None,
+            head: None,
             head_pending: true,
             stream_tx: None,
             captured: Some(Captured::default()),

@@ -10,7 +10,8 @@ use mlua::{Lua, Table, Value};
 
 use super::fmt_number;
 use crate::config::Phase;
-use crate::request::{self, RequestState};
+use crate::context;
+use crate::request::RequestState;
 
 pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     let header = lua.create_table()?;
@@ -19,14 +20,14 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
         "__index",
         lua.create_function(|lua, (_, name): (Value, mlua::LuaString)| {
             let name = normalize_name(&name.as_bytes(), true);
-            request::with("ngx.header", |r| get(lua, r, &name))
+            context::with("ngx.header", |r| get(lua, r, &name))
         })?,
     )?;
     mt.set(
         "__newindex",
         lua.create_function(|_, (_, name, value): (Value, mlua::LuaString, Value)| {
             let name_bytes = name.as_bytes().to_vec();
-            request::with("ngx.header", |r| set(r, &name_bytes, value, true))
+            context::with("ngx.header", |r| set(r, &name_bytes, value, true))
         })?,
     )?;
     mt.set("__metatable", false)?;
@@ -38,7 +39,7 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
         "get_headers",
         lua.create_function(|lua, (max, raw): (Option<i64>, Option<bool>)| {
             let max = max.unwrap_or(100);
-            request::with("ngx.resp.get_headers", |r| {
+            context::with("ngx.resp.get_headers", |r| {
                 let t = lua.create_table()?;
                 let mut count = 0i64;
                 let mut truncated = false;
@@ -195,7 +196,7 @@ pub fn set(r: &mut RequestState, name: &[u8], value: Value, underscores: bool) -
         );
         return Ok(());
     }
-    request::check_phase(
+    context::check_phase(
         r,
         "ngx.header",
         &[Phase::Rewrite, Phase::Access, Phase::Content, Phase::HeaderFilter],

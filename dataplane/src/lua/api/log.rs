@@ -62,7 +62,7 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
 }
 
 fn emit(level: i64, msg: &str) {
-    let at = crate::lua::log_context();
+    let at = crate::context::log_prefix();
     match level {
         0..=4 => tracing::error!(target: "lua", "{at}{msg}"),
         5 => tracing::warn!(target: "lua", "{at}{msg}"),

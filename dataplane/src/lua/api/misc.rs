@@ -54,7 +54,10 @@ pub fn register(lua: &Lua, ngx: &Table, worker_id: usize, worker_count: usize) -
         ngx.set(format!("HTTP_{name}"), *id)?;
     }
     ngx.set("null", Value::LightUserData(LightUserData(std::ptr::null_mut())))?;
-    ngx.set("get_phase", lua.create_function(|_, ()| Ok(crate::lua::phase_name()))?)?;
+    ngx.set(
+        "get_phase",
+        lua.create_function(|_, ()| Ok(crate::context::phase_name()))?,
+    )?;
 
     let worker = lua.create_table()?;
     worker.set("id", lua.create_function(move |_, ()| Ok(worker_id))?)?;
@@ -65,7 +68,7 @@ pub fn register(lua: &Lua, ngx: &Table, worker_id: usize, worker_count: usize) -
         "pids",
         lua.create_function(move |_, ()| Ok(vec![std::process::id(); worker_count]))?,
     )?;
-    worker.set("exiting", lua.create_function(|_, ()| Ok(crate::lua::exiting()))?)?;
+    worker.set("exiting", lua.create_function(|_, ()| Ok(crate::context::exiting()))?)?;
     ngx.set("worker", worker)?;
 
     let config = lua.create_table()?;

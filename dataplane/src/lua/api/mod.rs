@@ -162,12 +162,12 @@ fn random_functions(lua: &Lua) -> mlua::Result<(mlua::Function, mlua::Function)>
 /// rewrite, access or content handler, or a timer callback (nginx's rule
 /// for `ngx.sleep`).
 pub fn check_may_yield(api: &str) -> mlua::Result<()> {
-    if !crate::request::has_current() && crate::lua::phase_name() == "timer" {
+    if !crate::context::has_current() && crate::context::vm_phase() == Some(crate::context::VmPhase::Timer) {
         return Ok(());
     }
-    let r = crate::request::current(api)?;
+    let r = crate::context::current(api)?;
     let r = r.borrow();
-    crate::request::check_phase(&r, api, &[Phase::Rewrite, Phase::Access, Phase::Content])
+    crate::context::check_phase(&r, api, &[Phase::Rewrite, Phase::Access, Phase::Content])
 }
 
 /// Formats a number as Lua's `tostring` does (`%.14g`).

@@ -12,8 +12,9 @@ use mlua::{Lua, Table, Value};
 
 use super::fmt_number;
 use crate::config::Phase;
+use crate::context;
 use crate::lua::args::{bad_argument, bad_argument_bare, bad_type};
-use crate::request::{self, Body, Exit, RequestState};
+use crate::request::{Body, Exit, RequestState};
 
 const OUTPUT_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
 
@@ -38,8 +39,8 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     raw.set(
         "flush",
         lua.create_function(move |_, _wait: Value| {
-            request::with("ngx.flush", |r| {
-                request::check_phase(r, "ngx.flush", OUTPUT_PHASES)?;
+            context::with("ngx.flush", |r| {
+                context::check_phase(r, "ngx.flush", OUTPUT_PHASES)?;
                 if r.eof {
                     return Ok((Value::Nil, Some("seen eof")));
                 }
@@ -51,8 +52,8 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     raw.set(
         "eof",
         lua.create_function(move |_, ()| {
-            request::with("ngx.eof", |r| {
-                request::check_phase(r, "ngx.eof", OUTPUT_PHASES)?;
+            context::with("ngx.eof", |r| {
+                context::check_phase(r, "ngx.eof", OUTPUT_PHASES)?;
                 if r.eof {
                     return Ok((Value::Nil, Some("seen eof")));
                 }
@@ -63,12 +64,12 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     ngx.set(
         "send_headers",
         lua.create_function(|_, ()| {
-            let req = request::current("ngx.send_headers")?;
+            let req = context::current("ngx.send_headers")?;
             if req.borrow().headers_sent {
                 return Ok(None);
             }
-            request::check_phase(&req.borrow(), "ngx.send_headers", OUTPUT_PHASES)?;
-            crate::phase::header_filter::send_header(&req);
+            context::check_phase(&req.borrow(), "ngx.send_headers", OUTPUT_PHASES)?;
+            crate::response::head::send_header(&req);
             Ok(Some(1))
         })?,
     )?;
@@ -138,10 +139,10 @@ fn emit(
     newline: bool,
     marker: &Table,
 ) -> mlua::Result<(Value, Option<&'static str>)> {
-    let req = request::current(api)?;
+    let req = context::current(api)?;
     {
         let r = req.borrow();
-        request::check_phase(&r, if newline { "ngx.say" } else { "ngx.print" }, OUTPUT_PHASES)?;
+        context::check_phase(&r, if newline { "ngx.say" } else { "ngx.print" }, OUTPUT_PHASES)?;
         if r.eof {
             return Ok((Value::Nil, Some("seen eof")));
         }
@@ -172,7 +173,7 @@ fn emit(
         output.end_chunk();
         output.len() > AUTO_FLUSH
     };
-    crate::phase::header_filter::send_header(&req);
+    crate::response::head::send_header(&req);
     if flush {
         return Ok((Value::Table(marker.clone()), None));
     }
@@ -186,7 +187,7 @@ fn filter_arg(lua: &Lua) -> mlua::Result<Table> {
     mt.set(
         "__index",
         lua.create_function(|lua, (_, i): (Value, i64)| {
-            request::with("ngx.arg", |r| match i {
+            context::with("ngx.arg", |r| match i {
                 1 => Ok(Value::String(lua.create_string(&r.filter_arg.0)?)),
                 2 => Ok(Value::Boolean(r.filter_arg.1)),
                 _ => Ok(Value::Nil),
@@ -196,8 +197,8 @@ fn filter_arg(lua: &Lua) -> mlua::Result<Table> {
     mt.set(
         "__newindex",
         lua.create_function(|_, (_, i, v): (Value, i64, Value)| {
-            request::with("ngx.arg", |r| {
-                request::check_phase(r, "ngx.arg", &[Phase::BodyFilter])?;
+            context::with("ngx.arg", |r| {
+                context::check_phase(r, "ngx.arg", &[Phase::BodyFilter])?;
                 match i {
                     1 => {
                         let mut buf = BytesMut::new();
@@ -232,7 +233,7 @@ fn exit(status: Value) -> mlua::Result<bool> {
             return Err(mlua::Error::runtime(bad_type(1, "exit", "number", other.type_name())));
         }
     };
-    request::with("ngx.exit", |r| {
+    context::with("ngx.exit", |r| {
         match r.phase {
             Phase::Rewrite | Phase::Access | Phase::Content => {}
             Phase::HeaderFilter => {
@@ -243,7 +244,7 @@ fn exit(status: Value) -> mlua::Result<bool> {
                 r.exit = Some(Exit::Status(status));
                 return Ok(false);
             }
-            _ => request::check_phase(r, "ngx.exit", OUTPUT_PHASES)?,
+            _ => context::check_phase(r, "ngx.exit", OUTPUT_PHASES)?,
         }
         r.exit = Some(Exit::Status(status));
         Ok(true)
@@ -280,8 +281,8 @@ fn exec(lua: &Lua, uri: Value, args: Value) -> mlua::Result<bool> {
     if args.is_none() {
         args = query;
     }
-    request::with("ngx.exec", |r| {
-        request::check_phase(r, "ngx.exec", OUTPUT_PHASES)?;
+    context::with("ngx.exec", |r| {
+        context::check_phase(r, "ngx.exec", OUTPUT_PHASES)?;
         if r.headers_sent {
             return Err(mlua::Error::runtime(
                 "attempt to call ngx.exec after sending out response headers",
@@ -310,8 +311,8 @@ fn redirect(uri: Value, status: Option<i64>) -> mlua::Result<bool> {
             "only ngx.HTTP_MOVED_TEMPORARILY, ngx.HTTP_MOVED_PERMANENTLY, ngx.HTTP_PERMANENT_REDIRECT, ngx.HTTP_SEE_OTHER, and ngx.HTTP_TEMPORARY_REDIRECT are allowed, but got {status}"
         )));
     }
-    request::with("ngx.redirect", |r| {
-        request::check_phase(r, "ngx.redirect", OUTPUT_PHASES)?;
+    context::with("ngx.redirect", |r| {
+        context::check_phase(r, "ngx.redirect", OUTPUT_PHASES)?;
         if r.headers_sent {
             return Err(mlua::Error::runtime(
                 "attempt to call ngx.redirect after sending out the headers",

@@ -6,8 +6,9 @@ use mlua::{Lua, Table, Value};
 
 use super::header::{header_values, lookup_metatable, normalize_name};
 use crate::config::Phase;
+use crate::context;
 use crate::lua::args::bad_type;
-use crate::request::{self, Body, Exit, RequestState};
+use crate::request::{Body, Exit, RequestState};
 
 const EARLY_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
 
@@ -38,7 +39,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         lua.create_function(|lua, (max, raw): (Option<i64>, Option<bool>)| {
             let max = max.unwrap_or(100);
             let raw = raw.unwrap_or(false);
-            request::with("ngx.req.get_headers", |r| {
+            context::with("ngx.req.get_headers", |r| {
                 let t = lua.create_table()?;
                 for (count, (name, value)) in r.headers.iter().enumerate() {
                     if max > 0 && count as i64 >= max {
@@ -67,7 +68,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "get_uri_args",
         lua.create_function(|lua, max: Option<i64>| {
-            let args = request::with("ngx.req.get_uri_args", |r| Ok(r.args.clone()))?;
+            let args = context::with("ngx.req.get_uri_args", |r| Ok(r.args.clone()))?;
             let (table, truncated) =
                 super::codec::decode_uri_args(lua, args.as_deref().unwrap_or_default(), limit(max))?;
             Ok((table, truncated.then_some("truncated")))
@@ -76,7 +77,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "get_post_args",
         lua.create_function(|lua, max: Option<i64>| {
-            let body = request::with("ngx.req.get_post_args", |r| match &r.body {
+            let body = context::with("ngx.req.get_post_args", |r| match &r.body {
                 Body::Read(b) => Ok(Some(b.clone())),
                 Body::Discarded => Ok(Some(bytes::Bytes::new())),
                 Body::Unread => Ok(None),
@@ -95,7 +96,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
 
     req.set(
         "get_method",
-        lua.create_function(|_, ()| request::with("ngx.req.get_method", |r| Ok(r.method.to_string())))?,
+        lua.create_function(|_, ()| context::with("ngx.req.get_method", |r| Ok(r.method.to_string())))?,
     )?;
     req.set(
         "set_method",
@@ -105,7 +106,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                 .find(|(_, v)| *v == id)
                 .map(|(n, _)| *n)
                 .ok_or_else(|| mlua::Error::runtime(format!("unsupported HTTP method: {id}")))?;
-            request::with("ngx.req.set_method", |r| {
+            context::with("ngx.req.set_method", |r| {
                 r.method = Method::from_bytes(name.as_bytes()).map_err(mlua::Error::external)?;
                 Ok(())
             })
@@ -129,8 +130,8 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
             if uri.is_empty() {
                 return Err(mlua::Error::runtime("attempt to use zero-length uri"));
             }
-            request::with("ngx.req.set_uri", |r| {
-                request::check_phase(r, "ngx.req.set_uri", EARLY_PHASES)?;
+            context::with("ngx.req.set_uri", |r| {
+                context::check_phase(r, "ngx.req.set_uri", EARLY_PHASES)?;
                 if jump.unwrap_or(false) {
                     if r.phase != Phase::Rewrite {
                         return Err(mlua::Error::runtime("API disabled in the current context"));
@@ -165,7 +166,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                     )));
                 }
             };
-            request::with("ngx.req.set_uri_args", |r| {
+            context::with("ngx.req.set_uri_args", |r| {
                 r.args = Some(encoded);
                 Ok(())
             })
@@ -175,7 +176,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "set_header",
         lua.create_function(|_, (name, value): (mlua::LuaString, Value)| {
-            request::with("ngx.req.set_header", |r| {
+            context::with("ngx.req.set_header", |r| {
                 set_request_header(r, &name.as_bytes(), &value)
             })
         })?,
@@ -183,7 +184,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "clear_header",
         lua.create_function(|_, name: mlua::LuaString| {
-            request::with("ngx.req.clear_header", |r| {
+            context::with("ngx.req.clear_header", |r| {
                 set_request_header(r, &name.as_bytes(), &Value::Nil)
             })
         })?,
@@ -193,8 +194,8 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     raw.set(
         "read_body",
         lua.create_function(move |_, ()| {
-            request::with("ngx.req.read_body", |r| {
-                request::check_phase(r, "ngx.req.read_body", EARLY_PHASES)?;
+            context::with("ngx.req.read_body", |r| {
+                context::check_phase(r, "ngx.req.read_body", EARLY_PHASES)?;
                 Ok(match r.body {
                     Body::Unread => Value::Table(marker.clone()),
                     _ => Value::Nil,
@@ -205,7 +206,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "discard_body",
         lua.create_function(|_, ()| {
-            request::with("ngx.req.discard_body", |r| {
+            context::with("ngx.req.discard_body", |r| {
                 if matches!(r.body, Body::Unread) {
                     r.body = Body::Discarded;
                 }
@@ -216,7 +217,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "get_body_data",
         lua.create_function(|lua, ()| {
-            request::with("ngx.req.get_body_data", |r| match &r.body {
+            context::with("ngx.req.get_body_data", |r| match &r.body {
                 Body::Read(b) if !b.is_empty() => Ok(Value::String(lua.create_string(b)?)),
                 _ => Ok(Value::Nil),
             })
@@ -226,7 +227,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "set_body_data",
         lua.create_function(|_, data: mlua::LuaString| {
-            request::with("ngx.req.set_body_data", |r| {
+            context::with("ngx.req.set_body_data", |r| {
                 if matches!(r.body, Body::Unread) {
                     return Err(mlua::Error::runtime("request body not read yet"));
                 }
@@ -240,7 +241,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "http_version",
         lua.create_function(|_, ()| {
-            request::with("ngx.req.http_version", |r| {
+            context::with("ngx.req.http_version", |r| {
                 Ok(match r.version {
                     http::Version::HTTP_09 => 0.9,
                     http::Version::HTTP_10 => 1.0,
@@ -254,18 +255,18 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
     req.set(
         "raw_header",
         lua.create_function(|lua, no_request_line: Option<bool>| {
-            request::with("ngx.req.raw_header", |r| {
+            context::with("ngx.req.raw_header", |r| {
                 lua.create_string(raw_header(r, no_request_line.unwrap_or(false)))
             })
         })?,
     )?;
     req.set(
         "start_time",
-        lua.create_function(|_, ()| request::with("ngx.req.start_time", |r| Ok(r.start_time)))?,
+        lua.create_function(|_, ()| context::with("ngx.req.start_time", |r| Ok(r.start_time)))?,
     )?;
     req.set(
         "is_internal",
-        lua.create_function(|_, ()| request::with("ngx.req.is_internal", |r| Ok(r.internal)))?,
+        lua.create_function(|_, ()| context::with("ngx.req.is_internal", |r| Ok(r.internal)))?,
     )?;
     Ok(())
 }

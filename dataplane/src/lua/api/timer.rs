@@ -163,7 +163,7 @@ fn create(
             return Err(mlua::Error::runtime(bad_type(2, api, "function", got)));
         }
     };
-    if crate::lua::exiting() {
+    if crate::context::exiting() {
         return Ok((None, Some("process exiting".into())));
     }
     let Some(account) = budget::running() else {
@@ -174,7 +174,7 @@ fn create(
         return Ok((None, Some("too many pending timers".into())));
     }
     let extra: Vec<Value> = args.collect();
-    let site = crate::lua::log_context();
+    let site = crate::context::log_prefix();
     owner.update(|c| c.pending += 1);
     let id = NEXT_ID.with(|n| n.replace(n.get() + 1));
     let cancel = Rc::new(Cancel {
@@ -273,7 +273,7 @@ impl Timer {
     async fn run(self, delay: Duration, every: bool) {
         let shutdown = SHUTDOWN.with(Rc::clone);
         loop {
-            let premature = if crate::lua::exiting() {
+            let premature = if crate::context::exiting() {
                 true
             } else if delay.is_zero() {
                 // Like nginx's 0 ms timer: run on the next turn of the event loop.
@@ -300,7 +300,7 @@ impl Timer {
             self.owner.update(|c| c.running += 1);
             self.fire(premature).await;
             self.owner.update(|c| c.running -= 1);
-            if !every || premature || crate::lua::exiting() || self.cancel.cancelled.get() {
+            if !every || premature || crate::context::exiting() || self.cancel.cancelled.get() {
                 CANCELS.with(|c| c.borrow_mut().remove(&self.id));
                 return;
             }
@@ -358,7 +358,7 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
         }
         account.set_left(allowance);
         let before = account.spent();
-        let result = crate::lua::with_vm_phase("timer", || {
+        let result = crate::context::with_vm_phase(crate::context::VmPhase::Timer, || {
             let _running = Running::enter(&account, run.hook);
             thread.resume::<MultiValue>(args)
         });

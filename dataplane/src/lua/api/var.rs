@@ -4,7 +4,8 @@
 
 use mlua::{Lua, Table, Value};
 
-use crate::request::{self, RequestState};
+use crate::context;
+use crate::request::RequestState;
 
 pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     let var = lua.create_table()?;
@@ -23,7 +24,7 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                     )));
                 }
             };
-            request::with("ngx.var", |r| match lookup(r, &name) {
+            context::with("ngx.var", |r| match lookup(r, &name) {
                 Some(bytes) => Ok(Value::String(lua.create_string(bytes)?)),
                 None => Ok(Value::Nil),
             })
@@ -45,7 +46,7 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                     )));
                 }
             };
-            request::with("ngx.var", |r| assign(r, &name, bytes))
+            context::with("ngx.var", |r| assign(r, &name, bytes))
         })?,
     )?;
     mt.set("__metatable", false)?;
@@ -55,7 +56,7 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
 }
 
 fn capture(lua: &Lua, n: i64) -> mlua::Result<Value> {
-    request::with("ngx.var", |r| {
+    context::with("ngx.var", |r| {
         // nginx has no $0.
         let n = usize::try_from(n).ok().filter(|&n| n > 0);
         match n.and_then(|n| r.captures.get(n)).and_then(|c| c.as_deref()) {
@@ -156,7 +157,7 @@ pub fn lookup(r: &RequestState, name: &str) -> Option<Vec<u8>> {
             Some(line)
         }
         "server_protocol" => s(protocol(r)),
-        "host" => Some(host(r)),
+        "host" => Some(r.host()),
         "hostname" => s(&hostname()),
         "server_name" => s("localhost"),
         "remote_addr" => s(&r.remote_addr.ip().to_string()),
@@ -197,35 +198,6 @@ fn protocol(r: &RequestState) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/1.1",
     }
-}
-
-/// `$host`: the Host header without port, lowercased; else the server name.
-pub fn host(r: &RequestState) -> Vec<u8> {
-    r.headers
-        .get(http::header::HOST)
-        .and_then(|v| host_of(v.as_bytes()))
-        .unwrap_or_else(|| b"localhost".to_vec())
-}
-
-/// `$host` of a Host header value: without the port or a trailing dot,
-/// lowercase; `None` where nginx's `ngx_http_validate_host` answers 400
-/// (empty, `/`, NUL, a leading dot or `..`, an unclosed `[`).
-pub fn host_of(raw: &[u8]) -> Option<Vec<u8>> {
-    let end = if raw.first() == Some(&b'[') {
-        raw.iter().position(|&b| b == b']')? + 1
-    } else {
-        raw.iter().position(|&b| b == b':').unwrap_or(raw.len())
-    };
-    let host = &raw[..end];
-    let host = host.strip_suffix(b".").unwrap_or(host);
-    if host.is_empty()
-        || host.first() == Some(&b'.')
-        || host.iter().any(|&b| b == b'/' || b == 0)
-        || host.windows(2).any(|w| w == b"..")
-    {
-        return None;
-    }
-    Some(host.to_ascii_lowercase())
 }
 
 fn hostname() -> String {

@@ -1,4 +1,5 @@
-//! `header_filter_by_lua`: runs once, when the response head is sent — at
+//! Sending the response head, and with it `header_filter_by_lua`: it runs
+//! once, when the head is sent — at
 //! the first output, `ngx.send_headers()`, or the end of the content phase —
 //! with `ngx.status` and `ngx.header` still writable. The handler is put on
 //! the request when the location is entered (`RequestState::header_filter`)
@@ -9,8 +10,9 @@
 use http::header::{ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED};
 
 use crate::config::Phase;
-use crate::lua::api::time::parse_http_time;
+use crate::context::call_plain;
 use crate::request::{Exit, RequestState, SharedRequest};
+use crate::response::date::parse_http_time;
 
 /// Marks the response head sent and runs the header filter, once.
 pub fn send_header(req: &SharedRequest) {
@@ -23,12 +25,12 @@ pub fn send_header(req: &SharedRequest) {
         r.header_filter.take()
     };
     if let Some(filter) = filter {
-        let result = super::call_plain(req, Phase::HeaderFilter, &filter);
+        let result = call_plain(req, Phase::HeaderFilter, &filter);
         let mut r = req.borrow_mut();
         match result {
             Err(e) => {
                 // nginx finalizes the request with an error: no response goes out.
-                crate::phase::log_lua_error(&r.site, Phase::HeaderFilter, &e);
+                crate::lua::log_error(&r.site, Phase::HeaderFilter, &e);
                 r.status = 500;
                 r.close = true;
             }
