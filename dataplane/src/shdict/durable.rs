@@ -76,6 +76,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::redb_file::codec::{DecodeError, Reader, Writer};
 use crate::redb_file::{HeldElsewhere, open_store};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
@@ -307,14 +308,19 @@ fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
         }
     };
     let mut malformed = 0usize;
+    let mut first_error = None;
     // Quiet: dropping what expired while down is no write of anyone's.
     dict.locked_quiet(|e, now| {
         for (key, bytes) in rows {
             let key: Arc<[u8]> = Arc::from(key);
-            let Some(rec) = record::decode(&bytes) else {
-                malformed += 1;
-                e.mark_dirty(&key);
-                continue;
+            let rec = match record::decode(&bytes) {
+                Ok(rec) => rec,
+                Err(error) => {
+                    malformed += 1;
+                    first_error.get_or_insert(error);
+                    e.mark_dirty(&key);
+                    continue;
+                }
             };
             if expired_for_eviction(rec.expires, now) || super::check_key(&key).is_err() {
                 e.mark_dirty(&key);
@@ -334,8 +340,8 @@ fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
         }
         e.keep_dirty_removals();
     });
-    if malformed > 0 {
-        tracing::error!(file = %path.display(), dict = %table, malformed,
+    if let Some(first) = first_error {
+        tracing::error!(file = %path.display(), dict = %table, malformed, first = %first,
             "dropped malformed entries of a durable shared dict");
     }
 }
@@ -343,14 +349,33 @@ fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
 /// A row as read from disk: key and record bytes.
 type Row = (Vec<u8>, Vec<u8>);
 
-/// The cut of the last completed commit (0 for a file without one).
+/// The cut of the last completed commit (0 for a file without one, or with
+/// a malformed one, which is logged).
 pub(super) fn read_committed_seq(db: &Database) -> Result<u64, redb::Error> {
     let rows = read_table(db, META_TABLE)?;
-    Ok(rows
-        .iter()
-        .find(|(k, _)| k.as_slice() == COMMITTED_SEQ_KEY)
-        .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_le_bytes))
+    let Some((_, value)) = rows.iter().find(|(k, _)| k.as_slice() == COMMITTED_SEQ_KEY) else {
+        return Ok(0);
+    };
+    Ok(decode_committed_seq(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "numbering durable writes from 0");
+        0
+    }))
+}
+
+/// The stored cut: a bare `u64` (LE), unversioned, as it always was.
+const COMMITTED_SEQ: &str = "committed sequence number";
+
+pub(super) fn encode_committed_seq(cut: u64) -> Vec<u8> {
+    let mut w = Writer::unversioned(8);
+    w.u64(cut);
+    w.finish()
+}
+
+pub(super) fn decode_committed_seq(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let mut r = Reader::unversioned(COMMITTED_SEQ, bytes);
+    let cut = r.u64("cut")?;
+    r.finish()?;
+    Ok(cut)
 }
 
 fn read_table(db: &Database, name: &str) -> Result<Vec<Row>, redb::Error> {
@@ -575,7 +600,7 @@ fn write_batches(
 ) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(table(META_TABLE))?
-        .insert(COMMITTED_SEQ_KEY, cut.to_le_bytes().as_slice())?;
+        .insert(COMMITTED_SEQ_KEY, encode_committed_seq(cut).as_slice())?;
     if !timers.is_empty() {
         let mut t = txn.open_table(table(TIMERS_TABLE))?;
         for (id, op) in timers {
