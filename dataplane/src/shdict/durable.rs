@@ -213,16 +213,28 @@ impl DurableStore {
     /// A dict `namespace/name` restored from disk and registered for commits;
     /// a plain memory dict when the file is unavailable (logged) or closed.
     /// An error when another process holds the file.
+    ///
+    /// A table is attached once per process: attaching it again (after the
+    /// `DictStore` forgot a dict whose version never served) gives the same
+    /// dict back, with `capacity`, since its memory is what the disk will
+    /// hold. A second dict restored from disk would miss its latest writes,
+    /// and both would write to the table.
     pub fn attach(&self, namespace: &str, name: &str, capacity: u64) -> Result<Arc<Dict>, DictError> {
         let full = format!("{namespace}/{name}");
         let mut state = self.lock();
         if matches!(*state, State::Unopened) {
             *state = self.open()?;
         }
-        let State::Open(db, committer) = &*state else {
+        let State::Open(db, committer) = &mut *state else {
             tracing::warn!(dict = %full, "durable shared dict kept in memory only: its store is not available");
             return Ok(Arc::new(Dict::new(full, capacity)));
         };
+        if let Some(dict) = committer.attached.get(&full) {
+            if dict.capacity() != capacity {
+                dict.resize(capacity);
+            }
+            return Ok(dict.clone());
+        }
         let dict = Arc::new(Dict::durable(full.clone(), capacity, self.seq.clone()));
         restore(db, &self.path, &full, &dict);
         committer.register(full, dict.clone());
@@ -427,6 +439,8 @@ impl Dict {
 struct Committer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Every dict registered, by table.
+    attached: HashMap<String, Arc<Dict>>,
 }
 
 #[derive(Debug, Default)]
@@ -464,10 +478,12 @@ impl Committer {
         Ok(Committer {
             shared,
             thread: Some(thread),
+            attached: HashMap::new(),
         })
     }
 
-    fn register(&self, table: String, dict: Arc<Dict>) {
+    fn register(&mut self, table: String, dict: Arc<Dict>) {
+        self.attached.insert(table.clone(), dict.clone());
         lock_inbox(&self.shared).new.push((table, dict));
     }
 }
