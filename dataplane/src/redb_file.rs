@@ -14,6 +14,10 @@
 //!   new empty file;
 //! - open in another process (redb's file lock): [`HeldElsewhere`], for the
 //!   caller to refuse to run on that data dir. Never touched.
+//!
+//! The values stored in these files are written with [`codec`]'s framing.
+
+pub mod codec;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};

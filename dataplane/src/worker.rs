@@ -25,6 +25,10 @@ use crate::lua::vm::{LoadedConfig, LoadedRoute, RouteLoadError, Vm, VmSettings};
 use crate::sched::Sched;
 use crate::shdict::DictStore;
 
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;
+
 /// The default instruction budget of a handler: about a tenth of a second of
 /// interpreted Lua, far beyond what a gateway handler needs.
 pub const DEFAULT_INSTRUCTION_BUDGET: u64 = 100_000_000;
@@ -299,6 +303,8 @@ pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// What every worker serves.
     serving: std::sync::Mutex<Option<Arc<Config>>>,
+    /// The workers' dicts, whose declarations each version settles.
+    dicts: Arc<DictStore>,
 }
 
 impl Workers {
@@ -306,18 +312,21 @@ impl Workers {
         senders: Vec<mpsc::UnboundedSender<Control>>,
         shutdown: watch::Sender<bool>,
         threads: Vec<std::thread::JoinHandle<()>>,
+        dicts: Arc<DictStore>,
     ) -> Self {
         Workers {
             senders,
             shutdown,
             threads,
             serving: std::sync::Mutex::new(None),
+            dicts,
         }
     }
 
     /// Loads `config` into every worker, then switches all of them to it;
     /// a route that failed to load on any worker keeps its serving version
-    /// (or is left out).
+    /// (or is left out). The shared dicts the version declared are kept only
+    /// for the routes that serve (`DictStore::commit_declared`).
     pub async fn apply(&self, config: Arc<Config>) -> crate::Result<Applied> {
         let mut replies = Vec::with_capacity(self.senders.len());
         for (id, tx) in self.senders.iter().enumerate() {
@@ -343,6 +352,8 @@ impl Workers {
             }
         }
         if let Some(e) = failure {
+            // Every worker has replied: the version's declarations are all made.
+            self.dicts.abort_declared();
             for tx in &self.senders {
                 let _ = tx.send(Control::Abort);
             }
@@ -381,6 +392,12 @@ impl Workers {
         } else {
             Arc::new(config.with_routes(routes))
         };
+        self.dicts.commit_declared(
+            committed
+                .routes
+                .iter()
+                .flat_map(|r| r.shared_dicts.iter().map(|d| (r.namespace.as_str(), d.name.as_str()))),
+        );
         let sources = Arc::new(sources);
         for tx in &self.senders {
             let _ = tx.send(Control::Commit {

@@ -83,7 +83,7 @@ fn lua_with_re() -> Lua {
 /// A durable timer record as read from redb: one that decodes encodes back
 /// to the same bytes, and its arguments can be restored into Lua.
 pub fn timer_record(data: &[u8]) {
-    let Some(record) = codec::decode(data) else { return };
+    let Ok(record) = codec::decode(data) else { return };
     assert_eq!(codec::encode(&record), data, "a decoded record encodes differently");
     let lua = Lua::new();
     for arg in &record.args {

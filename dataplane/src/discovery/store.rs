@@ -15,11 +15,25 @@ use moongate_proto::v1 as pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+use crate::redb_file::codec::{self, DecodeError};
 use crate::redb_file::{HeldElsewhere, open_store};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const KEY: &str = "last_applied";
 pub const FILE_NAME: &str = "config.redb";
+
+/// The stored record: the snapshot's protobuf encoding, unframed as every
+/// release wrote it (protobuf frames and evolves its own fields, so a version
+/// byte would add nothing but a break with the files already written).
+const RECORD: &str = "stored config snapshot";
+
+fn encode(snapshot: &pb::Snapshot) -> Vec<u8> {
+    snapshot.encode_to_vec()
+}
+
+fn decode(bytes: &[u8]) -> Result<pb::Snapshot, DecodeError> {
+    codec::decode_protobuf(RECORD, bytes)
+}
 
 pub struct SnapshotStore {
     db: Database,
@@ -57,7 +71,7 @@ impl SnapshotStore {
                 return None;
             }
         };
-        match pb::Snapshot::decode(bytes.as_slice()) {
+        match decode(&bytes) {
             Ok(snapshot) => Some(snapshot),
             Err(e) => {
                 tracing::error!(file = %self.path.display(), error = %e, "the stored config does not decode; ignoring it");
@@ -70,7 +84,7 @@ impl SnapshotStore {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(TABLE)?;
-            table.insert(KEY, snapshot.encode_to_vec().as_slice())?;
+            table.insert(KEY, encode(snapshot).as_slice())?;
         }
         tx.commit()?;
         Ok(())
@@ -97,6 +111,50 @@ mod tests {
         open().save(&snapshot).unwrap();
         let restored = open().load().unwrap();
         assert_eq!(restored, snapshot);
+    }
+
+    /// The stored value is the snapshot's plain protobuf encoding, as every
+    /// release wrote it: files written before still load, and this one's
+    /// load in them.
+    #[test]
+    fn the_stored_bytes_are_the_plain_protobuf_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = moongate_controller::snapshot::build(
+            vec![pb::Route {
+                namespace: "ns".into(),
+                name: "r".into(),
+                ..Default::default()
+            }],
+            7,
+        );
+        let store = SnapshotStore::open(dir.path()).unwrap().unwrap();
+        store.save(&snapshot).unwrap();
+        let raw = {
+            let tx = store.db.begin_read().unwrap();
+            let table = tx.open_table(TABLE).unwrap();
+            table.get(KEY).unwrap().unwrap().value().to_vec()
+        };
+        assert_eq!(raw, snapshot.encode_to_vec());
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(TABLE)
+            .unwrap()
+            .insert(KEY, b"\x08\x03".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(store.load().map(|s| s.version), Some(3));
+    }
+
+    #[test]
+    fn a_stored_snapshot_that_does_not_decode_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap().unwrap();
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(TABLE)
+            .unwrap()
+            .insert(KEY, b"\xff\xff".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        assert!(store.load().is_none());
     }
 
     #[test]

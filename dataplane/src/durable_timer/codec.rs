@@ -16,16 +16,22 @@
 //! str    := len:u32 bytes
 //! arg    := 0 (nil) | 1 (false) | 2 (true) | 3 f64 | 4 str | 5 npairs:u32 (arg arg)*
 //! ```
-//! Decoding never panics and rejects anything malformed: unknown version,
-//! truncation, trailing bytes, excess depth, bad table keys.
+//! It is written with the shared framing of `redb_file::codec`. Decoding
+//! never panics and rejects anything malformed with a `DecodeError` naming
+//! what is wrong: unknown version, truncation, trailing bytes, excess depth,
+//! bad table keys.
 
 use std::ffi::c_void;
 
 use mlua::{Lua, Value};
 
+use crate::redb_file::codec::{DecodeError, Format, Reader, Writer};
+
 /// Bumped on any change of the layout; older records then fail to decode
 /// (logged and dropped) rather than being misread.
 pub const VERSION: u8 = 1;
+
+const FORMAT: Format = Format::new("durable timer record", VERSION);
 
 /// Deepest table nesting accepted (an argument itself is depth 0).
 pub const MAX_DEPTH: usize = 16;
@@ -157,75 +163,59 @@ pub fn to_lua(lua: &Lua, arg: &Arg) -> mlua::Result<Value> {
 }
 
 pub fn encode(rec: &Record) -> Vec<u8> {
-    let mut out = vec![VERSION];
-    out.extend_from_slice(&rec.fire_at_ms.to_le_bytes());
+    let mut w = FORMAT.writer(64);
+    w.u64(rec.fire_at_ms);
     for s in [&rec.namespace, &rec.route, &rec.callback] {
-        put_str(&mut out, s.as_bytes());
+        // Sizes are bounded far below 4 GiB by MAX_ARGS_BYTES and the names.
+        w.bytes(s.as_bytes());
     }
-    put_u32(&mut out, rec.args.len());
+    w.len(rec.args.len());
     for a in &rec.args {
-        put_arg(&mut out, a);
+        put_arg(&mut w, a);
     }
-    out
+    w.finish()
 }
 
-fn put_u32(out: &mut Vec<u8>, n: usize) {
-    // Sizes are bounded far below 4 GiB by MAX_ARGS_BYTES and the names.
-    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
-}
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    put_u32(out, s.len());
-    out.extend_from_slice(s);
-}
-
-fn put_arg(out: &mut Vec<u8>, a: &Arg) {
+fn put_arg(w: &mut Writer, a: &Arg) {
     match a {
-        Arg::Nil => out.push(NIL),
-        Arg::Bool(false) => out.push(FALSE),
-        Arg::Bool(true) => out.push(TRUE),
+        Arg::Nil => w.u8(NIL),
+        Arg::Bool(false) => w.u8(FALSE),
+        Arg::Bool(true) => w.u8(TRUE),
         Arg::Number(n) => {
-            out.push(NUMBER);
-            out.extend_from_slice(&n.to_le_bytes());
+            w.u8(NUMBER);
+            w.f64(*n);
         }
         Arg::Str(s) => {
-            out.push(STRING);
-            put_str(out, s);
+            w.u8(STRING);
+            w.bytes(s);
         }
         Arg::Table(pairs) => {
-            out.push(TABLE);
-            put_u32(out, pairs.len());
+            w.u8(TABLE);
+            w.len(pairs.len());
             for (k, v) in pairs {
-                put_arg(out, k);
-                put_arg(out, v);
+                put_arg(w, k);
+                put_arg(w, v);
             }
         }
     }
 }
 
-/// The record in `bytes`, or None when it is not a well-formed record of
-/// this version.
-pub fn decode(bytes: &[u8]) -> Option<Record> {
-    if bytes.len() > MAX_RECORD_BYTES {
-        return None;
-    }
-    let mut r = Reader(bytes);
-    if r.u8()? != VERSION {
-        return None;
-    }
-    let fire_at_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-    let namespace = String::from_utf8(r.str()?.to_vec()).ok()?;
-    let route = String::from_utf8(r.str()?.to_vec()).ok()?;
-    let callback = String::from_utf8(r.str()?.to_vec()).ok()?;
-    let n = r.u32()?;
+/// The record in `bytes`, or what keeps them from being a well-formed record
+/// of this version.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let mut r = FORMAT.reader_at_most(bytes, MAX_RECORD_BYTES)?;
+    let fire_at_ms = r.u64("fire time")?;
+    let namespace = r.str("namespace")?.to_string();
+    let route = r.str("route")?.to_string();
+    let callback = r.str("callback")?.to_string();
+    // Each argument takes at least its tag byte.
+    let n = r.count("argument count", 1)?;
     let mut args = Vec::new();
     for _ in 0..n {
-        args.push(r.arg(0)?);
+        args.push(arg(&mut r, 0)?);
     }
-    if !r.0.is_empty() {
-        return None;
-    }
-    Some(Record {
+    r.finish()?;
+    Ok(Record {
         namespace,
         route,
         callback,
@@ -234,58 +224,30 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
     })
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Option<usize> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
-    }
-
-    fn str(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()?;
-        self.take(n)
-    }
-
-    fn arg(&mut self, depth: usize) -> Option<Arg> {
-        Some(match self.u8()? {
-            NIL => Arg::Nil,
-            FALSE => Arg::Bool(false),
-            TRUE => Arg::Bool(true),
-            NUMBER => Arg::Number(f64::from_le_bytes(self.take(8)?.try_into().ok()?)),
-            STRING => Arg::Str(self.str()?.to_vec()),
-            TABLE if depth < MAX_DEPTH => {
-                let n = self.u32()?;
-                // Each pair takes at least two bytes: a bad count cannot make
-                // us allocate more than the input justifies.
-                if n > self.0.len() / 2 {
-                    return None;
+fn arg(r: &mut Reader<'_>, depth: usize) -> Result<Arg, DecodeError> {
+    Ok(match r.u8("argument tag")? {
+        NIL => Arg::Nil,
+        FALSE => Arg::Bool(false),
+        TRUE => Arg::Bool(true),
+        NUMBER => Arg::Number(r.f64("number argument")?),
+        STRING => Arg::Str(r.bytes("string argument")?.to_vec()),
+        TABLE if depth >= MAX_DEPTH => return Err(r.invalid("table argument", "nested too deep")),
+        TABLE => {
+            // Each pair takes at least two bytes: a bad count cannot make
+            // us allocate more than the input justifies.
+            let n = r.count("table size", 2)?;
+            let mut pairs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let k = arg(r, depth + 1)?;
+                match &k {
+                    Arg::Str(_) => {}
+                    Arg::Number(x) if !x.is_nan() => {}
+                    _ => return Err(r.invalid("table key", "neither a string nor a number other than NaN")),
                 }
-                let mut pairs = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let k = self.arg(depth + 1)?;
-                    match &k {
-                        Arg::Str(_) => {}
-                        Arg::Number(x) if !x.is_nan() => {}
-                        _ => return None,
-                    }
-                    pairs.push((k, self.arg(depth + 1)?));
-                }
-                Arg::Table(pairs)
+                pairs.push((k, arg(r, depth + 1)?));
             }
-            _ => return None,
-        })
-    }
+            Arg::Table(pairs)
+        }
+        tag => return Err(r.bad_tag("argument tag", tag)),
+    })
 }

@@ -222,12 +222,13 @@ fn rearm(worker_id: usize, workers: usize) {
             continue;
         };
         match codec::decode(&bytes) {
-            Some(rec) => {
+            Ok(rec) => {
                 schedule(id, rec);
                 armed += 1;
             }
-            None => {
-                tracing::error!(worker = worker_id, timer = %id, "dropping a durable timer whose record does not decode");
+            Err(e) => {
+                tracing::error!(worker = worker_id, timer = %id, error = %e,
+                    "dropping a durable timer whose record does not decode");
                 crate::metrics::durable_timer_dropped();
                 dicts.delete_timer(&id);
             }

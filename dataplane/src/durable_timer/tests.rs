@@ -11,6 +11,7 @@ use mlua::{Lua, Table, Value};
 use super::codec::{self, Arg, Record};
 use super::*;
 use crate::config::{Chunk, Config, Route};
+use crate::redb_file::codec::Problem;
 use crate::shdict::DictStore;
 
 const WINDOW: Duration = Duration::from_millis(5);
@@ -159,17 +160,30 @@ fn sample() -> Record {
 
 #[test]
 fn record_round_trips_and_bad_bytes_are_rejected() {
+    let problem = |bytes: &[u8]| codec::decode(bytes).expect_err("malformed").problem;
     let rec = sample();
     let bytes = codec::encode(&rec);
-    assert_eq!(codec::decode(&bytes), Some(rec));
+    assert_eq!(codec::decode(&bytes), Ok(rec));
     // Every truncation, trailing garbage, another version: rejected, no panic.
     for n in 0..bytes.len() {
-        assert_eq!(codec::decode(&bytes[..n]), None, "prefix of {n} bytes");
+        assert!(
+            matches!(problem(&bytes[..n]), Problem::Truncated { .. }),
+            "prefix of {n} bytes"
+        );
     }
-    assert_eq!(codec::decode(&[bytes.as_slice(), b"x"].concat()), None);
+    assert_eq!(
+        problem(&[bytes.as_slice(), b"x"].concat()),
+        Problem::Trailing { len: 1 }
+    );
     let mut other = bytes.clone();
     other[0] = codec::VERSION + 1;
-    assert_eq!(codec::decode(&other), None);
+    assert_eq!(
+        problem(&other),
+        Problem::Version {
+            found: codec::VERSION + 1,
+            expected: codec::VERSION
+        }
+    );
     // A huge pair count, a boolean key, nesting past the limit.
     let head = |args: &[u8]| {
         let mut b = codec::encode(&Record {
@@ -181,15 +195,73 @@ fn record_round_trips_and_bad_bytes_are_rejected() {
         b.extend_from_slice(args);
         b
     };
-    assert_eq!(codec::decode(&head(&[5, 0xff, 0xff, 0xff, 0xff])), None);
-    assert_eq!(codec::decode(&head(&[5, 1, 0, 0, 0, 2, 2])), None);
+    assert!(matches!(
+        problem(&head(&[5, 0xff, 0xff, 0xff, 0xff])),
+        Problem::Truncated {
+            field: "table size",
+            ..
+        }
+    ));
+    assert!(matches!(
+        problem(&head(&[5, 1, 0, 0, 0, 2, 2])),
+        Problem::Invalid { field: "table key", .. }
+    ));
     let mut deep = Vec::new();
     for _ in 0..=codec::MAX_DEPTH {
         deep.extend_from_slice(&[5, 1, 0, 0, 0, 3]);
         deep.extend_from_slice(&1f64.to_le_bytes());
     }
     deep.push(0);
-    assert_eq!(codec::decode(&head(&deep)), None);
+    assert_eq!(
+        codec::decode(&head(&deep)).unwrap_err().to_string(),
+        "corrupt durable timer record: table argument: nested too deep"
+    );
+    assert_eq!(
+        problem(&head(&[9])),
+        Problem::Tag {
+            field: "argument tag",
+            tag: 9
+        }
+    );
+    let mut not_utf8 = codec::encode(&Record {
+        namespace: "x".into(),
+        ..sample()
+    });
+    not_utf8[13] = 0xff;
+    assert_eq!(problem(&not_utf8), Problem::NotUtf8 { field: "namespace" });
+    let huge = vec![codec::VERSION; 200 * 1024];
+    assert!(matches!(problem(&huge), Problem::TooLarge { .. }));
+}
+
+/// The bytes every release has written: a change here breaks the timers
+/// already on disk.
+#[test]
+fn the_layout_is_byte_for_byte_the_stored_one() {
+    let rec = Record {
+        namespace: "n".into(),
+        route: "r".into(),
+        callback: "m.f".into(),
+        fire_at_ms: 0x0102_0304_0506_0708,
+        args: vec![
+            Arg::Nil,
+            Arg::Bool(false),
+            Arg::Bool(true),
+            Arg::Number(1.0),
+            Arg::Str(b"s".to_vec()),
+            Arg::Table(vec![(Arg::Str(b"k".to_vec()), Arg::Number(-2.5))]),
+        ],
+    };
+    let bytes = [
+        vec![1, 8, 7, 6, 5, 4, 3, 2, 1],
+        vec![1, 0, 0, 0, b'n', 1, 0, 0, 0, b'r', 3, 0, 0, 0, b'm', b'.', b'f'],
+        vec![6, 0, 0, 0, 0, 1, 2, 3],
+        1.0f64.to_le_bytes().to_vec(),
+        vec![4, 1, 0, 0, 0, b's', 5, 1, 0, 0, 0, 4, 1, 0, 0, 0, b'k', 3],
+        (-2.5f64).to_le_bytes().to_vec(),
+    ]
+    .concat();
+    assert_eq!(codec::encode(&rec), bytes);
+    assert_eq!(codec::decode(&bytes), Ok(rec));
 }
 
 #[test]

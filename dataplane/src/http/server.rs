@@ -69,7 +69,7 @@ pub fn start(addr: SocketAddr, settings: Arc<Settings>, dicts: Arc<DictStore>) -
     for _ in 0..threads.len() {
         ready_rx.recv().map_err(|_| Error::WorkerGone(0))??;
     }
-    Ok((Workers::new(senders, shutdown_tx, threads), bound))
+    Ok((Workers::new(senders, shutdown_tx, threads, dicts), bound))
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -76,6 +76,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::redb_file::codec::{DecodeError, Reader, Writer};
 use crate::redb_file::{HeldElsewhere, open_store};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
@@ -212,16 +213,28 @@ impl DurableStore {
     /// A dict `namespace/name` restored from disk and registered for commits;
     /// a plain memory dict when the file is unavailable (logged) or closed.
     /// An error when another process holds the file.
+    ///
+    /// A table is attached once per process: attaching it again (after the
+    /// `DictStore` forgot a dict whose version never served) gives the same
+    /// dict back, with `capacity`, since its memory is what the disk will
+    /// hold. A second dict restored from disk would miss its latest writes,
+    /// and both would write to the table.
     pub fn attach(&self, namespace: &str, name: &str, capacity: u64) -> Result<Arc<Dict>, DictError> {
         let full = format!("{namespace}/{name}");
         let mut state = self.lock();
         if matches!(*state, State::Unopened) {
             *state = self.open()?;
         }
-        let State::Open(db, committer) = &*state else {
+        let State::Open(db, committer) = &mut *state else {
             tracing::warn!(dict = %full, "durable shared dict kept in memory only: its store is not available");
             return Ok(Arc::new(Dict::new(full, capacity)));
         };
+        if let Some(dict) = committer.attached.get(&full) {
+            if dict.capacity() != capacity {
+                dict.resize(capacity);
+            }
+            return Ok(dict.clone());
+        }
         let dict = Arc::new(Dict::durable(full.clone(), capacity, self.seq.clone()));
         restore(db, &self.path, &full, &dict);
         committer.register(full, dict.clone());
@@ -307,14 +320,19 @@ fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
         }
     };
     let mut malformed = 0usize;
+    let mut first_error = None;
     // Quiet: dropping what expired while down is no write of anyone's.
     dict.locked_quiet(|e, now| {
         for (key, bytes) in rows {
             let key: Arc<[u8]> = Arc::from(key);
-            let Some(rec) = record::decode(&bytes) else {
-                malformed += 1;
-                e.mark_dirty(&key);
-                continue;
+            let rec = match record::decode(&bytes) {
+                Ok(rec) => rec,
+                Err(error) => {
+                    malformed += 1;
+                    first_error.get_or_insert(error);
+                    e.mark_dirty(&key);
+                    continue;
+                }
             };
             if expired_for_eviction(rec.expires, now) || super::check_key(&key).is_err() {
                 e.mark_dirty(&key);
@@ -334,8 +352,8 @@ fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
         }
         e.keep_dirty_removals();
     });
-    if malformed > 0 {
-        tracing::error!(file = %path.display(), dict = %table, malformed,
+    if let Some(first) = first_error {
+        tracing::error!(file = %path.display(), dict = %table, malformed, first = %first,
             "dropped malformed entries of a durable shared dict");
     }
 }
@@ -343,14 +361,33 @@ fn restore(db: &Database, path: &Path, table: &str, dict: &Dict) {
 /// A row as read from disk: key and record bytes.
 type Row = (Vec<u8>, Vec<u8>);
 
-/// The cut of the last completed commit (0 for a file without one).
+/// The cut of the last completed commit (0 for a file without one, or with
+/// a malformed one, which is logged).
 pub(super) fn read_committed_seq(db: &Database) -> Result<u64, redb::Error> {
     let rows = read_table(db, META_TABLE)?;
-    Ok(rows
-        .iter()
-        .find(|(k, _)| k.as_slice() == COMMITTED_SEQ_KEY)
-        .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_le_bytes))
+    let Some((_, value)) = rows.iter().find(|(k, _)| k.as_slice() == COMMITTED_SEQ_KEY) else {
+        return Ok(0);
+    };
+    Ok(decode_committed_seq(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "numbering durable writes from 0");
+        0
+    }))
+}
+
+/// The stored cut: a bare `u64` (LE), unversioned, as it always was.
+const COMMITTED_SEQ: &str = "committed sequence number";
+
+pub(super) fn encode_committed_seq(cut: u64) -> Vec<u8> {
+    let mut w = Writer::unversioned(8);
+    w.u64(cut);
+    w.finish()
+}
+
+pub(super) fn decode_committed_seq(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let mut r = Reader::unversioned(COMMITTED_SEQ, bytes);
+    let cut = r.u64("cut")?;
+    r.finish()?;
+    Ok(cut)
 }
 
 fn read_table(db: &Database, name: &str) -> Result<Vec<Row>, redb::Error> {
@@ -402,6 +439,8 @@ impl Dict {
 struct Committer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Every dict registered, by table.
+    attached: HashMap<String, Arc<Dict>>,
 }
 
 #[derive(Debug, Default)]
@@ -439,10 +478,12 @@ impl Committer {
         Ok(Committer {
             shared,
             thread: Some(thread),
+            attached: HashMap::new(),
         })
     }
 
-    fn register(&self, table: String, dict: Arc<Dict>) {
+    fn register(&mut self, table: String, dict: Arc<Dict>) {
+        self.attached.insert(table.clone(), dict.clone());
         lock_inbox(&self.shared).new.push((table, dict));
     }
 }
@@ -575,7 +616,7 @@ fn write_batches(
 ) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(table(META_TABLE))?
-        .insert(COMMITTED_SEQ_KEY, cut.to_le_bytes().as_slice())?;
+        .insert(COMMITTED_SEQ_KEY, encode_committed_seq(cut).as_slice())?;
     if !timers.is_empty() {
         let mut t = txn.open_table(table(TIMERS_TABLE))?;
         for (id, op) in timers {

@@ -318,3 +318,31 @@ fn zero_length_file_is_counted_and_started_empty() {
     let d = store.declare("ns", "z", MB, true).expect("declare");
     assert_eq!(fetched(&d, "k"), Some((s("after"), 0)));
 }
+
+#[test]
+fn a_forgotten_durable_dict_declared_smaller_keeps_what_fits_and_deletes_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let d = store.declare("ns", "d", MB, true).expect("declare");
+    let value = Value::Str(vec![b'x'; 1000]);
+    for i in 0..300 {
+        assert!(d.set(format!("k{i}").as_bytes(), value.clone(), 0, 0).result.is_ok());
+    }
+    wait_for("the entries to commit", || committed(&store, "ns/d", "k0").is_some());
+    // The version never served; the next declares it with a sixth.
+    store.abort_declared();
+    let small = store.declare("ns", "d", MB / 6, true).expect("declared anew");
+    assert!(Arc::ptr_eq(&small, &d), "one dict per table");
+    assert_eq!(small.capacity(), MB / 6);
+    // The most recently written entries are kept, the oldest evicted...
+    assert!(fetched(&small, "k299").is_some());
+    assert_eq!(fetched(&small, "k0"), None);
+    // ... and deleted from disk.
+    wait_for("the evictions to commit", || committed(&store, "ns/d", "k0").is_none());
+    assert!(committed(&store, "ns/d", "k299").is_some());
+    // Growing back loses nothing more.
+    store.abort_declared();
+    let big = store.declare("ns", "d", 2 * MB, true).expect("declared anew");
+    assert!(fetched(&big, "k299").is_some());
+    assert!(big.free_space() > MB);
+}

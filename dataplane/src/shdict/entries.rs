@@ -297,6 +297,15 @@ impl Entries {
         (false, forcible)
     }
 
+    /// Changes the usable bytes, evicting least recently used entries until
+    /// what is stored fits.
+    pub fn resize(&mut self, usable: u64) {
+        self.usable = usable;
+        while self.used > self.usable && self.slot(self.tail).is_some() {
+            self.remove(self.tail);
+        }
+    }
+
     /// Slot indices from least to most recently used.
     pub fn lru_order(&self) -> LruIter<'_> {
         LruIter {

@@ -34,6 +34,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -211,7 +212,8 @@ pub enum DictError {
 #[derive(Debug)]
 pub struct Dict {
     name: String,
-    capacity: u64,
+    /// Changes only in `resize`, which nothing serving sees.
+    capacity: AtomicU64,
     clock: fn() -> u64,
     entries: Mutex<Entries>,
     /// Numbers the changes of a durable dict; None for memory dicts.
@@ -228,7 +230,7 @@ impl Dict {
     pub fn with_clock(name: impl Into<String>, capacity: u64, clock: fn() -> u64) -> Dict {
         Dict {
             name: name.into(),
-            capacity,
+            capacity: AtomicU64::new(capacity),
             clock,
             entries: Mutex::new(Entries::new(usable_bytes(capacity))),
             seq: None,
@@ -242,7 +244,7 @@ impl Dict {
         entries.enable_journal();
         Dict {
             name: name.into(),
-            capacity,
+            capacity: AtomicU64::new(capacity),
             clock: unix_ms,
             entries: Mutex::new(entries),
             seq: Some(seq),
@@ -261,7 +263,18 @@ impl Dict {
 
     /// The declared size in bytes (`capacity()`).
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Gives the dict another capacity. Only for a durable dict declared
+    /// anew after the version that declared it never served (so no served
+    /// code holds it): shrinking evicts the least recently used entries that
+    /// no longer fit, as restoring into a smaller dict does, and they are
+    /// deleted from disk with the next commit.
+    fn resize(&self, capacity: u64) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+        // Quiet, as restoring: an eviction by config is nobody's write.
+        self.locked_quiet(|e, _| e.resize(usable_bytes(capacity)));
     }
 
     /// Free bytes in whole pages, like nginx's count of free slab pages.

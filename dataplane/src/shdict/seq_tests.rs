@@ -249,6 +249,22 @@ fn a_commit_round_stores_its_cut_even_with_nothing_else_to_write() {
 }
 
 #[test]
+fn the_stored_cut_is_a_bare_little_endian_u64() {
+    use super::durable::{decode_committed_seq, encode_committed_seq};
+    assert_eq!(encode_committed_seq(0x0102_0304_0506_0708), [8, 7, 6, 5, 4, 3, 2, 1]);
+    assert_eq!(
+        decode_committed_seq(&[8, 7, 6, 5, 4, 3, 2, 1]),
+        Ok(0x0102_0304_0506_0708)
+    );
+    let e = decode_committed_seq(&[1, 2, 3]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "corrupt committed sequence number: cut is cut short: 8 bytes needed, 3 left"
+    );
+    assert!(decode_committed_seq(&[0; 9]).is_err());
+}
+
+#[test]
 fn waiters_hear_about_failed_rounds_and_closing() {
     let seq = Sequencer::new(|| {});
     seq.recover(10);

@@ -4,8 +4,21 @@
 //! In: declarations from config loads (`declare`), durable timer changes;
 //! out: `Arc<Dict>`s that survive reloads, the sequencer of durable writes,
 //! and refusals (capacity or persistence changed, store held elsewhere).
+//!
+//! **Declarations are staged.** A config version declares its dicts while
+//! it is prepared on every worker, before anyone knows whether it will
+//! serve. A new dict is staged until the control thread settles the version
+//! (`commit_declared`, `abort_declared`): only the dicts of routes that serve
+//! become permanent; those of an aborted version, or of a route that failed
+//! to load, are forgotten, so a later version may declare them again with
+//! another capacity or persistence. Within one version a staged dict is
+//! binding like a permanent one (two routes of a namespace declaring one
+//! dict with different sizes still conflict). A forgotten memory dict is
+//! dropped with what it held; a forgotten durable dict stays attached to
+//! its table (`DurableStore::attach`), so declaring it again gets its data
+//! back, at the new capacity.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +61,8 @@ struct Declared {
     dict: Arc<Dict>,
     /// As declared, whether or not its store could be used.
     durable: bool,
+    /// Declared by a version not settled yet (see the module header).
+    staged: bool,
 }
 
 impl DictStore {
@@ -83,7 +98,8 @@ impl DictStore {
     /// restored from disk if `durable` (which reads the disk: call it when
     /// loading config, not per request). A redeclaration with another
     /// capacity or persistence is an error naming both (nginx refuses to
-    /// resize a zone on reload, too).
+    /// resize a zone on reload, too). A new dict is staged until the next
+    /// `commit_declared` or `abort_declared`.
     pub fn declare(&self, namespace: &str, name: &str, capacity: u64, durable: bool) -> Result<Arc<Dict>, DictError> {
         let mut dicts = self.dicts.lock().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.to_string(), name.to_string());
@@ -152,9 +168,41 @@ impl DictStore {
             Declared {
                 dict: dict.clone(),
                 durable,
+                staged: true,
             },
         );
         Ok(dict)
+    }
+
+    /// Settles the version being committed: of the dicts staged since the
+    /// last settlement, those in `served` (namespace, name) — the dicts of
+    /// the routes that serve from now on — become permanent; the others
+    /// were declared by routes that failed to load and are forgotten.
+    pub fn commit_declared<'a>(&self, served: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let served: HashSet<(&str, &str)> = served.into_iter().collect();
+        self.settle(|(namespace, name)| served.contains(&(namespace.as_str(), name.as_str())));
+    }
+
+    /// Settles an aborted version: every dict staged since the last
+    /// settlement is forgotten.
+    pub fn abort_declared(&self) {
+        self.settle(|_| false);
+    }
+
+    fn settle(&self, keep: impl Fn(&(String, String)) -> bool) {
+        let mut dicts = self.dicts.lock().unwrap_or_else(|e| e.into_inner());
+        dicts.retain(|key, declared| {
+            if !declared.staged {
+                return true;
+            }
+            if keep(key) {
+                declared.staged = false;
+                return true;
+            }
+            tracing::debug!(namespace = %key.0, dict = %key.1,
+                "forgetting a shared dict declared by a version that does not serve");
+            false
+        });
     }
 
     /// Opens the durable store now if its file exists (call at start): an

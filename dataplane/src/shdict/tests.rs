@@ -342,3 +342,41 @@ fn store_keeps_dicts_and_checks_capacity() {
     assert!(store.get("ns", "dogs").is_some());
     assert!(store.get("ns", "cats").is_none());
 }
+
+#[test]
+fn staged_declarations_bind_until_settled() {
+    let store = DictStore::new();
+    let mb = 1 << 20;
+    // Within one version a staged dict binds like a permanent one.
+    let a = store.dict("ns", "a", mb).expect("a");
+    store.dict("ns", "b", mb).expect("b");
+    assert!(store.dict("ns", "a", 2 * mb).is_err());
+    // Committed with only `a` served: `b` is forgotten, `a` binds.
+    store.commit_declared([("ns", "a")]);
+    assert!(store.get("ns", "b").is_none());
+    assert!(store.dict("ns", "a", 2 * mb).is_err());
+    // An aborted version forgets what it declared, never what serves.
+    store.dict("ns", "b", 2 * mb).expect("b again, another size");
+    let b = store.dict("ns", "b", 2 * mb).expect("b");
+    b.set(b"k", s("v"), 0, 0);
+    store.abort_declared();
+    assert!(store.get("ns", "b").is_none());
+    assert!(matches!(store.get("ns", "a"), Some(d) if Arc::ptr_eq(&d, &a)));
+    // A memory dict declared anew starts empty.
+    assert_eq!(val(&store.dict("ns", "b", mb).expect("b"), "k"), None);
+    store.commit_declared([("ns", "b")]);
+    store.abort_declared();
+    assert!(store.get("ns", "b").is_some());
+}
+
+#[test]
+fn a_forgotten_dict_no_longer_counts_toward_its_namespace() {
+    let store = DictStore::new().with_limits(DictLimits {
+        max_capacity: u64::MAX,
+        max_namespace_total: 3 << 20,
+    });
+    store.dict("ns", "a", 2 << 20).expect("a");
+    assert!(store.dict("ns", "b", 2 << 20).is_err(), "over the namespace total");
+    store.abort_declared();
+    store.dict("ns", "b", 2 << 20).expect("a was forgotten");
+}

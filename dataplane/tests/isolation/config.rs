@@ -138,6 +138,42 @@ fn a_route_whose_init_throws_does_not_stop_the_others_changes_from_applying() {
     );
 }
 
+/// Finding 7: a route whose `init` threw on its first version still left the
+/// shared dict it declared behind, so fixing the route and changing the
+/// dict's capacity was refused ("already exists with ...") until a restart,
+/// though that dict never served. After: a dict is only kept once a route
+/// declaring it serves; the fixed version loads with the new capacity.
+#[test]
+fn a_dict_of_a_route_that_never_loaded_can_be_declared_with_another_capacity() {
+    let version = |capacity: &str, init: &str| {
+        tenant(
+            "a",
+            "counter",
+            "a.example",
+            &format!("  sharedDicts: [{{name: hits, capacity: {capacity}}}]\n  init: {init}\n"),
+            &[content("/", "ngx.say(ngx.shared.hits:capacity())")],
+        )
+    };
+    let s = Server::builder(&version("1Mi", "error('first init boom')"))
+        .workers(2)
+        .start();
+    s.wait_log("first init boom", WAIT)
+        .unwrap_or_else(|| panic!("the failing init was never reported; logs:\n{}", s.logs()));
+    let from = s.log_count();
+    s.write_routes(&version("2Mi", "ready = true"));
+    s.wait_log_since(from, "config reloaded", WAIT)
+        .unwrap_or_else(|| panic!("the reload did not finish; logs:\n{}", s.logs()));
+    let served = wait_for(WAIT, || {
+        (s.get_host("a.example", "/").text() == "2097152\n").then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "the fixed route does not serve with its new capacity: {:?}; logs:\n{}",
+        s.get_host("a.example", "/").text(),
+        s.logs()
+    );
+}
+
 fn catch_all(lua: &str) -> Server {
     Server::start(&route_in("a", "edge", &format!("  locations:\n{}", content("/", lua))))
 }
