@@ -112,7 +112,10 @@ fn an_aborted_versions_dicts_do_not_bind_the_next_version() {
         // And it is binding now that v3 serves.
         let spec = dict_spec("4Mi", "Memory", "ok = 1");
         let applied = workers.apply(config(dir.path(), 4, &spec)).await.expect("v4 applies");
-        let failed = applied.failed.get("ns/r").expect("v4's route is refused");
+        let failed = applied
+            .failed
+            .get(&moongate_route::RouteKey::new("ns", "r"))
+            .expect("v4's route is refused");
         assert!(failed.kept_previous, "{failed}");
         assert!(failed.message.contains("already exists with 2097152 bytes"), "{failed}");
     });
@@ -128,7 +131,10 @@ fn a_dict_of_a_route_that_never_loaded_does_not_bind_its_next_version() {
         // it is left out, the version commits without it.
         let spec = dict_spec("1Mi", "Memory", "error('boom')");
         let applied = workers.apply(config(dir.path(), 1, &spec)).await.expect("v1 applies");
-        let failed = applied.failed.get("ns/r").expect("the route failed");
+        let failed = applied
+            .failed
+            .get(&moongate_route::RouteKey::new("ns", "r"))
+            .expect("the route failed");
         assert!(!failed.kept_previous && failed.message.contains("boom"), "{failed}");
         // Fixed, and with another capacity: it loads.
         let spec = dict_spec("2Mi", "Memory", "ok = 1");

@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn the_stored_bytes_are_the_plain_protobuf_encoding() {
         let dir = tempfile::tempdir().unwrap();
-        let snapshot = moongate_controller::snapshot::build(
+        let snapshot = moongate_proto::snapshot::build(
             vec![pb::Route {
                 namespace: "ns".into(),
                 name: "r".into(),
