@@ -18,6 +18,15 @@
 //!   init, init_worker or a timer), and an API that needs a request fails with
 //!   nginx's "API disabled in the context of …" instead of touching a finished
 //!   request (Envoy's "dead handle" rule).
+//!
+//! The other `thread_local!`s of the crate are not request state but the
+//! machinery of the thread Lua runs on, reached from C callbacks that carry
+//! no context (the instruction hook, the allocator, the watchdog's signal
+//! handler) or caches nginx also keeps per worker: `lua::budget` (the running
+//! account), `lua::watchdog`, `lua::memory`, `lua::stack` (this thread's stack
+//! floor), `lua::pattern` (callback nesting), `lua::api::re` (compiled
+//! regexes), `lua::api::time` (the cached clock) and `shdict::seq` (this
+//! worker's last durable write). None of them holds a request.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -33,7 +33,7 @@ pub enum Error {
     WorkerGone(usize),
     /// Routes that did not load (one line each).
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    RoutesFailed(Vec<crate::lua::vm::RouteLoadError>),
+    RoutesFailed(Vec<RouteLoadError>),
 }
 
 impl Error {
@@ -47,4 +47,12 @@ impl Error {
             Error::RoutesFailed(_) => "load",
         }
     }
+}
+
+/// Why a route did not load into a worker's VM; the other routes serve.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("route {route}: {message}")]
+pub struct RouteLoadError {
+    pub route: moongate_route::RouteKey,
+    pub message: String,
 }

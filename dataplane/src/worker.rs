@@ -20,8 +20,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
+use crate::error::RouteLoadError;
 use crate::lua::budget::Limits;
-use crate::lua::vm::{LoadedConfig, LoadedRoute, RouteLoadError, Vm, VmSettings};
+use crate::lua::vm::{LoadedConfig, LoadedRoute, Vm, VmSettings};
 use crate::sched::Sched;
 use crate::shdict::DictStore;
 

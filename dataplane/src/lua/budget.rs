@@ -111,11 +111,10 @@ impl Account {
     /// An account of `route`'s code, running under `limits` (usually the
     /// route's own, `route_limits`).
     pub fn new(route: Rc<str>, route_limits: Limits, limits: Limits, max_string: usize) -> Rc<Account> {
-        thread_local! {
-            static NEXT_ID: Cell<u64> = const { Cell::new(1) };
-        }
+        // Unique in the process, so ids never repeat on one thread either.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Rc::new(Account {
-            id: NEXT_ID.with(|n| n.replace(n.get() + 1)),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             route,
             route_limits,
             limits,

@@ -25,6 +25,7 @@ use super::api;
 use super::budget::{Account, HookHandle, Limits, Running};
 use crate::config::{Chunk, Config, Phase, Route};
 use crate::context::{self, VmPhase};
+use crate::error::RouteLoadError;
 use crate::shdict::DictStore;
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -87,14 +88,6 @@ impl LoadedConfig {
         // `LocationRef::NONE` (no location matched) has no handlers.
         self.routes.get(at.route)?.handlers.get(at.location)?[phase as usize].as_ref()
     }
-}
-
-/// Why a route did not load.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("route {route}: {message}")]
-pub struct RouteLoadError {
-    pub route: moongate_route::RouteKey,
-    pub message: String,
 }
 
 impl Vm {
