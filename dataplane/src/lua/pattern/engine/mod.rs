@@ -27,10 +27,19 @@
 //! maximum depth: 50 KiB in a release build (254 bytes a level through `max_expand`, the
 //! largest; 127 through `min_expand` or `?`), asserted below 96 KiB. The matcher never runs
 //! while `gsub` calls back into Lua, so this does not add up across nested callbacks.
+//!
+//! Beside the matcher, by concern: `error` (LuaJIT's errors, word for word) and `plain` (what
+//! callers do to a pattern before matching, and the plain search `find` uses instead). The
+//! matcher's mutually recursive functions stay together in this file, hence in one codegen unit:
+//! the stack per level measured above depends on how they are inlined into each other.
 
-use std::fmt;
+mod error;
+mod plain;
 
 use super::classes::match_class;
+
+pub use self::error::{MatchError, PatternError};
+pub use self::plain::{c_string, find_plain, has_specials, split_anchor};
 
 /// Most captures in one pattern (LuaJIT's `LUA_MAXCAPTURES`).
 pub const MAX_CAPTURES: usize = 32;
@@ -43,107 +52,7 @@ const ESC: u8 = b'%';
 /// Bytes a back-reference compares per step.
 const BYTES_PER_STEP: usize = 16;
 
-/// Why a match stopped without a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MatchError {
-    /// The step limit was reached; the match was abandoned where it stood.
-    StepLimit,
-    /// The pattern is malformed or misuses captures; LuaJIT raises the same error.
-    Pattern(PatternError),
-}
-
-/// LuaJIT's pattern errors (`LJ_ERR_STRPAT*`, `LJ_ERR_STRCAP*` in `lj_errmsg.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatternError {
-    EndsWithEscape,
-    MissingBracket,
-    Unbalanced,
-    MissingFrontierBracket,
-    InvalidPatternCapture,
-    InvalidCaptureIndex,
-    TooManyCaptures,
-    UnfinishedCapture,
-    TooComplex,
-}
-
-impl PatternError {
-    /// LuaJIT's message, word for word.
-    pub fn message(self) -> &'static str {
-        match self {
-            PatternError::EndsWithEscape => "malformed pattern (ends with '%')",
-            PatternError::MissingBracket => "malformed pattern (missing ']')",
-            PatternError::Unbalanced => "unbalanced pattern",
-            PatternError::MissingFrontierBracket => "missing '[' after '%f' in pattern",
-            PatternError::InvalidPatternCapture => "invalid pattern capture",
-            PatternError::InvalidCaptureIndex => "invalid capture index",
-            PatternError::TooManyCaptures => "too many captures",
-            PatternError::UnfinishedCapture => "unfinished capture",
-            PatternError::TooComplex => "pattern too complex",
-        }
-    }
-}
-
-impl fmt::Display for PatternError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message())
-    }
-}
-
-impl From<PatternError> for MatchError {
-    fn from(e: PatternError) -> Self {
-        MatchError::Pattern(e)
-    }
-}
-
 type Step<T> = Result<T, MatchError>;
-
-/// The pattern as LuaJIT's matcher reads it: up to its first NUL byte.
-pub fn c_string(pattern: &[u8]) -> &[u8] {
-    match pattern.iter().position(|&b| b == 0) {
-        Some(nul) => &pattern[..nul],
-        None => pattern,
-    }
-}
-
-/// Splits off a leading `^`: `(anchored, rest)`, as `find`, `match` and `gsub` do.
-pub fn split_anchor(pattern: &[u8]) -> (bool, &[u8]) {
-    match pattern.split_first() {
-        Some((b'^', rest)) => (true, rest),
-        _ => (false, pattern),
-    }
-}
-
-/// Whether `find` must treat `pattern` as a pattern (`lj_str_haspattern`): it contains one of
-/// `^$*+?.([%-` anywhere, NUL bytes included.
-pub fn has_specials(pattern: &[u8]) -> bool {
-    pattern.iter().any(|c| b"^$*+?.([%-".contains(c))
-}
-
-/// Needles up to this long are found by LuaJIT's own method.
-const SHORT_NEEDLE: usize = 16;
-
-/// The first occurrence of `needle` in `haystack` (`lj_str_find`), in time linear in the
-/// haystack: LuaJIT's scan for the first byte then compare for short needles (at most
-/// `SHORT_NEEDLE` comparisons a position; 5x faster than building a Two-Way searcher for a
-/// 1 KiB haystack), `memchr::memmem` (Two-Way) for longer ones, where LuaJIT's method is
-/// quadratic.
-pub fn find_plain(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    match needle {
-        [] => Some(0),
-        [first, rest @ ..] if needle.len() <= SHORT_NEEDLE => {
-            let mut from = 0;
-            while let Some(i) = memchr::memchr(*first, &haystack[from..]) {
-                let at = from + i;
-                if haystack[at + 1..].starts_with(rest) {
-                    return Some(at);
-                }
-                from = at + 1;
-            }
-            None
-        }
-        _ => memchr::memmem::find(haystack, needle),
-    }
-}
 
 /// One capture of a successful match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,37 @@
+//! The patterns and bounds of the schema, public so `compile` can apply the
+//! same ones where it repeats a check (the `allowFrom` namespace and route
+//! names). The apiserver reads schema patterns as Go RE2; each is kept simple
+//! enough that RE2 and PCRE agree on it (the tests match them with pcre2).
+
+/// A DNS-1123 subdomain (lowercase labels of at most 63 characters), optionally
+/// with a leading `*.` wildcard label. The whole name is at most 253
+/// characters.
+pub const HOSTNAME_PATTERN: &str =
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// A DNS-1035 label, as Kubernetes requires of Service names.
+pub const SERVICE_NAME_PATTERN: &str = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// What `quantity::parse_bytes` accepts: a whole number of bytes with an
+/// optional binary unit, Kubernetes-style (`Ki`, `Mi`, `Gi`) or nginx-style
+/// (`k`, `m`, `g`).
+pub const SIZE_PATTERN: &str = r"^[0-9]+([kKmMgG]|Ki|Mi|Gi)?$";
+/// Shared dict names, as `compile` accepts them (nginx allows `lua_shared_dict
+/// my-cache`, read from Lua as `ngx.shared["my-cache"]`).
+pub const SHARED_DICT_NAME_PATTERN: &str = r"^[A-Za-z0-9_-]+$";
+/// A media type for `default_type`: `type/subtype`, optionally with parameters.
+pub const MEDIA_TYPE_PATTERN: &str = r"^[A-Za-z0-9][-A-Za-z0-9!#$&^_.+]*/[A-Za-z0-9][-A-Za-z0-9!#$&^_.+]*( *;[ -~]*)?$";
+/// Lua module names for `require`: identifiers joined by dots (`resty.http`).
+/// Written with `[.]` rather than `\.` so it needs no escaping inside a CEL
+/// string literal.
+pub const MODULE_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*$";
+/// nginx variable names (`set $name`), as `compile` accepts them.
+pub const VAR_NAME_PATTERN: &str = "^[A-Za-z0-9_]+$";
+/// A namespace name (a DNS-1123 label, at most 63 characters by `maxLength`),
+/// or `*` for any namespace.
+pub const NAMESPACE_OR_ANY_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$";
+/// A LuaRoute name (a DNS-1123 subdomain as the apiserver checks custom
+/// resource names: no per-label limit, at most 253 characters by `maxLength`),
+/// or `*` for any.
+pub const ROUTE_NAME_OR_ANY_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$";
+
+/// The fewest Lua VM instructions a route may budget per handler.
+pub const MIN_INSTRUCTION_BUDGET: u64 = 1000;
