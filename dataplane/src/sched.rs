@@ -24,6 +24,13 @@
 //! Timers draw on a **per-route bucket**: a route's timers together may spend
 //! at most its budget at once, refilled at its budget per [`REFILL`], so a
 //! timer that sleeps between bursts cannot burn CPU forever.
+//!
+//! **Where the state lives.** One [`Sched`] per worker, created by the
+//! worker when it starts (`Worker::sched`) and handed on explicitly as an
+//! `Rc`: to its VMs (for `init`/`init_worker` code), to its timers (through
+//! `lua::api::timer::Timers` and `durable_timer::DurableTimers`) and to the
+//! requests it serves. Nothing here is ambient, and this module imports none
+//! of its users.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -82,22 +89,6 @@ impl Drop for Slice {
         self.sched.busy.set(false);
         self.sched.wake.notify_one();
     }
-}
-
-thread_local! {
-    /// This worker's scheduler, for the timers it spawns.
-    static WORKER: RefCell<Option<Rc<Sched>>> = const { RefCell::new(None) };
-}
-
-/// Makes `sched` this worker thread's scheduler.
-pub fn install(sched: Rc<Sched>) {
-    WORKER.with(|w| *w.borrow_mut() = Some(sched));
-}
-
-/// This worker thread's scheduler (a fresh one where none was installed, as
-/// in `--check`).
-pub fn current() -> Rc<Sched> {
-    WORKER.with(|w| w.borrow_mut().get_or_insert_with(Rc::default).clone())
 }
 
 struct Bucket {

@@ -20,7 +20,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
+use crate::durable_timer::DurableTimers;
 use crate::error::RouteLoadError;
+use crate::lua::api::timer::Timers;
 use crate::lua::budget::Limits;
 use crate::lua::vm::{LoadedConfig, LoadedRoute, Vm, VmSettings};
 use crate::sched::Sched;
@@ -119,6 +121,10 @@ pub struct Worker {
     pub id: usize,
     pub settings: Arc<Settings>,
     pub sched: Rc<Sched>,
+    /// This worker's `ngx.timer` state, shared with its VMs.
+    pub timers: Rc<Timers>,
+    /// This worker's durable timers, shared with its VMs.
+    durable_timers: Rc<DurableTimers>,
     dicts: Arc<DictStore>,
     tenants: RefCell<HashMap<Rc<str>, Rc<Vm>>>,
     current: RefCell<Rc<LoadedConfig>>,
@@ -130,12 +136,14 @@ impl Worker {
     pub fn new(id: usize, settings: Arc<Settings>, dicts: Arc<DictStore>) -> crate::Result<Worker> {
         let empty = Arc::new(Config::try_from(&moongate_proto::v1::Snapshot::default())?);
         let sched = Rc::new(Sched::default());
-        crate::sched::install(sched.clone());
-        crate::durable_timer::attach(&dicts);
+        let timers = Rc::new(Timers::new(sched.clone()));
+        let durable_timers = Rc::new(DurableTimers::new(id, settings.workers, dicts.clone(), sched.clone()));
         Ok(Worker {
             id,
             settings,
             sched,
+            timers,
+            durable_timers,
             dicts,
             tenants: RefCell::new(HashMap::new()),
             current: RefCell::new(Rc::new(LoadedConfig {
@@ -167,7 +175,13 @@ impl Worker {
             worker_count: self.settings.workers,
             memory_limit: self.settings.memory_limit,
         };
-        let vm = Rc::new(Vm::new(namespace, &settings, &self.dicts)?);
+        let vm = Rc::new(Vm::new(
+            namespace,
+            &settings,
+            &self.dicts,
+            &self.timers,
+            &self.durable_timers,
+        )?);
         self.tenants.borrow_mut().insert(vm.tenant.clone(), vm.clone());
         crate::metrics::tenant_vms(self.id, self.tenants.borrow().len());
         Ok(vm)
@@ -235,7 +249,7 @@ impl Worker {
                     return;
                 }
                 let loaded = LoadedConfig { config, routes };
-                crate::durable_timer::commit(self.id, self.settings.workers, &loaded);
+                self.durable_timers.commit(&loaded.config);
                 let loaded = Rc::new(loaded);
                 *self.current.borrow_mut() = loaded.clone();
                 for ((route, lr), source) in loaded.config.routes.iter().zip(&loaded.routes).zip(sources.iter()) {
@@ -248,6 +262,7 @@ impl Worker {
             }
             Control::Abort => {
                 self.pending.borrow_mut().take();
+                self.durable_timers.abort();
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Durable timers: the codec, the Lua API's refusals, and storage, re-arm,
 //! completion and drops against real redb files. Each test runs on a fresh
-//! thread, as the timer state is per worker thread.
+//! thread, as a worker does (`set_exiting` is per thread).
 
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,11 +71,15 @@ fn config() -> Arc<Config> {
     )
 }
 
+/// The instruction budget of the test route (the worker's default).
+const BUDGET: u64 = 100_000_000;
+
 /// A worker VM with one route `default/r` whose module `jobs` (source
-/// `jobs_src`) is served, as the glue would set it up. Returns the route env.
-fn worker(lua: &Lua, dicts: &Arc<DictStore>, jobs_src: &str) -> Table {
+/// `jobs_src`) is served, as the glue would set it up. Returns the route env
+/// and the worker's durable timers (which its `at_durable` needs alive).
+fn worker(lua: &Lua, dicts: &Arc<DictStore>, jobs_src: &str) -> (Table, Rc<DurableTimers>) {
     let marker = lua.create_table().unwrap();
-    attach(dicts);
+    let timers = Rc::new(DurableTimers::new(0, 1, dicts.clone(), Rc::default()));
     lua.globals().set("MARKER", &marker).unwrap();
     let env: Table = lua
         .load(
@@ -95,20 +100,15 @@ fn worker(lua: &Lua, dicts: &Arc<DictStore>, jobs_src: &str) -> Table {
         .unwrap();
     let config = config();
     let limits = Limits {
-        budget: crate::worker::DEFAULT_INSTRUCTION_BUDGET,
-        slice: crate::worker::DEFAULT_INSTRUCTION_BUDGET,
-        unpreemptible: crate::worker::DEFAULT_INSTRUCTION_BUDGET,
+        budget: BUDGET,
+        slice: BUDGET,
+        unpreemptible: BUDGET,
     };
-    install(lua, &marker, &env, &route("r", &["jobs", "a.b"]), &config, limits).unwrap();
-    commit(
-        0,
-        1,
-        &LoadedConfig {
-            config,
-            routes: Vec::new(),
-        },
-    );
-    env
+    timers
+        .install(lua, &marker, &env, &route("r", &["jobs", "a.b"]), &config, limits)
+        .unwrap();
+    timers.commit(&config);
+    (env, timers)
 }
 
 /// Runs `code` in `env` as route code outside init (a timer-like context).
@@ -290,7 +290,7 @@ fn bad_arguments_raise_naming_the_position() {
     on_fresh_thread(|| {
         let lua = Lua::new();
         let dicts = Arc::new(DictStore::new());
-        let env = worker(&lua, &dicts, "return {run = function() end}");
+        let (env, timers) = worker(&lua, &dicts, "return {run = function() end}");
         let cases = [
             (
                 "'x', 'jobs.run'",
@@ -358,7 +358,7 @@ fn bad_arguments_raise_naming_the_position() {
             let msg = out[1].to_string().unwrap_or_default();
             assert!(msg.contains(want), "{args}: {msg}");
         }
-        assert_eq!(pending(), 0);
+        assert_eq!(timers.pending(), 0);
         // Not in init: a prepared config may never serve.
         let f = lua.load("return pcall(moongate.timer.at_durable, 1, 'jobs.run')");
         let (ok, msg): (bool, Value) = f.set_environment(env).call(()).unwrap();
@@ -378,7 +378,7 @@ fn stored_timer_survives_reopen_fires_once_and_is_deleted() {
         on_fresh_thread(move || {
             let lua = Lua::new();
             let dicts = Arc::new(DictStore::with_data_dir(&path, WINDOW));
-            let env = worker(&lua, &dicts, "return {run = function(p, a) RAN = a end}");
+            let (env, _timers) = worker(&lua, &dicts, "return {run = function(p, a) RAN = a end}");
             block_on(async {
                 let out = run(
                     &lua,
@@ -435,7 +435,7 @@ fn stored_timer_survives_reopen_fires_once_and_is_deleted() {
         let dicts = Arc::new(DictStore::with_data_dir(&path2, WINDOW));
         let env = block_on(async {
             // Re-arming spawns on the worker's LocalSet, as in `Worker::handle`.
-            let env = worker(
+            let (env, _timers) = worker(
                 &lua,
                 &dicts,
                 "return {run = function(p, a, t) RAN = tostring(p) .. a .. t.n end}",
@@ -461,16 +461,16 @@ fn callback_may_sleep_and_errors_are_counted_and_deleted() {
             nap = function(p, a) coroutine.yield(MARKER, 2, 0.01); DONE = a end,
             boom = function() error('boom') end,
         }";
-        let env = worker(&lua, &dicts, src);
+        let (env, timers) = worker(&lua, &dicts, src);
         let errors_before = crate::metrics::durable_timer_counts().2;
         block_on(async {
             run(&lua, &env, "moongate.timer.at_durable(0, 'jobs.nap', 'slept')").unwrap();
             run(&lua, &env, "moongate.timer.at_durable(0, 'jobs.boom')").unwrap();
-            assert_eq!(pending(), 2);
+            assert_eq!(timers.pending(), 2);
             assert!(wait_until(|| env.get::<Option<String>>("DONE").unwrap().is_some()).await);
             assert!(wait_until(|| crate::metrics::durable_timer_counts().2 > errors_before).await);
         });
-        assert_eq!(pending(), 0);
+        assert_eq!(timers.pending(), 0);
         dicts.flush_and_close();
         assert!(stored(&path).is_empty());
     });
@@ -481,14 +481,14 @@ fn missing_route_module_or_function_drops_and_counts() {
     on_fresh_thread(|| {
         let lua = Lua::new();
         let dicts = Arc::new(DictStore::new());
-        let _env = worker(&lua, &dicts, "return {run = function() end}");
+        let (_env, timers) = worker(&lua, &dicts, "return {run = function() end}");
         let fire_one = |route: &str, callback: &str| {
             let rec = Record {
                 route: route.into(),
                 callback: callback.into(),
                 ..sample()
             };
-            block_on(fire("t", &rec))
+            block_on(timers.fire("t", &rec))
         };
         let dropped_before = crate::metrics::durable_timer_counts().1;
         assert_eq!(fire_one("r", "jobs.run"), Outcome::Completed);
@@ -527,10 +527,10 @@ fn dropped_timer_is_deleted_and_shutdown_keeps_pending_ones() {
         let lua = Lua::new();
         let dicts = Arc::new(DictStore::with_data_dir(&path2, WINDOW));
         let env = block_on(async {
-            let env = worker(&lua, &dicts, "return {run = function() RAN = true end}");
+            let (env, timers) = worker(&lua, &dicts, "return {run = function() RAN = true end}");
             // Both restored timers are handled at once; then a new one is
             // pending when the process starts exiting.
-            assert!(wait_until(|| pending() == 0).await);
+            assert!(wait_until(|| timers.pending() == 0).await);
             run(&lua, &env, "moongate.timer.at_durable(0.05, 'jobs.run')").unwrap();
             crate::context::set_exiting();
             tokio::time::sleep(Duration::from_millis(150)).await;

@@ -165,10 +165,10 @@ fn worker_main(
         }
         drop(listener);
         crate::context::set_exiting();
-        crate::lua::api::timer::shutdown();
+        worker.timers.shutdown();
         let deadline = tokio::time::sleep(settings.shutdown_timeout);
         tokio::pin!(deadline);
-        while active.get() > 0 || crate::lua::api::timer::active() > 0 {
+        while active.get() > 0 || worker.timers.active() > 0 {
             tokio::select! {
                 _ = idle_rx.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(10)), if active.get() == 0 => {}

@@ -306,6 +306,19 @@ fn walk(lua: &Lua, env: Table, debug: &Table, names: &Table, forbidden: &Table) 
     Reach { violations, tables }
 }
 
+/// A worker's timer state, as `Worker::new` creates it.
+fn worker_timers(
+    dicts: &Arc<DictStore>,
+) -> (
+    std::rc::Rc<crate::lua::api::timer::Timers>,
+    std::rc::Rc<crate::durable_timer::DurableTimers>,
+) {
+    let sched = std::rc::Rc::new(crate::sched::Sched::default());
+    let timers = crate::lua::api::timer::Timers::new(sched.clone());
+    let durable_timers = crate::durable_timer::DurableTimers::new(0, 1, dicts.clone(), sched);
+    (std::rc::Rc::new(timers), std::rc::Rc::new(durable_timers))
+}
+
 #[test]
 fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
     std::thread::Builder::new()
@@ -323,7 +336,9 @@ fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
                 worker_count: 1,
                 memory_limit: 64 << 20,
             };
-            let vm = std::rc::Rc::new(Vm::with_lua(lua, "tenant", &settings, &dicts).unwrap());
+            let (timers, durable_timers) = worker_timers(&dicts);
+            let vm =
+                std::rc::Rc::new(Vm::with_lua(lua, "tenant", &settings, &dicts, &timers, &durable_timers).unwrap());
             let routes = moongate_route::source::parse_routes(ROUTES, None).unwrap();
             let sourced: Vec<_> = routes
                 .into_iter()
@@ -334,15 +349,7 @@ fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
                 .collect();
             let snapshot = moongate_route::standalone::from_sources(&sourced, 1).unwrap().snapshot;
             let config = Arc::new(Config::try_from(&snapshot).unwrap());
-            let limits = crate::worker::Settings {
-                max_body: 1 << 20,
-                max_header: 16 << 10,
-                shutdown_timeout: std::time::Duration::ZERO,
-                workers: 1,
-                cpu: crate::lua::budget::FALLBACK,
-                memory_limit: 64 << 20,
-            }
-            .route_limits(0);
+            let limits = crate::lua::budget::FALLBACK;
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let mut reaches = Vec::new();
             for route in &config.routes {
@@ -387,7 +394,9 @@ fn table_sort_with_a_comparator_matches_luajits_own() {
         worker_count: 1,
         memory_limit: 64 << 20,
     };
-    let _vm = Vm::with_lua(lua.clone(), "tenant", &settings, &Arc::new(DictStore::default())).unwrap();
+    let dicts = Arc::new(DictStore::default());
+    let (timers, durable_timers) = worker_timers(&dicts);
+    let _vm = Vm::with_lua(lua.clone(), "tenant", &settings, &dicts, &timers, &durable_timers).unwrap();
     let lua_sort: Function = table.get("sort").unwrap();
     assert_ne!(
         lua_sort.to_pointer(),

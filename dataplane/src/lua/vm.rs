@@ -22,10 +22,13 @@ use mlua::thread::ThreadStatus;
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 
 use super::api;
+use super::api::timer::Timers;
 use super::budget::{Account, HookHandle, Limits, Running};
 use crate::config::{Chunk, Config, Phase, Route};
 use crate::context::{self, VmPhase};
+use crate::durable_timer::DurableTimers;
 use crate::error::RouteLoadError;
+use crate::sched::Sched;
 use crate::shdict::DictStore;
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -60,6 +63,10 @@ pub struct Vm {
     cancel_timer: Function,
     /// The functions of `moongate.durable`.
     durable_api: api::durable::Api,
+    /// The worker's scheduler, which preempted `init` code waits on.
+    sched: Rc<Sched>,
+    /// The worker's durable timers, which each route env is installed in.
+    durable_timers: Rc<DurableTimers>,
 }
 
 /// A config version loaded into a worker: one entry per route of `config`.
@@ -91,21 +98,37 @@ impl LoadedConfig {
 }
 
 impl Vm {
-    pub fn new(tenant: &str, settings: &VmSettings, dicts: &Arc<DictStore>) -> mlua::Result<Vm> {
+    /// A VM of the worker whose `timers` and `durable_timers` these are: its
+    /// timer functions keep them, on the worker's thread, for the VM's life.
+    pub fn new(
+        tenant: &str,
+        settings: &VmSettings,
+        dicts: &Arc<DictStore>,
+        timers: &Rc<Timers>,
+        durable_timers: &Rc<DurableTimers>,
+    ) -> mlua::Result<Vm> {
         // No `jit`, `io`, `debug`, `ffi` or `package` at all; `os` loses
         // everything but its clocks in the sandbox.
         let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::BIT | StdLib::OS;
-        Vm::with_lua(Lua::new_with(libs, LuaOptions::new())?, tenant, settings, dicts)
+        let lua = Lua::new_with(libs, LuaOptions::new())?;
+        Vm::with_lua(lua, tenant, settings, dicts, timers, durable_timers)
     }
 
     /// Sets up a tenant VM on a fresh `lua` (tests pass one with more
     /// libraries loaded, to inspect the sandbox from outside).
-    pub(crate) fn with_lua(lua: Lua, tenant: &str, settings: &VmSettings, dicts: &Arc<DictStore>) -> mlua::Result<Vm> {
+    pub(crate) fn with_lua(
+        lua: Lua,
+        tenant: &str,
+        settings: &VmSettings,
+        dicts: &Arc<DictStore>,
+        timers: &Rc<Timers>,
+        durable_timers: &Rc<DurableTimers>,
+    ) -> mlua::Result<Vm> {
         // Lua patterns run in C where the count hook cannot see them: ours
         // count their work (before the sandbox copies the string table).
         super::pattern::install(&lua)?;
         let yield_marker = lua.create_table()?;
-        let (base_ngx, raw) = api::build(&lua, &yield_marker, settings.worker_id, settings.worker_count)?;
+        let (base_ngx, raw) = api::build(&lua, &yield_marker, settings.worker_id, settings.worker_count, timers)?;
         lua.load(PRELUDE)
             .set_name("=moongate.prelude")
             .call::<()>((base_ngx.clone(), raw.clone()))?;
@@ -120,7 +143,7 @@ impl Vm {
                 .into_function()
         })?;
         let ngx_metatable = ngx_metatable(&lua)?;
-        let cancel_timer = api::timer::cancel_function(&lua)?;
+        let cancel_timer = api::timer::cancel_function(&lua, timers)?;
         super::budget::install(&lua)?;
         super::memory::install(&lua, settings.memory_limit)?;
         let hook = HookHandle::of(&lua);
@@ -138,6 +161,8 @@ impl Vm {
             threads: RefCell::new(Vec::new()),
             cancel_timer,
             durable_api,
+            sched: timers.sched().clone(),
+            durable_timers: durable_timers.clone(),
         })
     }
 
@@ -204,7 +229,9 @@ impl Vm {
             .new_env
             .call((ngx, modules, self.load_module.clone()))
             .map_err(lua_fail)?;
-        crate::durable_timer::install(&self.lua, &self.yield_marker, &env, route, config, limits).map_err(lua_fail)?;
+        self.durable_timers
+            .install(&self.lua, &self.yield_marker, &env, route, config, limits)
+            .map_err(lua_fail)?;
         let moongate_timer: Table = env
             .raw_get::<Table>("moongate")
             .and_then(|m| m.get("timer"))
@@ -254,7 +281,7 @@ impl Vm {
     /// any other yield is an error, as these phases cannot wait on anything.
     async fn run_preemptible(&self, phase: VmPhase, account: &Rc<Account>, f: &Function) -> mlua::Result<()> {
         let thread = self.lua.create_thread(f.clone())?;
-        let sched = crate::sched::current();
+        let sched = &self.sched;
         let mut slice = None;
         loop {
             let resumed = crate::context::with_vm_phase(phase, || {

@@ -117,7 +117,7 @@ impl Api {
     }
 
     /// Per route, in `Vm::load`: sets `moongate.durable` in `env` (after
-    /// `durable_timer::install` made `moongate`).
+    /// `DurableTimers::install` made `moongate`).
     pub fn install(&self, lua: &Lua, env: &Table) -> mlua::Result<()> {
         let sync: Function = lua
             .load(

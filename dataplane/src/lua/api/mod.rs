@@ -14,6 +14,8 @@ pub mod time;
 pub mod timer;
 pub mod var;
 
+use std::rc::Rc;
+
 use mlua::{Lua, Table};
 
 use crate::config::Phase;
@@ -31,8 +33,15 @@ pub const OP_CAPTURE: i64 = 6;
 pub const OP_DURABLE_SYNC: i64 = 7;
 
 /// Builds the base `ngx` table and the private `raw` table of primitives the
-/// Lua prelude wraps. `yield_marker` is the sentinel the driver recognises.
-pub fn build(lua: &Lua, yield_marker: &Table, worker_id: usize, worker_count: usize) -> mlua::Result<(Table, Table)> {
+/// Lua prelude wraps. `yield_marker` is the sentinel the driver recognises;
+/// `timers` is the VM's worker's (`ngx.timer` keeps it).
+pub fn build(
+    lua: &Lua,
+    yield_marker: &Table,
+    worker_id: usize,
+    worker_count: usize,
+    timers: &Rc<timer::Timers>,
+) -> mlua::Result<(Table, Table)> {
     let ngx = lua.create_table()?;
     let raw = lua.create_table()?;
     ngx.set("req", lua.create_table()?)?;
@@ -78,7 +87,7 @@ pub fn build(lua: &Lua, yield_marker: &Table, worker_id: usize, worker_count: us
     codec::register(lua, &ngx)?;
     time::register(lua, &ngx)?;
     re::register(lua, &ngx)?;
-    timer::register(lua, &ngx, yield_marker)?;
+    timer::register(lua, &ngx, yield_marker, timers)?;
     Ok((ngx, raw))
 }
 

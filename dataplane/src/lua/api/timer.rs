@@ -10,6 +10,17 @@
 //! reads are the route's own. A timer run spends its route's CPU (see
 //! `crate::sched`'s timer bucket): across all its resumes, a callback cannot
 //! use more than its route's budget, refilled over time.
+//!
+//! **Where the state lives.** Everything a worker knows about its timers —
+//! the counts, the cancel handles, the shutdown signal, the next handle and
+//! the scheduler they run on — is in one [`Timers`], created by the worker
+//! when it starts and owned by it (`Worker::timers`). Nothing here is
+//! ambient: the `ngx.timer` and `moongate.timer.cancel` functions capture an
+//! `Rc` of it when their VM is created (VMs never leave their worker
+//! thread; it holds no Lua value, so that is no cycle), each timer task
+//! holds one, and the worker's server loop calls [`Timers::shutdown`] and
+//! [`Timers::active`]. Only this module touches its fields; it imports
+//! nothing of the worker.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -23,6 +34,7 @@ use tokio::sync::Notify;
 use super::OP_SLEEP;
 use crate::lua::args::{NO_VALUE, bad_argument, bad_type};
 use crate::lua::budget::{self, HookHandle, Limits, Running};
+use crate::sched::Sched;
 
 /// Per route, as OpenResty's per-worker defaults.
 pub const MAX_PENDING: usize = 1024;
@@ -56,85 +68,115 @@ impl Owner {
             namespace: Rc::from(namespace),
         }
     }
+}
+
+/// One worker's timers: created by the worker at start, shared (`Rc`) with
+/// the timer functions of its VMs and its timer tasks, all on its thread.
+pub struct Timers {
+    /// The worker's scheduler, which timer runs (and `init` code) wait on.
+    sched: Rc<Sched>,
+    /// By route (`ns/name`), namespace (`ns`) and the worker (``).
+    counts: RefCell<HashMap<Rc<str>, Counts>>,
+    /// Fires every pending timer prematurely.
+    shutdown: Notify,
+    /// The handle of the next timer.
+    next_id: Cell<u64>,
+    /// Handles of this worker's pending timers.
+    cancels: RefCell<HashMap<u64, Rc<Cancel>>>,
+}
+
+impl Timers {
+    pub fn new(sched: Rc<Sched>) -> Timers {
+        Timers {
+            sched,
+            counts: RefCell::default(),
+            shutdown: Notify::new(),
+            next_id: Cell::new(1),
+            cancels: RefCell::default(),
+        }
+    }
+
+    /// The worker's scheduler.
+    pub fn sched(&self) -> &Rc<Sched> {
+        &self.sched
+    }
+
+    /// Fires every pending timer of this worker with `premature = true`.
+    pub fn shutdown(&self) {
+        self.shutdown.notify_waiters();
+    }
+
+    /// Timers pending or running on this worker.
+    pub fn active(&self) -> usize {
+        self.counts.borrow().get("").map_or(0, |w| w.pending + w.running)
+    }
 
     /// Applies `f` to the route's, the namespace's and the worker's counts.
-    fn update(&self, f: impl Fn(&mut Counts)) {
-        COUNTS.with(|c| {
-            let mut c = c.borrow_mut();
-            for key in [&*self.route, &*self.namespace, ""] {
-                let counts = c.entry(Rc::from(key)).or_default();
-                f(counts);
-                if counts.pending == 0 && counts.running == 0 && !key.is_empty() {
-                    c.remove(key);
-                }
+    fn update(&self, owner: &Owner, f: impl Fn(&mut Counts)) {
+        let mut c = self.counts.borrow_mut();
+        for key in [&*owner.route, &*owner.namespace, ""] {
+            let counts = c.entry(Rc::from(key)).or_default();
+            f(counts);
+            if counts.pending == 0 && counts.running == 0 && !key.is_empty() {
+                c.remove(key);
             }
-        })
+        }
     }
 
-    fn counts(&self) -> [Counts; 3] {
-        COUNTS.with(|c| {
-            let c = c.borrow();
-            [&*self.route, &*self.namespace, ""].map(|k| c.get(k).copied().unwrap_or_default())
-        })
+    fn counts(&self, owner: &Owner) -> [Counts; 3] {
+        let c = self.counts.borrow();
+        [&*owner.route, &*owner.namespace, ""].map(|k| c.get(k).copied().unwrap_or_default())
     }
 
-    /// Why a new pending timer is refused, if it is.
-    fn pending_full(&self) -> bool {
-        let [route, namespace, worker] = self.counts();
+    /// Whether a new pending timer of `owner` is refused.
+    fn pending_full(&self, owner: &Owner) -> bool {
+        let [route, namespace, worker] = self.counts(owner);
         route.pending >= MAX_PENDING
             || namespace.pending >= MAX_PENDING_NAMESPACE
             || worker.pending >= MAX_PENDING_WORKER
     }
 
-    fn running_full(&self) -> bool {
-        let [route, namespace, worker] = self.counts();
+    fn running_full(&self, owner: &Owner) -> bool {
+        let [route, namespace, worker] = self.counts(owner);
         route.running >= MAX_RUNNING
             || namespace.running >= MAX_RUNNING_NAMESPACE
             || worker.running >= MAX_RUNNING_WORKER
     }
+
+    /// The running route's counts, as `running_count`/`pending_count` report them.
+    fn own_counts(&self) -> Counts {
+        budget::running().map_or_else(Counts::default, |a| self.counts(&Owner::of(a.route()))[0])
+    }
 }
 
-thread_local! {
-    /// By route (`ns/name`), namespace (`ns`) and the worker (``).
-    static COUNTS: RefCell<HashMap<Rc<str>, Counts>> = RefCell::default();
-    static SHUTDOWN: Rc<Notify> = Rc::new(Notify::new());
-    /// Handles of this worker's pending timers.
-    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
-    static CANCELS: std::cell::RefCell<std::collections::HashMap<u64, Rc<Cancel>>> = Default::default();
-}
-
-/// Fires every pending timer of this worker with `premature = true`.
-pub fn shutdown() {
-    SHUTDOWN.with(|n| n.notify_waiters());
-}
-
-/// Timers pending or running on this worker.
-pub fn active() -> usize {
-    COUNTS.with(|c| c.borrow().get("").map_or(0, |w| w.pending + w.running))
-}
-
-/// The running route's counts, as `running_count`/`pending_count` report them.
-fn own_counts() -> Counts {
-    budget::running().map_or_else(Counts::default, |a| Owner::of(a.route()).counts()[0])
-}
-
-pub fn register(lua: &Lua, ngx: &Table, yield_marker: &Table) -> mlua::Result<()> {
+/// Sets `ngx.timer`, whose functions keep `timers` (the VM's worker's).
+pub fn register(lua: &Lua, ngx: &Table, yield_marker: &Table, timers: &Rc<Timers>) -> mlua::Result<()> {
     let timer = lua.create_table()?;
     for (name, every) in [("at", false), ("every", true)] {
         let marker = yield_marker.clone();
+        let timers = timers.clone();
         timer.set(
             name,
-            lua.create_function(move |lua, args: MultiValue| create(lua, &marker, name, every, args))?,
+            lua.create_function(move |lua, args: MultiValue| create(lua, &timers, &marker, name, every, args))?,
         )?;
     }
-    timer.set("running_count", lua.create_function(|_, ()| Ok(own_counts().running))?)?;
-    timer.set("pending_count", lua.create_function(|_, ()| Ok(own_counts().pending))?)?;
+    let t = timers.clone();
+    timer.set(
+        "running_count",
+        lua.create_function(move |_, ()| Ok(t.own_counts().running))?,
+    )?;
+    let t = timers.clone();
+    timer.set(
+        "pending_count",
+        lua.create_function(move |_, ()| Ok(t.own_counts().pending))?,
+    )?;
     ngx.set("timer", timer)?;
     Ok(())
 }
 
 fn create(
     lua: &Lua,
+    timers: &Rc<Timers>,
     marker: &Table,
     api: &str,
     every: bool,
@@ -170,21 +212,22 @@ fn create(
         return Err(mlua::Error::runtime("ngx.timer: no route is running"));
     };
     let owner = Owner::of(account.route());
-    if owner.pending_full() {
+    if timers.pending_full(&owner) {
         return Ok((None, Some("too many pending timers".into())));
     }
     let extra: Vec<Value> = args.collect();
     let site = crate::context::log_prefix();
-    owner.update(|c| c.pending += 1);
-    let id = NEXT_ID.with(|n| n.replace(n.get() + 1));
+    timers.update(&owner, |c| c.pending += 1);
+    let id = timers.next_id.replace(timers.next_id.get() + 1);
     let cancel = Rc::new(Cancel {
         cancelled: Cell::new(false),
         pending: Cell::new(true),
         notify: Notify::new(),
         owner: RefCell::new(Some(owner.clone())),
     });
-    CANCELS.with(|c| c.borrow_mut().insert(id, cancel.clone()));
+    timers.cancels.borrow_mut().insert(id, cancel.clone());
     let timer = Timer {
+        timers: timers.clone(),
         run: Run {
             lua: lua.clone(),
             marker: marker.clone(),
@@ -192,6 +235,7 @@ fn create(
             route: account.route().clone(),
             limits: account.route_limits(),
             max_string: account.max_string(),
+            sched: timers.sched.clone(),
         },
         callback,
         extra,
@@ -217,8 +261,9 @@ struct Cancel {
 /// `moongate.timer.cancel(handle)`: stops a pending `ngx.timer.at`/`every`
 /// timer (its callback never runs, not even prematurely). Returns `true`, or
 /// `nil, "not found"` for a timer that already ran, was cancelled or is unknown.
-pub fn cancel_function(lua: &Lua) -> mlua::Result<Function> {
-    lua.create_function(|_, handle: Value| {
+pub fn cancel_function(lua: &Lua, timers: &Rc<Timers>) -> mlua::Result<Function> {
+    let timers = timers.clone();
+    lua.create_function(move |_, handle: Value| {
         let id = match handle {
             Value::Integer(i) => u64::try_from(i).ok(),
             Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => Some(n as u64),
@@ -231,13 +276,14 @@ pub fn cancel_function(lua: &Lua) -> mlua::Result<Function> {
                 )));
             }
         };
-        match id.and_then(|id| CANCELS.with(|c| c.borrow_mut().remove(&id))) {
+        let cancel = id.and_then(|id| timers.cancels.borrow_mut().remove(&id));
+        match cancel {
             Some(cancel) => {
                 cancel.cancelled.set(true);
                 if cancel.pending.replace(false)
                     && let Some(owner) = cancel.owner.borrow().as_ref()
                 {
-                    owner.update(|c| c.pending -= 1);
+                    timers.update(owner, |c| c.pending -= 1);
                 }
                 cancel.notify.notify_one();
                 Ok((Some(true), None))
@@ -256,9 +302,13 @@ pub(crate) struct Run {
     pub limits: Limits,
     /// The largest string the callback may build outside the VM.
     pub max_string: usize,
+    /// The worker's scheduler, whose background lane and timer buckets the
+    /// run draws on.
+    pub sched: Rc<Sched>,
 }
 
 struct Timer {
+    timers: Rc<Timers>,
     run: Run,
     callback: Function,
     extra: Vec<Value>,
@@ -271,7 +321,7 @@ struct Timer {
 
 impl Timer {
     async fn run(self, delay: Duration, every: bool) {
-        let shutdown = SHUTDOWN.with(Rc::clone);
+        let timers = &*self.timers;
         loop {
             let premature = if crate::context::exiting() {
                 true
@@ -282,7 +332,7 @@ impl Timer {
             } else {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => false,
-                    _ = shutdown.notified() => true,
+                    _ = timers.shutdown.notified() => true,
                     _ = self.cancel.notify.notified() => false,
                 }
             };
@@ -291,21 +341,21 @@ impl Timer {
                 return;
             }
             self.cancel.pending.set(false);
-            self.owner.update(|c| c.pending -= 1);
-            if self.owner.running_full() {
+            timers.update(&self.owner, |c| c.pending -= 1);
+            if timers.running_full(&self.owner) {
                 tracing::error!("{}lua_max_running_timers are not enough", self.site);
-                CANCELS.with(|c| c.borrow_mut().remove(&self.id));
+                timers.cancels.borrow_mut().remove(&self.id);
                 return;
             }
-            self.owner.update(|c| c.running += 1);
+            timers.update(&self.owner, |c| c.running += 1);
             self.fire(premature).await;
-            self.owner.update(|c| c.running -= 1);
+            timers.update(&self.owner, |c| c.running -= 1);
             if !every || premature || crate::context::exiting() || self.cancel.cancelled.get() {
-                CANCELS.with(|c| c.borrow_mut().remove(&self.id));
+                timers.cancels.borrow_mut().remove(&self.id);
                 return;
             }
             self.cancel.pending.set(true);
-            self.owner.update(|c| c.pending += 1);
+            timers.update(&self.owner, |c| c.pending += 1);
         }
     }
 
@@ -331,7 +381,7 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
         crate::metrics::timer_callback_error();
         format!("cannot create a coroutine: {e}")
     })?;
-    let sched = crate::sched::current();
+    let sched = &run.sched;
     let account = budget::Account::new(run.route.clone(), run.limits, run.limits, run.max_string);
     // A route that was just aborted for CPU starts in the background.
     if sched.is_penalized(&run.route) {

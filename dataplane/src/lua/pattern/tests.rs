@@ -577,7 +577,11 @@ fn the_dataplane_vm_uses_the_rust_functions() {
         worker_count: 1,
         memory_limit: 64 << 20,
     };
-    let vm = crate::lua::vm::Vm::new("test", &settings, &Default::default()).expect("create the VM");
+    let dicts: std::sync::Arc<crate::shdict::DictStore> = Default::default();
+    let sched = std::rc::Rc::new(crate::sched::Sched::default());
+    let timers = std::rc::Rc::new(crate::lua::api::timer::Timers::new(sched.clone()));
+    let durable_timers = std::rc::Rc::new(crate::durable_timer::DurableTimers::new(0, 1, dicts.clone(), sched));
+    let vm = crate::lua::vm::Vm::new("test", &settings, &dicts, &timers, &durable_timers).expect("create the VM");
     let r: String = vm
         .lua()
         .load(
