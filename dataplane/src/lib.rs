@@ -3,10 +3,15 @@
 //! request lifecycle and `ngx` API.
 //!
 //! `config` is the dataplane's view of a snapshot; `worker` and `http::server`
-//! run one Lua VM per thread; `phase` drives a request through the phases;
-//! `lua` holds the VM, the sandbox and the `ngx` API; `shdict` the shared
-//! dicts; `durable_timer` the timers stored with them; `standalone` loads
-//! LuaRoute files without a cluster.
+//! run the workers, each with one Lua VM per tenant namespace; `phase` drives a
+//! request through the phases, on the state in `request`, made reachable to
+//! the Lua API by `context` (the one place request state is ambient);
+//! `response` sends the head and holds the body type, special pages and HTTP
+//! dates; `lua` holds the VMs, the sandbox and the `ngx` API; `shdict` the
+//! shared dicts; `durable_timer` the timers stored with them; `standalone`
+//! loads LuaRoute files without a cluster. Dependencies point down this list's
+//! request path: nothing below `phase` imports it, nothing below `worker`
+//! imports the worker.
 #![deny(unsafe_code)]
 
 pub mod admin;

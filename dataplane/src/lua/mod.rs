@@ -1,5 +1,6 @@
-//! The Lua side of a worker: one LuaJIT VM per worker thread (`vm`), the
-//! sandbox every route's code runs in, and the `ngx` API (`api`).
+//! The Lua side of a worker: one LuaJIT VM per tenant namespace (`vm`), the
+//! sandbox every route's code runs in, the `ngx` API (`api`) and the one helper
+//! for its argument errors (`args`).
 
 pub mod api;
 pub mod args;
