@@ -31,7 +31,7 @@ const DELTAS_KEPT: usize = 4;
 
 impl Published {
     pub fn new(version: u64, routes: BTreeMap<RouteKey, Arc<pb::Route>>) -> Published {
-        let content_hash = snapshot::content_hash(routes.values().map(Arc::as_ref));
+        let content_hash = snapshot::content_hash(routes.values().map(Arc::as_ref), std::iter::empty());
         Published {
             version,
             content_hash,
@@ -54,6 +54,7 @@ impl Published {
                     version: self.version,
                     content_hash: self.content_hash.clone(),
                     routes,
+                    endpoints: Vec::new(),
                 }
             })
             .clone()
@@ -92,6 +93,7 @@ impl Published {
             content_hash: self.content_hash.clone(),
             upserted,
             removed,
+            ..Default::default()
         }
     }
 }
@@ -145,7 +147,10 @@ mod tests {
         let v = published(7, &[&route("x", 3), &route("a", 1)]);
         let snap = v.snapshot();
         assert_eq!(snap.content_hash, v.content_hash);
-        assert_eq!(snapshot::build(snap.routes.clone(), 9).content_hash, v.content_hash);
+        assert_eq!(
+            snapshot::build(snap.routes.clone(), Vec::new(), 9).content_hash,
+            v.content_hash
+        );
         assert_ne!(
             published(7, &[&route("x", 4), &route("a", 1)]).content_hash,
             v.content_hash

@@ -256,8 +256,7 @@ impl RouteTable {
             return (None, Ok(()));
         };
         let mut missing = Vec::new();
-        let mut route: Option<pb::Route> = None;
-        for (i, location) in base.locations.iter().enumerate() {
+        for location in &base.locations {
             let Some(upstream) = &location.upstream else { continue };
             let service_key = (key.namespace.clone(), upstream.service.clone());
             let endpoints = match self.services.get(&service_key) {
@@ -282,31 +281,15 @@ impl RouteTable {
                     },
                 },
             };
-            if endpoints
-                != location
-                    .upstream
-                    .as_ref()
-                    .map(|u| u.endpoints.clone())
-                    .unwrap_or_default()
-            {
-                let r = route.get_or_insert_with(|| base.as_ref().clone());
-                if let Some(u) = r.locations[i].upstream.as_mut() {
-                    u.endpoints = endpoints;
-                }
-            }
+            // TODO(helper A): publish `endpoints` as pb::ServiceEndpoints.
+            let _ = endpoints;
         }
         let refs = if missing.is_empty() {
             Ok(())
         } else {
             Err(missing.join("; "))
         };
-        let resolved = match route {
-            None => base.clone(),
-            Some(route) => match &entry.resolved {
-                Some(previous) if **previous == route => previous.clone(),
-                _ => Arc::new(route),
-            },
-        };
+        let resolved = base.clone();
         (Some(resolved), refs)
     }
 }

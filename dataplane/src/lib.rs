@@ -24,6 +24,7 @@ pub mod http;
 pub mod lua;
 pub mod metrics;
 pub mod phase;
+pub mod proxy;
 pub mod redb_file;
 pub mod request;
 pub mod response;

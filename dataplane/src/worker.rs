@@ -25,6 +25,7 @@ use crate::error::RouteLoadError;
 use crate::lua::api::timer::Timers;
 use crate::lua::budget::Limits;
 use crate::lua::vm::{LoadedConfig, LoadedRoute, Vm, VmSettings};
+use crate::proxy::endpoints::EndpointTable;
 use crate::sched::Sched;
 use crate::shdict::DictStore;
 
@@ -126,6 +127,8 @@ pub struct Worker {
     /// This worker's durable timers, shared with its VMs.
     durable_timers: Rc<DurableTimers>,
     dicts: Arc<DictStore>,
+    /// The Service endpoints, shared by all workers.
+    pub endpoints: Arc<EndpointTable>,
     tenants: RefCell<HashMap<Rc<str>, Rc<Vm>>>,
     current: RefCell<Rc<LoadedConfig>>,
     pending: RefCell<Option<Vec<Option<Rc<LoadedRoute>>>>>,
@@ -133,7 +136,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, settings: Arc<Settings>, dicts: Arc<DictStore>) -> crate::Result<Worker> {
+    pub fn new(
+        id: usize,
+        settings: Arc<Settings>,
+        dicts: Arc<DictStore>,
+        endpoints: Arc<EndpointTable>,
+    ) -> crate::Result<Worker> {
         let empty = Arc::new(Config::try_from(&moongate_proto::v1::Snapshot::default())?);
         let sched = Rc::new(Sched::default());
         let timers = Rc::new(Timers::new(sched.clone()));
@@ -145,6 +153,7 @@ impl Worker {
             timers,
             durable_timers,
             dicts,
+            endpoints,
             tenants: RefCell::new(HashMap::new()),
             current: RefCell::new(Rc::new(LoadedConfig {
                 config: empty,
@@ -321,6 +330,8 @@ pub struct Workers {
     serving: std::sync::Mutex<Option<Arc<Config>>>,
     /// The workers' dicts, whose declarations each version settles.
     dicts: Arc<DictStore>,
+    /// The Service endpoints the workers proxy to; changed apart from the routes.
+    endpoints: Arc<EndpointTable>,
 }
 
 impl Workers {
@@ -329,6 +340,7 @@ impl Workers {
         shutdown: watch::Sender<bool>,
         threads: Vec<std::thread::JoinHandle<()>>,
         dicts: Arc<DictStore>,
+        endpoints: Arc<EndpointTable>,
     ) -> Self {
         Workers {
             senders,
@@ -336,7 +348,13 @@ impl Workers {
             threads,
             serving: std::sync::Mutex::new(None),
             dicts,
+            endpoints,
         }
+    }
+
+    /// The Service endpoints every worker proxies to.
+    pub fn endpoints(&self) -> &Arc<EndpointTable> {
+        &self.endpoints
     }
 
     /// Loads `config` into every worker, then switches all of them to it;
@@ -446,7 +464,7 @@ impl Workers {
 /// chunks and shared dict declarations are all exercised. Fails naming
 /// every route that does not load.
 pub fn check_loads(config: Arc<Config>, settings: Arc<Settings>, dicts: Arc<DictStore>) -> crate::Result<()> {
-    let worker = Worker::new(0, settings, dicts)?;
+    let worker = Worker::new(0, settings, dicts, Arc::default())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

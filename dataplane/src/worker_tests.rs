@@ -48,7 +48,7 @@ fn start(n: usize, dicts: &Arc<DictStore>, fails: Option<(usize, u64)>) -> Worke
             .stack_size(crate::lua::stack::WORKER_STACK)
             .spawn(move || {
                 block_on(async move {
-                    let worker = Worker::new(id, settings, dicts).expect("worker");
+                    let worker = Worker::new(id, settings, dicts, Arc::default()).expect("worker");
                     tokio::task::spawn_local(worker.sched.clone().dispatch());
                     while let Some(msg) = rx.recv().await {
                         match msg {
@@ -66,7 +66,7 @@ fn start(n: usize, dicts: &Arc<DictStore>, fails: Option<(usize, u64)>) -> Worke
             .expect("spawn");
         threads.push(thread);
     }
-    Workers::new(senders, shutdown, threads, dicts.clone())
+    Workers::new(senders, shutdown, threads, dicts.clone(), Arc::default())
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -50,7 +50,7 @@ pub fn snapshot(data: &[u8]) {
     if let Ok(message) = pb::ControllerMessage::decode(data) {
         match message.kind {
             Some(pb::controller_message::Kind::Snapshot(s)) => config(&s),
-            Some(pb::controller_message::Kind::Delta(d)) => config(&snapshot::build(d.upserted, d.version)),
+            Some(pb::controller_message::Kind::Delta(d)) => config(&snapshot::build(d.upserted, d.upserted_endpoints, d.version)),
             None => {}
         }
     }

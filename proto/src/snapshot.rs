@@ -2,8 +2,8 @@
 //! deltas with these, and a dataplane checks what it applied with them, so they
 //! live beside the wire contract rather than on either side of it.
 //!
-//! Invariant: `content_hash` depends only on the set of routes, never on the
-//! order they come in; `order` is the order a dataplane resolves overlapping
+//! Invariant: `content_hash` depends only on the set of routes and the set of
+//! service endpoints, never on the order they come in; `order` is the order a dataplane resolves overlapping
 //! routes in (creation time, then namespace, then name).
 
 use std::cmp::Ordering;
@@ -19,26 +19,51 @@ pub fn order(a: &pb::Route, b: &pb::Route) -> Ordering {
     (a.created_at, &a.namespace, &a.name).cmp(&(b.created_at, &b.namespace, &b.name))
 }
 
-/// A snapshot of `routes` at `version`: routes in dataplane order, hashed.
-pub fn build(mut routes: Vec<pb::Route>, version: u64) -> pb::Snapshot {
+/// The order service endpoints are sent and hashed in: namespace, service, port.
+pub fn endpoints_order(a: &pb::ServiceEndpoints, b: &pb::ServiceEndpoints) -> Ordering {
+    endpoints_key(a).cmp(&endpoints_key(b))
+}
+
+fn endpoints_key(e: &pb::ServiceEndpoints) -> (&str, &str, u32) {
+    (&e.namespace, &e.service, e.port)
+}
+
+/// A snapshot of `routes` and `endpoints` at `version`: routes in dataplane
+/// order, endpoints in key order, hashed.
+pub fn build(mut routes: Vec<pb::Route>, mut endpoints: Vec<pb::ServiceEndpoints>, version: u64) -> pb::Snapshot {
     routes.sort_by(order);
+    endpoints.sort_by(endpoints_order);
     pb::Snapshot {
         version,
-        content_hash: content_hash(routes.iter()),
+        content_hash: content_hash(routes.iter(), endpoints.iter()),
         routes,
+        endpoints,
     }
 }
 
-/// SHA-256 over the routes' encodings in dataplane order, whatever order they
-/// come in: the controller and a dataplane applying a delta must agree on it.
-pub fn content_hash<'a>(routes: impl Iterator<Item = &'a pb::Route>) -> Vec<u8> {
+/// SHA-256 over the routes' encodings in dataplane order, then the endpoints'
+/// in key order, whatever order they come in: the controller and a dataplane
+/// applying a delta must agree on it.
+pub fn content_hash<'a, 'b>(
+    routes: impl Iterator<Item = &'a pb::Route>,
+    endpoints: impl Iterator<Item = &'b pb::ServiceEndpoints>,
+) -> Vec<u8> {
     let mut routes: Vec<&pb::Route> = routes.collect();
     routes.sort_by(|a, b| order(a, b));
+    let mut endpoints: Vec<&pb::ServiceEndpoints> = endpoints.collect();
+    endpoints.sort_by(|a, b| endpoints_order(a, b));
     let mut hasher = Sha256::new();
     let mut buf = Vec::new();
     for route in routes {
         buf.clear();
         route.encode(&mut buf).expect("a Vec grows as needed");
+        hasher.update(&buf);
+    }
+    // A separator, so that no set of routes hashes like routes plus endpoints.
+    hasher.update(b"\0endpoints\0");
+    for e in endpoints {
+        buf.clear();
+        e.encode(&mut buf).expect("a Vec grows as needed");
         hasher.update(&buf);
     }
     hasher.finalize().to_vec()
@@ -59,7 +84,11 @@ mod tests {
 
     #[test]
     fn oldest_first_then_namespace_then_name() {
-        let snapshot = build(vec![route("b", "x", 1), route("a", "y", 2), route("a", "x", 1)], 3);
+        let snapshot = build(
+            vec![route("b", "x", 1), route("a", "y", 2), route("a", "x", 1)],
+            Vec::new(),
+            3,
+        );
         let names: Vec<_> = snapshot
             .routes
             .iter()
@@ -72,11 +101,32 @@ mod tests {
     #[test]
     fn the_hash_ignores_input_order_but_not_content() {
         let (a, b) = (route("a", "x", 1), route("b", "y", 2));
-        assert_eq!(content_hash([&a, &b].into_iter()), content_hash([&b, &a].into_iter()));
+        let none = std::iter::empty;
+        assert_eq!(
+            content_hash([&a, &b].into_iter(), none()),
+            content_hash([&b, &a].into_iter(), none())
+        );
         let changed = route("b", "y", 3);
         assert_ne!(
-            content_hash([&a, &b].into_iter()),
-            content_hash([&a, &changed].into_iter())
+            content_hash([&a, &b].into_iter(), none()),
+            content_hash([&a, &changed].into_iter(), none())
         );
+    }
+
+    #[test]
+    fn the_hash_covers_endpoints_whatever_their_order() {
+        let a = route("a", "x", 1);
+        let ep = |service: &str, endpoints: &[&str]| pb::ServiceEndpoints {
+            namespace: "a".into(),
+            service: service.into(),
+            port: 80,
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            problem: String::new(),
+        };
+        let (web, api) = (ep("web", &["10.0.0.1:80"]), ep("api", &["10.0.0.2:80"]));
+        let hash = |eps: &[&pb::ServiceEndpoints]| content_hash(std::iter::once(&a), eps.iter().copied());
+        assert_eq!(hash(&[&web, &api]), hash(&[&api, &web]));
+        assert_ne!(hash(&[&web, &api]), hash(&[&web]));
+        assert_ne!(hash(&[&web]), hash(&[&ep("web", &["10.0.0.3:80"])]));
     }
 }

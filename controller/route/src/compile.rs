@@ -398,10 +398,11 @@ fn compile_location(
         default_type: loc.default_type.clone(),
         need_request_body: loc.need_request_body,
         upstream: loc.upstream.as_ref().map(|u| pb::Upstream {
-            endpoints: Vec::new(),
             service: u.service.clone(),
             port: u.port.into(),
+            ..Default::default()
         }),
+        balancer: None,
         internal: loc.internal,
         allow_from,
     };

@@ -102,7 +102,7 @@ pub fn from_sources(sources: &[SourcedRoute], version: u64) -> Result<FromSource
         })
         .collect();
     Ok(FromSources {
-        snapshot: build(routes, version),
+        snapshot: build(routes, Vec::new(), version),
         refused,
     })
 }

@@ -213,7 +213,7 @@ impl<'a> Client<'a> {
                     ));
                 }
             };
-            let snapshot = moongate_proto::snapshot::build(routes.values().cloned().collect(), version);
+            let snapshot = moongate_proto::snapshot::build(routes.values().cloned().collect(), Vec::new(), version);
             if snapshot.content_hash != content_hash {
                 let message = format!("version {version}: the routes do not match the controller's content hash");
                 send(&replies, nack(version, message.clone(), Vec::new())).await?;

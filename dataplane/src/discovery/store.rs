@@ -105,6 +105,7 @@ mod tests {
                 generation: 3,
                 ..Default::default()
             }],
+            Vec::new(),
             42,
         );
         let open = || SnapshotStore::open(dir.path()).unwrap().unwrap();
@@ -125,6 +126,7 @@ mod tests {
                 name: "r".into(),
                 ..Default::default()
             }],
+            Vec::new(),
             7,
         );
         let store = SnapshotStore::open(dir.path()).unwrap().unwrap();

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
 use crate::phase::{self, ConnInfo, Response};
+use crate::proxy::endpoints::EndpointTable;
 use crate::shdict::DictStore;
 use crate::worker::{Control, Settings, Worker, Workers};
 
@@ -44,6 +45,7 @@ pub fn start(addr: SocketAddr, settings: Arc<Settings>, dicts: Arc<DictStore>) -
         sockets.push(bind_reuseport(bound).map_err(listen_err)?);
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let endpoints = Arc::new(EndpointTable::default());
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
@@ -52,12 +54,13 @@ pub fn start(addr: SocketAddr, settings: Arc<Settings>, dicts: Arc<DictStore>) -
         senders.push(tx);
         let settings = settings.clone();
         let dicts = dicts.clone();
+        let endpoints = endpoints.clone();
         let shutdown = shutdown_rx.clone();
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("moongate-worker-{id}"))
             .stack_size(crate::lua::stack::WORKER_STACK)
-            .spawn(move || worker_main(id, socket, settings, dicts, rx, shutdown, ready))
+            .spawn(move || worker_main(id, socket, settings, dicts, endpoints, rx, shutdown, ready))
             .map_err(|source| Error::Listen {
                 what: "spawn worker for",
                 addr: addr.to_string(),
@@ -69,7 +72,7 @@ pub fn start(addr: SocketAddr, settings: Arc<Settings>, dicts: Arc<DictStore>) -
     for _ in 0..threads.len() {
         ready_rx.recv().map_err(|_| Error::WorkerGone(0))??;
     }
-    Ok((Workers::new(senders, shutdown_tx, threads, dicts), bound))
+    Ok((Workers::new(senders, shutdown_tx, threads, dicts, endpoints), bound))
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -88,6 +91,7 @@ fn worker_main(
     socket: std::net::TcpListener,
     settings: Arc<Settings>,
     dicts: Arc<DictStore>,
+    endpoints: Arc<EndpointTable>,
     mut control: mpsc::UnboundedReceiver<Control>,
     mut shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<()>>,
@@ -106,7 +110,7 @@ fn worker_main(
     let _watched = crate::lua::watchdog::watch_this_thread();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let worker = match Worker::new(id, settings.clone(), dicts) {
+        let worker = match Worker::new(id, settings.clone(), dicts, endpoints) {
             Ok(w) => Rc::new(w),
             Err(e) => {
                 let _ = ready.send(Err(e));
