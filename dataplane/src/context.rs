@@ -137,6 +137,7 @@ pub fn context_name(phase: Phase) -> &'static str {
         Phase::HeaderFilter => "header_filter_by_lua*",
         Phase::BodyFilter => "body_filter_by_lua*",
         Phase::Log => "log_by_lua*",
+        Phase::Balancer => "balancer_by_lua*",
     }
 }
 

@@ -9,6 +9,7 @@ use mimalloc::MiMalloc;
 use moongate_dataplane::discovery::store::SnapshotStore;
 use moongate_dataplane::discovery::{Client, ClientTls, ControllerSettings};
 use moongate_dataplane::lua::budget::{HOOK_INTERVAL, Limits};
+use moongate_dataplane::proxy::egress::EgressPolicy;
 use moongate_dataplane::shdict::{DictLimits, DictStore};
 use moongate_dataplane::{admin, http::server, standalone, worker, worker::Settings};
 
@@ -107,6 +108,14 @@ struct Cli {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 10.0)]
     shutdown_timeout: f64,
+    /// Where proxying may connect: `CIDR` or `CIDR:PORT` (`[v6CIDR]:PORT`),
+    /// repeatable or comma-separated. Default: any address except loopback,
+    /// link-local (cloud metadata, 169.254.169.254), unspecified and
+    /// multicast; a rule at least as specific as one of those ranges allows
+    /// it (`127.0.0.1/32`). The dataplane's own listen and admin ports are
+    /// always refused.
+    #[arg(long, env = "MOONGATE_EGRESS_ALLOW", value_delimiter = ',')]
+    egress_allow: Vec<moongate_dataplane::proxy::egress::AllowRule>,
 }
 
 fn controller_settings(cli: &Cli) -> anyhow::Result<ControllerSettings> {
@@ -160,6 +169,10 @@ fn settings(cli: &Cli) -> Settings {
             unpreemptible: cli.max_unpreemptible.clamp(u64::from(HOOK_INTERVAL), budget),
         },
         memory_limit: usize::try_from(cli.lua_memory_limit).unwrap_or(usize::MAX),
+        egress: Arc::new(EgressPolicy::new(
+            cli.egress_allow.clone(),
+            std::iter::once(cli.listen).chain(cli.admin).collect(),
+        )),
     }
 }
 

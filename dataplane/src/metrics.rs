@@ -9,6 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::config::Phase;
@@ -33,7 +34,37 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// An upstream of a route. Bounded: one per location with an upstream in
+/// the config (the upstream is named by its Service or first server, never
+/// by an endpoint address).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    route: String,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamClassLabel {
+    route: String,
+    upstream: String,
+    /// 1xx … 5xx, or "error" for a try that got no response.
+    class: &'static str,
+}
+
+struct Upstreams {
+    requests: Family<UpstreamClassLabel, Counter>,
+    latency: Family<UpstreamLabel, Histogram>,
+    connect_errors: Family<UpstreamLabel, Counter>,
+    retries: Family<UpstreamLabel, Counter>,
+    ejections: Family<UpstreamLabel, Counter>,
+    no_endpoints: Family<UpstreamLabel, Counter>,
+    egress_refused: Family<UpstreamLabel, Counter>,
+    connections_open: Gauge,
+    connections_idle: Gauge,
+}
+
 struct Metrics {
+    upstreams: Upstreams,
     registry: Registry,
     /// Responses by status class: 1xx … 5xx, and "closed" (no response, 444).
     responses: [Counter; 6],
@@ -138,7 +169,66 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Routes left out of an applied config because they failed to load (init error, refused dict)",
         routes_failed.clone(),
     );
+    let upstreams = Upstreams {
+        requests: Family::default(),
+        latency: Family::new_with_constructor(|| {
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        }),
+        connect_errors: Family::default(),
+        retries: Family::default(),
+        ejections: Family::default(),
+        no_endpoints: Family::default(),
+        egress_refused: Family::default(),
+        connections_open: Gauge::default(),
+        connections_idle: Gauge::default(),
+    };
+    registry.register(
+        "upstream_requests",
+        "Proxy tries by route, upstream and status class (error: no response)",
+        upstreams.requests.clone(),
+    );
+    registry.register(
+        "upstream_header_seconds",
+        "Time from the start of a proxy try to the upstream's response head",
+        upstreams.latency.clone(),
+    );
+    registry.register(
+        "upstream_connect_errors",
+        "Proxy tries that could not connect (refused, unreachable, timed out, TLS)",
+        upstreams.connect_errors.clone(),
+    );
+    registry.register(
+        "upstream_retries",
+        "Proxy tries beyond the first",
+        upstreams.retries.clone(),
+    );
+    registry.register(
+        "upstream_ejections",
+        "Upstream endpoints ejected after consecutive failures",
+        upstreams.ejections.clone(),
+    );
+    registry.register(
+        "upstream_no_endpoints",
+        "Proxied requests answered 503 because the Service had no ready endpoint",
+        upstreams.no_endpoints.clone(),
+    );
+    registry.register(
+        "upstream_egress_refused",
+        "Proxy tries refused by the egress policy",
+        upstreams.egress_refused.clone(),
+    );
+    registry.register(
+        "upstream_connections_open",
+        "Upstream connections open, in use or idle",
+        upstreams.connections_open.clone(),
+    );
+    registry.register(
+        "upstream_connections_idle",
+        "Upstream connections idle in the keep-alive pools",
+        upstreams.connections_idle.clone(),
+    );
     Metrics {
+        upstreams,
         registry,
         lua_memory_errors,
         tenant_vms,
@@ -249,4 +339,88 @@ pub fn encode() -> String {
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry);
     out
+}
+
+/// The metric handles of one upstream, resolved once per worker and
+/// upstream, so a request does no label lookup.
+pub struct UpstreamMetrics {
+    /// 1xx … 5xx, then "error".
+    requests: [Counter; 6],
+    latency: Histogram,
+    connect_errors: Counter,
+    retries: Counter,
+    ejections: Counter,
+    no_endpoints: Counter,
+    egress_refused: Counter,
+}
+
+impl UpstreamMetrics {
+    pub fn new(route: &str, upstream: &str) -> UpstreamMetrics {
+        let m = &METRICS.upstreams;
+        let label = UpstreamLabel {
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+        };
+        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"].map(|class| {
+            m.requests
+                .get_or_create(&UpstreamClassLabel {
+                    route: label.route.clone(),
+                    upstream: label.upstream.clone(),
+                    class,
+                })
+                .clone()
+        });
+        UpstreamMetrics {
+            requests,
+            latency: m.latency.get_or_create(&label).clone(),
+            connect_errors: m.connect_errors.get_or_create(&label).clone(),
+            retries: m.retries.get_or_create(&label).clone(),
+            ejections: m.ejections.get_or_create(&label).clone(),
+            no_endpoints: m.no_endpoints.get_or_create(&label).clone(),
+            egress_refused: m.egress_refused.get_or_create(&label).clone(),
+        }
+    }
+
+    /// A try's outcome: the upstream's status, or 0 for no response.
+    pub fn response(&self, status: u16) {
+        let i = if (100..600).contains(&status) { usize::from(status / 100 - 1) } else { 5 };
+        self.requests[i].inc();
+    }
+
+    pub fn observe(&self, header_time: std::time::Duration) {
+        self.latency.observe(header_time.as_secs_f64());
+    }
+
+    pub fn connect_error(&self) {
+        self.connect_errors.inc();
+    }
+
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub fn ejection(&self) {
+        self.ejections.inc();
+    }
+
+    pub fn no_endpoints(&self) {
+        self.no_endpoints.inc();
+    }
+
+    pub fn egress_refused(&self) {
+        self.egress_refused.inc();
+    }
+}
+
+pub fn upstream_connection_opened() {
+    METRICS.upstreams.connections_open.inc();
+}
+
+pub fn upstream_connection_closed() {
+    METRICS.upstreams.connections_open.dec();
+}
+
+/// Idle upstream connections came (`delta` > 0) or went.
+pub fn upstream_idle(delta: i64) {
+    METRICS.upstreams.connections_idle.inc_by(delta);
 }

@@ -101,6 +101,10 @@ pub struct RequestState {
     pub preset_vars: Vec<(String, Vec<u8>)>,
     /// Internal redirects so far (`ngx.exec`), bounded like nginx's 10.
     pub redirects: u8,
+    /// The proxy's tries so far (`$upstream_addr` and friends).
+    pub upstream_tries: Vec<crate::proxy::UpstreamTry>,
+    /// Set while a `balancer` handler runs.
+    pub balancer: Option<crate::proxy::BalancerCall>,
 }
 
 impl RequestState {
@@ -153,6 +157,8 @@ impl RequestState {
             subrequests: Rc::default(),
             preset_vars: Vec::new(),
             redirects: 0,
+            upstream_tries: Vec::new(),
+            balancer: None,
         }
     }
 

@@ -19,13 +19,17 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::Config;
+use crate::config::{Config, LocationRef};
 use crate::durable_timer::DurableTimers;
 use crate::error::RouteLoadError;
 use crate::lua::api::timer::Timers;
 use crate::lua::budget::Limits;
 use crate::lua::vm::{LoadedConfig, LoadedRoute, Vm, VmSettings};
+use crate::proxy::egress::EgressPolicy;
 use crate::proxy::endpoints::EndpointTable;
+use crate::proxy::pool::Pool;
+use crate::proxy::state::UpstreamState;
+use crate::proxy::upstream::{Target, Upstream};
 use crate::sched::Sched;
 use crate::shdict::DictStore;
 
@@ -62,6 +66,8 @@ pub struct Settings {
     pub cpu: Limits,
     /// Bytes one tenant VM may hold.
     pub memory_limit: usize,
+    /// Where proxying may connect.
+    pub egress: Arc<EgressPolicy>,
 }
 
 impl Settings {
@@ -118,6 +124,14 @@ pub enum Control {
     Abort,
 }
 
+/// What every worker of the process shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub settings: Arc<Settings>,
+    pub dicts: Arc<DictStore>,
+    pub endpoints: Arc<EndpointTable>,
+}
+
 pub struct Worker {
     pub id: usize,
     pub settings: Arc<Settings>,
@@ -129,6 +143,10 @@ pub struct Worker {
     dicts: Arc<DictStore>,
     /// The Service endpoints, shared by all workers.
     pub endpoints: Arc<EndpointTable>,
+    /// Upstream connections kept alive.
+    pub pool: Rc<Pool>,
+    /// Per-upstream state, by the identity of the location's `Upstream`.
+    upstreams: RefCell<HashMap<usize, Rc<UpstreamState>>>,
     tenants: RefCell<HashMap<Rc<str>, Rc<Vm>>>,
     current: RefCell<Rc<LoadedConfig>>,
     pending: RefCell<Option<Vec<Option<Rc<LoadedRoute>>>>>,
@@ -136,12 +154,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(
-        id: usize,
-        settings: Arc<Settings>,
-        dicts: Arc<DictStore>,
-        endpoints: Arc<EndpointTable>,
-    ) -> crate::Result<Worker> {
+    pub fn new(id: usize, shared: Shared) -> crate::Result<Worker> {
+        let Shared {
+            settings,
+            dicts,
+            endpoints,
+        } = shared;
         let empty = Arc::new(Config::try_from(&moongate_proto::v1::Snapshot::default())?);
         let sched = Rc::new(Sched::default());
         let timers = Rc::new(Timers::new(sched.clone()));
@@ -154,6 +172,8 @@ impl Worker {
             durable_timers,
             dicts,
             endpoints,
+            pool: Rc::default(),
+            upstreams: RefCell::default(),
             tenants: RefCell::new(HashMap::new()),
             current: RefCell::new(Rc::new(LoadedConfig {
                 config: empty,
@@ -268,12 +288,51 @@ impl Worker {
                 }
                 self.serving.set(true);
                 self.drop_idle_tenants();
+                self.sync_upstreams();
             }
             Control::Abort => {
                 self.pending.borrow_mut().take();
                 self.durable_timers.abort();
             }
         }
+    }
+
+    /// This worker's state for the upstream of location `at`.
+    pub fn upstream_state(&self, config: &Config, at: LocationRef, up: &Arc<Upstream>) -> Rc<UpstreamState> {
+        let id = Arc::as_ptr(up) as usize;
+        if let Some(s) = self.upstreams.borrow().get(&id) {
+            return s.clone();
+        }
+        let route = &config.routes[at.route];
+        let label = match &up.target {
+            Target::Service(k) => format!("{}/{}:{}", k.namespace, k.service, k.port),
+            Target::Servers(s) => {
+                let first = s.first().map(|s| format!("{}:{}", s.host, s.port)).unwrap_or_default();
+                if s.len() > 1 { format!("{first}+{}", s.len() - 1) } else { first }
+            }
+        };
+        let state = Rc::new(UpstreamState::new(up.clone(), &route.id, label));
+        crate::proxy::state::spawn_checker(&state, self.endpoints.clone(), self.settings.egress.clone());
+        self.upstreams.borrow_mut().insert(id, state.clone());
+        state
+    }
+
+    /// Makes the upstream state of the served config's locations (so their
+    /// active health checks start with the config, not at the first
+    /// request) and forgets that of locations it no longer has.
+    fn sync_upstreams(&self) {
+        let current = self.current.borrow().clone();
+        let config = &current.config;
+        let mut live = std::collections::HashSet::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            for (j, loc) in route.locations.iter().enumerate() {
+                if let Some(up) = &loc.upstream {
+                    live.insert(Arc::as_ptr(up) as usize);
+                    self.upstream_state(config, LocationRef { route: i, location: j }, up);
+                }
+            }
+        }
+        self.upstreams.borrow_mut().retain(|id, _| live.contains(id));
     }
 
     /// Forgets the VMs of namespaces the served config no longer has; a VM
@@ -464,7 +523,14 @@ impl Workers {
 /// chunks and shared dict declarations are all exercised. Fails naming
 /// every route that does not load.
 pub fn check_loads(config: Arc<Config>, settings: Arc<Settings>, dicts: Arc<DictStore>) -> crate::Result<()> {
-    let worker = Worker::new(0, settings, dicts, Arc::default())?;
+    let worker = Worker::new(
+        0,
+        Shared {
+            settings,
+            dicts,
+            endpoints: Arc::default(),
+        },
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

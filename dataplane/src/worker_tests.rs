@@ -29,6 +29,7 @@ fn settings(workers: usize) -> Arc<Settings> {
             unpreemptible: super::DEFAULT_UNPREEMPTIBLE,
         },
         memory_limit: super::DEFAULT_MEMORY_LIMIT,
+        egress: Arc::new(crate::proxy::egress::EgressPolicy::new(Vec::new(), Vec::new())),
     })
 }
 
@@ -48,7 +49,15 @@ fn start(n: usize, dicts: &Arc<DictStore>, fails: Option<(usize, u64)>) -> Worke
             .stack_size(crate::lua::stack::WORKER_STACK)
             .spawn(move || {
                 block_on(async move {
-                    let worker = Worker::new(id, settings, dicts, Arc::default()).expect("worker");
+                    let worker = Worker::new(
+                        id,
+                        super::Shared {
+                            settings,
+                            dicts,
+                            endpoints: Arc::default(),
+                        },
+                    )
+                    .expect("worker");
                     tokio::task::spawn_local(worker.sched.clone().dispatch());
                     while let Some(msg) = rx.recv().await {
                         match msg {

@@ -13,6 +13,7 @@ use moongate_route::RouteKey;
 use moongate_route::location::{LocationKey, LocationKind};
 
 use crate::error::{Error, Result};
+use crate::proxy::upstream::Upstream;
 
 /// The request phases that run Lua, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,16 +24,19 @@ pub enum Phase {
     HeaderFilter = 3,
     BodyFilter = 4,
     Log = 5,
+    /// `balancer_by_lua`: picks the peer of each proxy try.
+    Balancer = 6,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Rewrite,
         Phase::Access,
         Phase::Content,
         Phase::HeaderFilter,
         Phase::BodyFilter,
         Phase::Log,
+        Phase::Balancer,
     ];
 
     /// The name `ngx.get_phase()` returns.
@@ -44,6 +48,7 @@ impl Phase {
             Phase::HeaderFilter => "header_filter",
             Phase::BodyFilter => "body_filter",
             Phase::Log => "log",
+            Phase::Balancer => "balancer",
         }
     }
 }
@@ -80,9 +85,11 @@ pub struct Location {
     /// `set $name value`, in order.
     pub vars: Vec<(String, Vec<u8>)>,
     /// Indexed by `Phase as usize`.
-    pub handlers: [Option<Chunk>; 6],
+    pub handlers: [Option<Chunk>; 7],
     pub default_type: Option<String>,
     pub need_request_body: bool,
+    /// Where the content phase proxies to, if it does.
+    pub upstream: Option<Arc<Upstream>>,
     /// nginx `internal`: only subrequests and internal redirects may enter;
     /// a client request matching it gets 404 (the phase driver enforces that).
     pub internal: bool,
@@ -321,9 +328,24 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
                 chunk(&l.header_filter)?,
                 chunk(&l.body_filter)?,
                 chunk(&l.log)?,
+                chunk(&l.balancer)?,
             ],
             default_type: l.default_type.clone(),
             need_request_body: l.need_request_body,
+            upstream: l
+                .upstream
+                .as_ref()
+                .map(|u| {
+                    if u.uri.is_some() && matches!(kind, LocationKind::Regex { .. }) {
+                        return Err("a regex location cannot replace a URI prefix (upstream uri), as in nginx".to_string());
+                    }
+                    Upstream::from_proto(u, &r.namespace).map(Arc::new)
+                })
+                .transpose()
+                .map_err(|message| Error::Load {
+                    route: key.clone(),
+                    message: format!("location {}: {message}", l.path),
+                })?,
             internal: l.internal,
             allow_from: l
                 .allow_from

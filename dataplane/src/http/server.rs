@@ -19,11 +19,12 @@ use std::task::Poll;
 
 use tokio::sync::{mpsc, watch};
 
+use super::LocalExec;
 use crate::error::{Error, Result};
 use crate::phase::{self, ConnInfo, Response};
 use crate::proxy::endpoints::EndpointTable;
 use crate::shdict::DictStore;
-use crate::worker::{Control, Settings, Worker, Workers};
+use crate::worker::{Control, Settings, Shared, Worker, Workers};
 
 /// Binds `workers` SO_REUSEPORT sockets on `addr` (all on the same port, even
 /// for port 0) and starts a worker thread on each.
@@ -52,15 +53,17 @@ pub fn start(addr: SocketAddr, settings: Arc<Settings>, dicts: Arc<DictStore>) -
     for (id, socket) in sockets.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         senders.push(tx);
-        let settings = settings.clone();
-        let dicts = dicts.clone();
-        let endpoints = endpoints.clone();
+        let shared = Shared {
+            settings: settings.clone(),
+            dicts: dicts.clone(),
+            endpoints: endpoints.clone(),
+        };
         let shutdown = shutdown_rx.clone();
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("moongate-worker-{id}"))
             .stack_size(crate::lua::stack::WORKER_STACK)
-            .spawn(move || worker_main(id, socket, settings, dicts, endpoints, rx, shutdown, ready))
+            .spawn(move || worker_main(id, socket, shared, rx, shutdown, ready))
             .map_err(|source| Error::Listen {
                 what: "spawn worker for",
                 addr: addr.to_string(),
@@ -89,9 +92,7 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 fn worker_main(
     id: usize,
     socket: std::net::TcpListener,
-    settings: Arc<Settings>,
-    dicts: Arc<DictStore>,
-    endpoints: Arc<EndpointTable>,
+    shared: Shared,
     mut control: mpsc::UnboundedReceiver<Control>,
     mut shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<()>>,
@@ -110,7 +111,8 @@ fn worker_main(
     let _watched = crate::lua::watchdog::watch_this_thread();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let worker = match Worker::new(id, settings.clone(), dicts, endpoints) {
+        let settings = shared.settings.clone();
+        let worker = match Worker::new(id, shared) {
             Ok(w) => Rc::new(w),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -197,19 +199,6 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Runs futures hyper spawns (HTTP/2 streams) on this worker's LocalSet.
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
-
 /// The connection was closed on purpose (`ngx.exit(444)`).
 #[derive(Debug)]
 struct Closed;
@@ -269,7 +258,7 @@ async fn serve_connection(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(settings.max_header as u32);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => log_conn_error(result),

@@ -367,9 +367,10 @@ return function(route_ngx, modules, load_module)
             loaded[name] = builtin[name]
             return builtin[name]
         end
-        if name == "ngx.re" then
-            loaded[name] = route_ngx.re
-            return route_ngx.re
+        if name == "ngx.re" or name == "ngx.balancer" then
+            local m = route_ngx[name:sub(5)]
+            loaded[name] = m
+            return m
         end
         local f = modules[name]
         if f == nil then

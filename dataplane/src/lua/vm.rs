@@ -82,7 +82,7 @@ pub struct LoadedRoute {
     /// `namespace/name`, the key of the route's CPU state (`crate::sched`).
     pub key: Rc<str>,
     /// Per location, indexed by `Phase as usize`.
-    pub handlers: Vec<[Option<Function>; 6]>,
+    pub handlers: Vec<[Option<Function>; 7]>,
     init_worker: Option<Function>,
     /// The route's CPU bounds: its own, capped by the operator's.
     pub limits: Limits,
@@ -251,7 +251,7 @@ impl Vm {
         };
         let mut handlers = Vec::with_capacity(route.locations.len());
         for loc in &route.locations {
-            let mut fns: [Option<Function>; 6] = Default::default();
+            let mut fns: [Option<Function>; 7] = Default::default();
             for (slot, chunk) in fns.iter_mut().zip(loc.handlers.iter()) {
                 *slot = chunk.as_ref().map(load).transpose()?;
             }

@@ -1,13 +1,17 @@
 //! `content_by_lua`: produces the response. After it, `ngx.exit(status)` only
 //! picks the status when nothing was sent yet; otherwise the output so far is
 //! the response. A location without a content handler serves nothing (404),
-//! as nginx does with no files to serve.
+//! as nginx does with no files to serve; one with an `upstream` proxies
+//! (`proxy`).
 
 use super::{Finish, Flow, HandlerEnd, Lifecycle};
 use crate::config::{LocationRef, Phase};
 use crate::request::Exit;
 
 pub(super) async fn run(lc: &mut Lifecycle, at: LocationRef) -> Flow {
+    if lc.loaded.config.location(at).upstream.is_some() && lc.loaded.handler(at, Phase::Content).is_none() {
+        return super::proxy::run(lc, at).await;
+    }
     let Some(f) = lc.loaded.handler(at, Phase::Content).cloned() else {
         let sent = lc.req.borrow().headers_sent;
         return Flow::Finish(if sent { Finish::Output } else { Finish::Status(404) });

@@ -12,15 +12,17 @@ mod access;
 mod body_filter;
 mod content;
 mod log;
+mod proxy;
 mod rewrite;
 mod send;
 mod subrequest;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use mlua::thread::ThreadStatus;
@@ -33,7 +35,7 @@ use crate::lua::api;
 use crate::lua::budget::{self, Account, Running};
 use crate::lua::vm::LoadedConfig;
 use crate::request::{self, Body, Exit, RequestState, SharedRequest};
-use crate::response::body::ResponseBody;
+use crate::response::body::{Piece, ResponseBody};
 use crate::worker::Worker;
 
 /// nginx allows 10 internal redirects before "rewrite or internal redirection cycle".
@@ -76,6 +78,9 @@ enum Finish {
     Status(u16),
     /// Close the connection without a response (444).
     Close,
+    /// Break off a response already started (an upstream failed mid-body):
+    /// the client must not take a truncated body for a complete one.
+    Abort,
 }
 
 pub struct Lifecycle {
@@ -87,9 +92,17 @@ pub struct Lifecycle {
     head: Option<HeadSlot>,
     /// The response head has not been handed to the connection yet.
     head_pending: bool,
-    stream_tx: Option<mpsc::Sender<Bytes>>,
+    stream_tx: Option<mpsc::Sender<Piece>>,
+    /// Trailers to end a streamed body with (a proxied gRPC response's).
+    trailers: Option<http::HeaderMap>,
     /// Set for a subrequest: the response is captured here instead of sent.
     captured: Option<subrequest::Captured>,
+    /// The client connection's switch to another protocol, for a request
+    /// that asks for one (`Upgrade: websocket`).
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The client's body stream went to an upstream try: no other try can
+    /// send it again.
+    body_streamed: bool,
 }
 
 /// Where a lifecycle puts its response head for the connection to send.
@@ -100,10 +113,14 @@ pub type HeadSlot = Rc<std::cell::Cell<Option<Response>>>;
 /// Serves one request. The response head is put in `head` as soon as it is
 /// known; the future then goes on to stream the body and run the log
 /// phase. Finishing without a head means: close the connection.
-pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: ConnInfo, head: HeadSlot) {
+pub async fn run(worker: Rc<Worker>, mut request: http::Request<Incoming>, conn: ConnInfo, head: HeadSlot) {
     crate::lua::api::time::update_cached_time();
     worker.sched.foreground(0);
     let loaded = worker.config();
+    let upgrade = request
+        .headers()
+        .contains_key(http::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     let request_uri = parts
         .uri
@@ -136,7 +153,10 @@ pub async fn run(worker: Rc<Worker>, request: http::Request<Incoming>, conn: Con
         head: Some(head),
         head_pending: true,
         stream_tx: None,
+        trailers: None,
         captured: None,
+        upgrade,
+        body_streamed: false,
     };
     let finish = if uri.is_none() || server.is_none() {
         Finish::Status(400)

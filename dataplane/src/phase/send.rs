@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::{Finish, Lifecycle, Response, body_filter};
 use crate::config::Phase;
-use crate::response::body::ResponseBody;
+use crate::response::body::{Piece, ResponseBody};
 use crate::response::head::send_header;
 use crate::response::special;
 
@@ -50,29 +50,62 @@ impl Lifecycle {
                 self.put_head(resp);
                 return;
             }
-            let (stx, srx) = mpsc::channel(16);
-            let resp = self.response(ResponseBody::Streaming(srx));
-            self.put_head(resp);
-            self.stream_tx = Some(stx);
+            self.open_stream();
         }
         if let Some(stx) = &self.stream_tx {
             if !body.is_empty() {
                 // A gone client makes send fail; the handler goes on, as in nginx.
-                let _ = stx.send(body).await;
+                let _ = stx.send(Piece::Data(body)).await;
             }
             if eof {
-                // The empty chunk ends the body cleanly.
-                let _ = stx.send(Bytes::new()).await;
+                let end = match self.trailers.take() {
+                    Some(t) => Piece::Trailers(t),
+                    None => Piece::End,
+                };
+                let _ = stx.send(end).await;
                 self.stream_tx = None;
             }
+        }
+    }
+
+    /// Hands the head to the connection with a streaming body.
+    fn open_stream(&mut self) {
+        self.head_pending = false;
+        // Bounded: a client slower than the producer (a handler, an
+        // upstream) makes the producer wait, so memory does not grow.
+        let (stx, srx) = mpsc::channel(16);
+        let resp = self.response(ResponseBody::Streaming(srx));
+        self.put_head(resp);
+        self.stream_tx = Some(stx);
+    }
+
+    /// Sends one chunk of a proxied body: through the body filter when the
+    /// location has one, else straight to the client, without a copy.
+    pub(super) async fn send_body(&mut self, data: Bytes) {
+        if self.loaded.handler(self.req.borrow().location, Phase::BodyFilter).is_some() || self.captured.is_some() {
+            self.req.borrow_mut().output.push(&data);
+            self.flush(false).await;
+            return;
+        }
+        if self.head_pending {
+            send_header(&self.req);
+            if self.req.borrow().close {
+                self.head_pending = false;
+                return;
+            }
+            self.open_stream();
+        }
+        if let Some(stx) = &self.stream_tx {
+            let _ = stx.send(Piece::Data(data)).await;
         }
     }
 
     pub(super) async fn finish(&mut self, finish: Finish) {
         match finish {
             Finish::Output => {}
-            Finish::Close => {
-                // No head makes the connection task close the connection.
+            Finish::Close | Finish::Abort => {
+                // No head makes the connection task close the connection; a
+                // stream dropped without its end aborts the response.
                 self.head_pending = false;
                 self.stream_tx = None;
                 return;
@@ -103,14 +136,14 @@ impl Lifecycle {
         self.flush(true).await;
     }
 
-    fn put_head(&self, resp: Response) {
+    pub(super) fn put_head(&self, resp: Response) {
         if let Some(head) = &self.head {
             head.set(Some(resp));
         }
     }
 
     /// The response head from the request state, with `body`.
-    fn response(&self, body: ResponseBody) -> Response {
+    pub(super) fn response(&self, body: ResponseBody) -> Response {
         let r = self.req.borrow();
         let mut resp = http::Response::new(body);
         *resp.status_mut() = http::StatusCode::from_u16(r.effective_status()).unwrap_or(http::StatusCode::OK);
@@ -123,7 +156,7 @@ impl Lifecycle {
             std::mem::take(&mut r.resp_headers)
         };
         let r = self.req.borrow();
-        if !headers.contains_key(http::header::CONTENT_TYPE) && r.effective_status() != 304 {
+        if !headers.contains_key(http::header::CONTENT_TYPE) && !matches!(r.effective_status(), 101 | 304) {
             let ty = r.default_type.as_deref().unwrap_or("text/plain");
             if let Ok(v) = http::HeaderValue::from_str(ty) {
                 headers.insert(http::header::CONTENT_TYPE, v);

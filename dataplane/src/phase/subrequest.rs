@@ -98,7 +98,10 @@ impl Lifecycle {
             head: None,
             head_pending: true,
             stream_tx: None,
+            trailers: None,
             captured: Some(Captured::default()),
+            upgrade: None,
+            body_streamed: false,
         };
         // Boxed: a subrequest's handlers may capture again (async recursion).
         let finish: std::pin::Pin<Box<dyn std::future::Future<Output = Finish> + '_>> = Box::pin(sub.main());

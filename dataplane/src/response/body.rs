@@ -4,10 +4,11 @@
 //! it: without a Content-Length (so chunked on HTTP/1.1) unless the handler
 //! set one, because nginx sends headers at the first output, before the length
 //! is known. Special pages (error pages, redirects) carry a Content-Length.
-//! `Streaming` receives chunks from a handler that called `ngx.flush`; an
-//! empty chunk ends it, and a sender dropped without one aborts the response
-//! (the client sees a truncated body, not a complete one), as nginx does
-//! when a filter fails mid-response.
+//! `Streaming` receives pieces from a handler that called `ngx.flush`, or
+//! from a proxied upstream; `Piece::End` (or trailers) ends it, and a sender
+//! dropped without one aborts the response (the client sees a truncated
+//! body, not a complete one), as nginx does when a filter fails or an
+//! upstream breaks off mid-response.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -30,7 +31,16 @@ impl std::error::Error for Aborted {}
 
 pub enum ResponseBody {
     Buffered { data: Option<Bytes>, known_length: bool },
-    Streaming(mpsc::Receiver<Bytes>),
+    Streaming(mpsc::Receiver<Piece>),
+}
+
+/// What goes down a streaming body.
+#[derive(Debug)]
+pub enum Piece {
+    Data(Bytes),
+    /// Trailers end the body (gRPC's `grpc-status`).
+    Trailers(http::HeaderMap),
+    End,
 }
 
 impl ResponseBody {
@@ -66,8 +76,12 @@ impl Body for ResponseBody {
                 Poll::Ready(data.take().filter(|d| !d.is_empty()).map(|d| Ok(Frame::data(d))))
             }
             ResponseBody::Streaming(rx) => rx.poll_recv(cx).map(|c| match c {
-                Some(d) if d.is_empty() => None,
-                Some(d) => Some(Ok(Frame::data(d))),
+                Some(Piece::Data(d)) => Some(Ok(Frame::data(d))),
+                Some(Piece::Trailers(t)) => {
+                    rx.close();
+                    Some(Ok(Frame::trailers(t)))
+                }
+                Some(Piece::End) => None,
                 None => Some(Err(Aborted)),
             }),
         }

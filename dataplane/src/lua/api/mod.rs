@@ -1,6 +1,7 @@
 //! The `ngx` API, one module per area as in lua-nginx-module. `build` creates
 //! the per-VM base `ngx` table; each route gets its own copy (see `vm`).
 
+pub mod balancer;
 pub mod codec;
 pub mod durable;
 pub mod header;
@@ -88,6 +89,7 @@ pub fn build(
     time::register(lua, &ngx)?;
     re::register(lua, &ngx)?;
     timer::register(lua, &ngx, yield_marker, timers)?;
+    balancer::register(lua, &ngx)?;
     Ok((ngx, raw))
 }
 

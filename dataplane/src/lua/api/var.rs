@@ -186,8 +186,27 @@ pub fn lookup(r: &RequestState, name: &str) -> Option<Vec<u8>> {
         "request_time" => s(&format!("{:.3}", (super::time::cached_now() - r.start_time).max(0.0))),
         "nginx_version" => s(super::misc::NGINX_VERSION),
         "time_iso8601" | "time_local" => s(&httpdate::fmt_http_date(std::time::SystemTime::now())),
+        "upstream_addr" => upstream(r, |t| t.addr.to_string()),
+        "upstream_status" => upstream(r, |t| t.status.map_or("-".into(), |s| s.to_string())),
+        "upstream_connect_time" => upstream(r, |t| seconds(t.connect)),
+        "upstream_header_time" => upstream(r, |t| seconds(t.header)),
+        "upstream_response_time" => upstream(r, |t| seconds(t.response)),
         _ => None,
     }
+}
+
+/// An `$upstream_*` variable: one value per proxy try, joined with ", " as
+/// nginx does; unset when the request was not proxied.
+fn upstream(r: &RequestState, value: impl Fn(&crate::proxy::UpstreamTry) -> String) -> Option<Vec<u8>> {
+    if r.upstream_tries.is_empty() {
+        return None;
+    }
+    Some(r.upstream_tries.iter().map(value).collect::<Vec<_>>().join(", ").into_bytes())
+}
+
+/// Seconds with millisecond resolution, or "-" for a time never reached.
+fn seconds(d: Option<std::time::Duration>) -> String {
+    d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64()))
 }
 
 fn protocol(r: &RequestState) -> &'static str {
