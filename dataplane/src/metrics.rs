@@ -172,7 +172,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let upstreams = Upstreams {
         requests: Family::default(),
         latency: Family::new_with_constructor(|| {
-            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
         }),
         connect_errors: Family::default(),
         retries: Family::default(),
@@ -383,7 +385,11 @@ impl UpstreamMetrics {
 
     /// A try's outcome: the upstream's status, or 0 for no response.
     pub fn response(&self, status: u16) {
-        let i = if (100..600).contains(&status) { usize::from(status / 100 - 1) } else { 5 };
+        let i = if (100..600).contains(&status) {
+            usize::from(status / 100 - 1)
+        } else {
+            5
+        };
         self.requests[i].inc();
     }
 

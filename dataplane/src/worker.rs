@@ -308,7 +308,11 @@ impl Worker {
             Target::Service(k) => format!("{}/{}:{}", k.namespace, k.service, k.port),
             Target::Servers(s) => {
                 let first = s.first().map(|s| format!("{}:{}", s.host, s.port)).unwrap_or_default();
-                if s.len() > 1 { format!("{first}+{}", s.len() - 1) } else { first }
+                if s.len() > 1 {
+                    format!("{first}+{}", s.len() - 1)
+                } else {
+                    first
+                }
             }
         };
         let state = Rc::new(UpstreamState::new(up.clone(), &route.id, label));

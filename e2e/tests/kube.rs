@@ -481,3 +481,138 @@ fn a_route_whose_init_fails_is_reported_and_never_blocks_the_others() {
     env.wait_status("flaky", "Programmed", |r| programmed_on_all(r, 2));
     wait_body(&[&a, &b], "flaky.test", "flaky v3\n");
 }
+
+/// A backend on loopback: a standalone dataplane that answers `name`.
+fn backend(env: &Env, name: &str) -> (common::Process, u16) {
+    let routes = env.path(&format!("{name}.yaml"));
+    std::fs::write(
+        &routes,
+        format!(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  locations:\n    - path: /\n      content: ngx.say(\"{name}\")\n"
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(common::bin("moongate-dataplane"));
+    command
+        .arg("--routes")
+        .arg(&routes)
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .arg("--data-dir")
+        .arg(env.path(&format!("{name}-data")));
+    let process = common::Process::spawn(name, &mut command);
+    let line = process
+        .wait_log("serving http://127.0.0.1:", WAIT)
+        .unwrap_or_else(|| panic!("{name} did not start:\n{}", process.logs()));
+    let rest = &line[line.find("serving http://127.0.0.1:").unwrap() + "serving http://127.0.0.1:".len()..];
+    let port = rest
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    (process, port)
+}
+
+/// An EndpointSlice of Service `backend` with one ready endpoint on loopback.
+fn endpoint_slice(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: backend}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [127.0.0.1]\n    conditions: {{ready: true}}\n"
+    )
+}
+
+#[test]
+fn a_service_upstream_follows_its_endpoint_slices_without_failing_a_request() {
+    let env = Env::new("proxy");
+    let grpc = free_port();
+    let mut controller = env.controller("controller-0", grpc, free_port());
+    // The backends are on loopback, which the egress policy refuses unless allowed.
+    let dp = env.dataplane_with("dp-a", &[grpc], &["--egress-allow", "127.0.0.1/32"]);
+    let (_b1, p1) = backend(&env, "b1");
+    let (_b2, p2) = backend(&env, "b2");
+
+    env.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: backend\nspec:\n  ports: [{name: http, port: 8080, protocol: TCP}]\n",
+    )
+    .unwrap();
+    env.apply(&endpoint_slice("backend-1", p1)).unwrap();
+    env.apply(
+        "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata:\n  name: proxied\nspec:\n  hostnames: [proxied.test]\n  locations:\n    - path: /\n      upstream: {service: backend, port: 8080}\n",
+    )
+    .unwrap();
+    wait_body(&[&dp], "proxied.test", "b1\n");
+    let status = env.wait_status("proxied", "Programmed 1/1", |r| programmed_on_all(r, 1));
+    assert_eq!(condition(&status, "ResolvedRefs").unwrap().0, "True");
+    let lua_loads = dp.process.logs().matches("config applied").count();
+
+    // A client loops through every change; each answer is tallied by backend.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, tally, failures, port) = (stop.clone(), tally.clone(), failures.clone(), dp.port);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match common::http_get(port, "proxied.test", "/") {
+                    Some((200, body)) => tally.lock().unwrap().push(body),
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let seen = |name: &str| tally.lock().unwrap().iter().filter(|b| b.trim() == name).count();
+
+    // Scale up: the second endpoint gets traffic.
+    env.apply(&endpoint_slice("backend-2", p2)).unwrap();
+    wait_for(WAIT, || (seen("b2") > 0).then_some(())).expect("b2 never got a request");
+
+    // Scale down: once the dataplane applied the removal, b1 gets nothing new.
+    let removed = Instant::now();
+    env.kubectl_ok(&["delete", "endpointslice", "backend-1"]);
+    wait_for(WAIT, || {
+        let t = tally.lock().unwrap();
+        let n = t.len();
+        // 50 answers in a row from b2 only: the removal is in effect.
+        (n >= 50 && t[n - 50..].iter().all(|b| b.trim() == "b2")).then_some(())
+    })
+    .expect("b1 kept getting requests after its EndpointSlice was deleted");
+    eprintln!("endpoint removal in effect after at most {:?}", removed.elapsed());
+    let b1_after = seen("b1");
+    let total = tally.lock().unwrap().len();
+    wait_for(WAIT, || (tally.lock().unwrap().len() >= total + 100).then_some(())).unwrap();
+    assert_eq!(seen("b1"), b1_after, "b1 got requests after the removal took effect");
+
+    // The endpoint changes reloaded no Lua: no new "config applied".
+    assert_eq!(
+        dp.process.logs().matches("config applied").count(),
+        lua_loads,
+        "an endpoint change reloaded the routes:\n{}",
+        dp.process.logs()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed while endpoints changed"
+    );
+
+    // No ready endpoint: 503, with a log line naming the Service.
+    env.kubectl_ok(&["delete", "endpointslice", "backend-2"]);
+    wait_status_code(&[&dp], "proxied.test", 503);
+    dp.process
+        .wait_log("no live upstreams", WAIT)
+        .unwrap_or_else(|| panic!("no log line for the 503:\n{}", dp.process.logs()));
+    assert!(dp.process.logs().contains("backend"), "the log names the Service");
+
+    // The controller gone: the dataplane keeps proxying with what it has.
+    env.apply(&endpoint_slice("backend-2", p2)).unwrap();
+    wait_body(&[&dp], "proxied.test", "b2\n");
+    controller.kill();
+    for _ in 0..50 {
+        assert_eq!(dp.get("proxied.test", "/"), Some((200, "b2\n".to_string())));
+    }
+}

@@ -337,7 +337,9 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
                 .as_ref()
                 .map(|u| {
                     if u.uri.is_some() && matches!(kind, LocationKind::Regex { .. }) {
-                        return Err("a regex location cannot replace a URI prefix (upstream uri), as in nginx".to_string());
+                        return Err(
+                            "a regex location cannot replace a URI prefix (upstream uri), as in nginx".to_string(),
+                        );
                     }
                     Upstream::from_proto(u, &r.namespace).map(Arc::new)
                 })

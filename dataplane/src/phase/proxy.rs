@@ -155,7 +155,10 @@ pub(super) async fn run(lc: &mut Lifecycle, at: LocationRef) -> Flow {
                 let header_time = started.elapsed();
                 let retryable = up.retry.on_status.contains(&code) && attempt < max_tries;
                 if retryable && (idempotent || up.retry.non_idempotent) && body_replayable(lc) {
-                    tracing::warn!("{site}: upstream answered {code}, trying another, upstream: {}", peer.addr);
+                    tracing::warn!(
+                        "{site}: upstream answered {code}, trying another, upstream: {}",
+                        peer.addr
+                    );
                     failed(&state, peer.addr, &site);
                     state.metrics.response(code);
                     record_try(lc, &peer, Some(code), Some(connect_time), Some(header_time));
@@ -215,7 +218,13 @@ fn pick(
     let i = peers
         .balancer
         .pick(hash_key, |i| untried(i) && state.usable(peers.info[i].addr, now))
-        .or_else(|| if first { peers.balancer.pick(hash_key, untried) } else { None })?;
+        .or_else(|| {
+            if first {
+                peers.balancer.pick(hash_key, untried)
+            } else {
+                None
+            }
+        })?;
     Some((peers.info[i].clone(), Some(i)))
 }
 
@@ -283,7 +292,11 @@ async fn lua_balancer(
     };
     let addr = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
-        Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await.ok().and_then(|mut a| a.next()) {
+        Err(_) => match tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+        {
             Some(a) => a,
             None => {
                 tracing::error!(
@@ -310,14 +323,21 @@ async fn try_once(
     let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
     let key = PoolKey {
         addr: peer.addr,
-        tls: up.tls.as_ref().map(|t| (std::sync::Arc::as_ptr(t) as usize, peer.host.clone())),
+        tls: up
+            .tls
+            .as_ref()
+            .map(|t| (std::sync::Arc::as_ptr(t) as usize, peer.host.clone())),
         h2,
     };
     let mut request = build_request(lc, up, peer, h2, upgrade);
     let mut fresh_tried = false;
     loop {
         let now = Instant::now();
-        let pooled = if fresh_tried { None } else { pool.checkout(&key, &up.keepalive, now) };
+        let pooled = if fresh_tried {
+            None
+        } else {
+            pool.checkout(&key, &up.keepalive, now)
+        };
         let (mut conn, connect_time) = match pooled {
             Some(c) => (c, Duration::ZERO),
             None => {
@@ -326,7 +346,10 @@ async fn try_once(
                 let c = pool::connect(peer.addr, &peer.host, up.tls.as_ref(), protocol, timeouts.connect)
                     .await
                     .map_err(|e| {
-                        restore_body(lc, std::mem::replace(&mut request, http::Request::new(ProxyBody::Empty)));
+                        restore_body(
+                            lc,
+                            std::mem::replace(&mut request, http::Request::new(ProxyBody::Empty)),
+                        );
                         TryError::Connect(e)
                     })?;
                 if let Sender::H2(s) = &c.sender {
@@ -416,13 +439,25 @@ fn restore_body(lc: &mut Lifecycle, request: http::Request<ProxyBody>) {
 }
 
 /// The upstream request for this try, taking the client's body stream.
-fn build_request(lc: &mut Lifecycle, up: &Upstream, peer: &PeerInfo, h2: bool, upgrade: bool) -> http::Request<ProxyBody> {
+fn build_request(
+    lc: &mut Lifecycle,
+    up: &Upstream,
+    peer: &PeerInfo,
+    h2: bool,
+    upgrade: bool,
+) -> http::Request<ProxyBody> {
     let max_body = lc.max_body(lc.req.borrow().location);
     let (body, body_len) = match &lc.req.borrow().body {
         Body::Read(b) => (ProxyBody::Full(Some(b.clone())), Some(b.len() as u64)),
         Body::Discarded => (ProxyBody::Empty, Some(0)),
         Body::Unread => match lc.body_stream.take() {
-            Some(body) => (ProxyBody::Client { body, remaining: max_body }, None),
+            Some(body) => (
+                ProxyBody::Client {
+                    body,
+                    remaining: max_body,
+                },
+                None,
+            ),
             None => (ProxyBody::Empty, Some(0)),
         },
     };
@@ -451,7 +486,11 @@ fn build_request(lc: &mut Lifecycle, up: &Upstream, peer: &PeerInfo, h2: bool, u
     let mut req = http::Request::new(body);
     *req.method_mut() = r.method.clone();
     *req.uri_mut() = uri.unwrap_or_else(|_| http::Uri::from_static("/"));
-    *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+    *req.version_mut() = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
     *req.headers_mut() = headers;
     req
 }
@@ -488,7 +527,10 @@ async fn deliver(
     loop {
         let frame = match tokio::time::timeout(timeouts.read, body.frame()).await {
             Err(_) => {
-                tracing::error!("{site}: upstream timed out while reading upstream, upstream: {}", conn.key.addr);
+                tracing::error!(
+                    "{site}: upstream timed out while reading upstream, upstream: {}",
+                    conn.key.addr
+                );
                 return Flow::Finish(Finish::Abort);
             }
             Ok(None) => break,

@@ -82,7 +82,12 @@ impl Lifecycle {
     /// Sends one chunk of a proxied body: through the body filter when the
     /// location has one, else straight to the client, without a copy.
     pub(super) async fn send_body(&mut self, data: Bytes) {
-        if self.loaded.handler(self.req.borrow().location, Phase::BodyFilter).is_some() || self.captured.is_some() {
+        if self
+            .loaded
+            .handler(self.req.borrow().location, Phase::BodyFilter)
+            .is_some()
+            || self.captured.is_some()
+        {
             self.req.borrow_mut().output.push(&data);
             self.flush(false).await;
             return;

@@ -17,7 +17,10 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// The client's body, as it arrives, with the bytes it may still send
     /// (`client_max_body_size`; past it the upload is aborted).
-    Client { body: Incoming, remaining: u64 },
+    Client {
+        body: Incoming,
+        remaining: u64,
+    },
 }
 
 /// The client sent more than `client_max_body_size` while it streamed.

@@ -107,13 +107,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// The headers sent upstream. `proxy_host` is the peer's `$proxy_host`;
 /// `body_len` the length of a body the proxy holds whole (`None` while the
 /// client's body streams through, which keeps the client's length, if any).
-pub fn headers(
-    r: &RequestState,
-    up: &Upstream,
-    proxy_host: &str,
-    body_len: Option<u64>,
-    upgrade: bool,
-) -> HeaderMap {
+pub fn headers(r: &RequestState, up: &Upstream, proxy_host: &str, body_len: Option<u64>, upgrade: bool) -> HeaderMap {
     let named: Vec<HeaderName> = connection_tokens(&r.headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
@@ -163,13 +157,16 @@ pub fn headers(
     set(&mut out, "x-forwarded-proto", value(r.scheme.as_bytes()));
     let client_host = r.host();
     set(&mut out, "x-forwarded-host", value(&client_host));
-    set(&mut out, "x-forwarded-port", value(r.server_addr.port().to_string().as_bytes()));
+    set(
+        &mut out,
+        "x-forwarded-port",
+        value(r.server_addr.port().to_string().as_bytes()),
+    );
     // gRPC needs `TE: trailers` end to end; it is the one TE value passed.
-    if r.headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))))
-    {
+    if r.headers.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    }) {
         out.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if upgrade && let Some(u) = r.headers.get(header::UPGRADE) {
@@ -224,7 +221,11 @@ pub fn response_headers(mut h: HeaderMap, upgrade: bool) -> HeaderMap {
     if !upgrade {
         h.remove(header::UPGRADE);
     }
-    let accel: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-accel-")).cloned().collect();
+    let accel: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-accel-"))
+        .cloned()
+        .collect();
     for n in accel {
         h.remove(n);
     }
@@ -274,7 +275,10 @@ mod tests {
     #[test]
     fn a_uri_part_replaces_the_matched_prefix_of_the_normalized_uri() {
         let r = request("/api/v1/../users%20x?id=1");
-        assert_eq!(target(&r, &upstream(Some("/new/")), Some(b"/api/")), b"/new/users%20x?id=1");
+        assert_eq!(
+            target(&r, &upstream(Some("/new/")), Some(b"/api/")),
+            b"/new/users%20x?id=1"
+        );
         let r = request("/api");
         assert_eq!(target(&r, &upstream(Some("/")), Some(b"/api")), b"/");
     }
@@ -284,7 +288,10 @@ mod tests {
         let mut r = request("/api/x?a=1");
         r.uri = b"/other path".to_vec();
         r.args = Some(b"b=2".to_vec());
-        assert_eq!(target(&r, &upstream(Some("/new/")), Some(b"/api/")), b"/other%20path?b=2");
+        assert_eq!(
+            target(&r, &upstream(Some("/new/")), Some(b"/api/")),
+            b"/other%20path?b=2"
+        );
     }
 
     #[test]
@@ -301,7 +308,8 @@ mod tests {
             ("expect", "100-continue"),
             ("x-kept", "yes"),
         ] {
-            r.headers.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+            r.headers
+                .append(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
         let h = headers(&r, &upstream(None), "127.0.0.1:9", None, false);
         assert_eq!(h["host"], "shop.test:8080");

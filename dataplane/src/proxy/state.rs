@@ -170,6 +170,12 @@ impl UpstreamState {
                 weight: (*w).max(1),
             })
             .collect();
+        // Health of addresses no longer among the peers is forgotten.
+        let live: Vec<SocketAddr> = info.iter().map(|p| p.addr).collect();
+        self.passive.retain(|a| live.contains(&a));
+        if let Some(active) = &self.active {
+            active.retain(|a| live.contains(&a));
+        }
         let set = Rc::new(PeerSet {
             balancer: Balancer::new(self.policy(), peers),
             info,
@@ -225,7 +231,11 @@ pub fn spawn_checker(state: &Rc<UpstreamState>, table: Arc<EndpointTable>, egres
                     if now_healthy {
                         tracing::info!("upstream {} is healthy again (active check {})", peer.addr, policy.path);
                     } else {
-                        tracing::warn!("upstream {} failed its active checks ({}); no requests go to it", peer.addr, policy.path);
+                        tracing::warn!(
+                            "upstream {} failed its active checks ({}); no requests go to it",
+                            peer.addr,
+                            policy.path
+                        );
                         state.metrics.ejection();
                     }
                 }
@@ -237,7 +247,9 @@ pub fn spawn_checker(state: &Rc<UpstreamState>, table: Arc<EndpointTable>, egres
 async fn check_once(up: &Upstream, peer: &PeerInfo, policy: &super::upstream::ActivePolicy) -> bool {
     use super::pool::{Sender, connect};
     let attempt = async {
-        let conn = connect(peer.addr, &peer.host, up.tls.as_ref(), up.protocol, policy.timeout).await.ok()?;
+        let conn = connect(peer.addr, &peer.host, up.tls.as_ref(), up.protocol, policy.timeout)
+            .await
+            .ok()?;
         let host = up.proxy_host(&peer.host, peer.port);
         let request = |absolute: bool| {
             let uri = if absolute {
@@ -262,5 +274,9 @@ async fn check_once(up: &Upstream, peer: &PeerInfo, policy: &super::upstream::Ac
         };
         Some(policy.healthy_status(status.as_u16()))
     };
-    tokio::time::timeout(policy.timeout, attempt).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(policy.timeout, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

@@ -26,7 +26,9 @@ pub struct TlsSettings {
 
 impl std::fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsSettings").field("server_name", &self.server_name).finish_non_exhaustive()
+        f.debug_struct("TlsSettings")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,7 +100,10 @@ impl TlsSettings {
         let server_name = if name.is_empty() {
             None
         } else {
-            Some(ServerName::try_from(name.to_string()).map_err(|_| format!("upstream TLS: bad server name {name:?}"))?)
+            Some(
+                ServerName::try_from(name.to_string())
+                    .map_err(|_| format!("upstream TLS: bad server name {name:?}"))?,
+            )
         };
         Ok(TlsSettings {
             connector: TlsConnector::from(Arc::new(config)),
@@ -110,8 +115,12 @@ impl TlsSettings {
     pub async fn connect(&self, host: &str, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         let name = match &self.server_name {
             Some(n) => n.clone(),
-            None => ServerName::try_from(host.to_string())
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad TLS server name {host:?}")))?,
+            None => ServerName::try_from(host.to_string()).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("bad TLS server name {host:?}"),
+                )
+            })?,
         };
         self.connector.connect(name, tcp).await
     }

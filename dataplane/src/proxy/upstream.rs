@@ -138,7 +138,11 @@ pub struct Upstream {
 }
 
 fn ms(v: u32, default: Duration) -> Duration {
-    if v == 0 { default } else { Duration::from_millis(v.into()) }
+    if v == 0 {
+        default
+    } else {
+        Duration::from_millis(v.into())
+    }
 }
 
 fn or(v: u32, default: u32) -> u32 {
@@ -167,7 +171,10 @@ impl Upstream {
     /// The dataplane's form of `u`, an upstream of a route in `namespace`.
     pub fn from_proto(u: &pb::Upstream, namespace: &str) -> Result<Upstream, String> {
         let target = if !u.service.is_empty() {
-            let port = u16::try_from(u.port).ok().filter(|p| *p != 0).ok_or("upstream port out of range")?;
+            let port = u16::try_from(u.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or("upstream port out of range")?;
             Target::Service(ServiceKey {
                 namespace: namespace.to_string(),
                 service: u.service.clone(),
@@ -176,7 +183,9 @@ impl Upstream {
         } else if !u.url.is_empty() {
             let uri: http::Uri = u.url.parse().map_err(|e| format!("upstream url {:?}: {e}", u.url))?;
             let default_port = if u.tls { 443 } else { 80 };
-            let authority = uri.authority().ok_or_else(|| format!("upstream url {:?} has no host", u.url))?;
+            let authority = uri
+                .authority()
+                .ok_or_else(|| format!("upstream url {:?} has no host", u.url))?;
             let (host, port) = split_host_port(authority.as_str(), Some(default_port))
                 .ok_or_else(|| format!("upstream url {:?}: bad host or port", u.url))?;
             Target::Servers(vec![Server { host, port, weight: 1 }])
@@ -185,8 +194,8 @@ impl Upstream {
                 .servers
                 .iter()
                 .map(|s| {
-                    let (host, port) =
-                        split_host_port(&s.address, None).ok_or_else(|| format!("upstream server {:?}: want host:port", s.address))?;
+                    let (host, port) = split_host_port(&s.address, None)
+                        .ok_or_else(|| format!("upstream server {:?}: want host:port", s.address))?;
                     Ok(Server {
                         host,
                         port,
@@ -201,7 +210,9 @@ impl Upstream {
         let host = match u.host.as_deref() {
             None => HostHeader::Client,
             Some("$proxy_host") => HostHeader::Proxy,
-            Some(h) => HostHeader::Literal(HeaderValue::from_str(h).map_err(|_| format!("upstream host {h:?} is not a valid header value"))?),
+            Some(h) => HostHeader::Literal(
+                HeaderValue::from_str(h).map_err(|_| format!("upstream host {h:?} is not a valid header value"))?,
+            ),
         };
         let balance = u.balance.clone().unwrap_or_default();
         let (kind, hash_on) = match pb::BalanceKind::try_from(balance.kind).unwrap_or_default() {
@@ -232,7 +243,11 @@ impl Upstream {
                 Target::Servers(s) if s.len() == 1 => s[0].host.clone(),
                 _ => String::new(),
             };
-            Some(Arc::new(TlsSettings::new(&u.tls_settings.clone().unwrap_or_default(), &server_name, u.protocol())?))
+            Some(Arc::new(TlsSettings::new(
+                &u.tls_settings.clone().unwrap_or_default(),
+                &server_name,
+                u.protocol(),
+            )?))
         } else {
             None
         };
@@ -285,8 +300,16 @@ impl Upstream {
     /// The Host of `$proxy_host` for a peer reached as `host:port`.
     pub fn proxy_host(&self, host: &str, port: u16) -> String {
         let default = if self.tls.is_some() { 443 } else { 80 };
-        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-        if port == default { host } else { format!("{host}:{port}") }
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        if port == default {
+            host
+        } else {
+            format!("{host}:{port}")
+        }
     }
 }
 

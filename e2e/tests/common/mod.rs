@@ -325,8 +325,13 @@ impl Env {
 
     /// A dataplane dialling `controllers` (gRPC ports) with a client certificate.
     pub fn dataplane(&self, name: &str, controllers: &[u16]) -> Dataplane {
+        self.dataplane_with(name, controllers, &[])
+    }
+
+    /// A dataplane with more command-line arguments.
+    pub fn dataplane_with(&self, name: &str, controllers: &[u16], extra: &[&str]) -> Dataplane {
         let data_dir = self.path(&format!("{name}-data"));
-        Dataplane::start(self, name, controllers, &data_dir)
+        Dataplane::start_with(self, name, controllers, &data_dir, extra)
     }
 }
 
@@ -365,6 +370,10 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn start(env: &Env, name: &str, controllers: &[u16], data_dir: &Path) -> Dataplane {
+        Dataplane::start_with(env, name, controllers, data_dir, &[])
+    }
+
+    pub fn start_with(env: &Env, name: &str, controllers: &[u16], data_dir: &Path, extra: &[&str]) -> Dataplane {
         let addresses: Vec<String> = controllers.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
         let mut command = Command::new(bin("moongate-dataplane"));
         command
@@ -378,7 +387,8 @@ impl Dataplane {
             .arg(env.path("dataplane-key.pem"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--node-id", name, "--pod-name", name, "--pod-namespace", &env.namespace]);
+            .args(["--node-id", name, "--pod-name", name, "--pod-namespace", &env.namespace])
+            .args(extra);
         let process = Process::spawn(name, &mut command);
         let line = process
             .wait_log("serving http://127.0.0.1:", WAIT)

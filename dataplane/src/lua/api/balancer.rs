@@ -86,7 +86,9 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
             with_call("ngx.balancer.set_timeouts", |call| {
                 // The upstream's, as the driver put them in.
                 let Some(base) = call.timeouts else {
-                    return Err(mlua::Error::runtime("ngx.balancer.set_timeouts: no upstream try in progress"));
+                    return Err(mlua::Error::runtime(
+                        "ngx.balancer.set_timeouts: no upstream try in progress",
+                    ));
                 };
                 call.timeouts = Some(Timeouts {
                     connect: timeout(connect, "connect", base.connect)?,

@@ -201,7 +201,14 @@ fn upstream(r: &RequestState, value: impl Fn(&crate::proxy::UpstreamTry) -> Stri
     if r.upstream_tries.is_empty() {
         return None;
     }
-    Some(r.upstream_tries.iter().map(value).collect::<Vec<_>>().join(", ").into_bytes())
+    Some(
+        r.upstream_tries
+            .iter()
+            .map(value)
+            .collect::<Vec<_>>()
+            .join(", ")
+            .into_bytes(),
+    )
 }
 
 /// Seconds with millisecond resolution, or "-" for a time never reached.
