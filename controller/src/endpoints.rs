@@ -1,7 +1,7 @@
 //! Resolves a location's upstream Service reference to ready endpoints, from
 //! EndpointSlices (`discovery.k8s.io/v1`).
 //!
-//! An [`UpstreamRef`](moongate_route::crd::UpstreamRef) names a Service and one of the
+//! An [`UpstreamSpec`](moongate_route::crd::UpstreamSpec) names a Service and one of the
 //! Service's *port numbers*. EndpointSlices do not carry Service port numbers: each
 //! slice port carries the Service port's *name* and the *target* port number
 //! (which may differ between slices when the Service's `targetPort` is a named

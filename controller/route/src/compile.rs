@@ -3,6 +3,14 @@
 //! This is the one implementation shared by the controller and the dataplane's
 //! standalone mode: a spec goes in, a `Route` with LuaJIT bytecode (or every
 //! problem found, each naming route, location, phase and line) comes out.
+//!
+//! The one difference between the modes is [`FileAccess`]: a standalone
+//! compiler reads the files a route names (`upstream.tls.caFile`...), a
+//! cluster's refuses them. Upstreams are checked in `upstream`.
+
+mod upstream;
+
+pub use upstream::{FileAccess, parse_duration_ms, parse_host_port};
 
 use mlua::Lua;
 use mlua::chunk::ChunkMode;
@@ -22,6 +30,7 @@ use crate::quantity::parse_bytes;
 /// Compiles Lua source to bytecode with the same LuaJIT build the dataplane runs.
 pub struct Compiler {
     lua: Lua,
+    files: FileAccess,
 }
 
 impl Default for Compiler {
@@ -31,8 +40,21 @@ impl Default for Compiler {
 }
 
 impl Compiler {
+    /// A compiler for LuaRoutes from the Kubernetes API: file fields are refused.
     pub fn new() -> Self {
-        Compiler { lua: Lua::new() }
+        Compiler {
+            lua: Lua::new(),
+            files: FileAccess::Refused,
+        }
+    }
+
+    /// A compiler for standalone mode's route files, which reads the files
+    /// they name.
+    pub fn standalone() -> Self {
+        Compiler {
+            files: FileAccess::Allowed,
+            ..Compiler::new()
+        }
     }
 
     /// Compiles one chunk. `name` is what Lua prints before line numbers in errors.
@@ -352,6 +374,25 @@ fn compile_location(
     let mut problems: Vec<Problem> = Vec::new();
     let allow_from = compile_allow_from(namespace, &loc.allow_from, &mut problems);
     let kind = LocationKind::from(loc.match_kind);
+    // The schema's CEL rules, repeated for standalone mode.
+    if loc.content.is_some() && loc.upstream.is_some() {
+        problems.push(location_problem(
+            Some("upstream"),
+            None,
+            "a location has either content (content_by_lua) or upstream, not both".into(),
+        ));
+    }
+    if loc.balancer.is_some() && loc.upstream.is_none() {
+        problems.push(location_problem(
+            Some("balancer"),
+            None,
+            "balancer (balancer_by_lua) requires upstream".into(),
+        ));
+    }
+    let upstream = loc
+        .upstream
+        .as_ref()
+        .map(|u| upstream::compile_upstream(u, compiler.files, &mut problems));
     match kind {
         LocationKind::Regex { caseless } => {
             if let Err(e) = pcre2::bytes::RegexBuilder::new().caseless(caseless).build(&loc.path) {
@@ -397,12 +438,8 @@ fn compile_location(
         log: handler("log", &loc.log),
         default_type: loc.default_type.clone(),
         need_request_body: loc.need_request_body,
-        upstream: loc.upstream.as_ref().map(|u| pb::Upstream {
-            service: u.service.clone(),
-            port: u.port.into(),
-            ..Default::default()
-        }),
-        balancer: None,
+        upstream,
+        balancer: handler("balancer", &loc.balancer),
         internal: loc.internal,
         allow_from,
     };

@@ -66,7 +66,7 @@ impl std::fmt::Display for RefusedRoute {
 /// controller applies ([`index::admit`]) are left out and listed in
 /// [`FromSources::refused`]; the rest is served.
 pub fn from_sources(sources: &[SourcedRoute], version: u64) -> Result<FromSources> {
-    let compiler = Compiler::new();
+    let compiler = Compiler::standalone();
     let mut routes = Vec::with_capacity(sources.len());
     let mut files: HashMap<RouteKey, &Path> = HashMap::with_capacity(sources.len());
     let mut problems: Vec<Problem> = Vec::new();

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::patterns::{
-    MEDIA_TYPE_PATTERN, NAMESPACE_OR_ANY_PATTERN, ROUTE_NAME_OR_ANY_PATTERN, SERVICE_NAME_PATTERN, VAR_NAME_PATTERN,
-};
+use super::patterns::{MEDIA_TYPE_PATTERN, NAMESPACE_OR_ANY_PATTERN, ROUTE_NAME_OR_ANY_PATTERN, VAR_NAME_PATTERN};
+use super::upstream::UpstreamSpec;
 
 /// One nginx `location` block: a path to match and the Lua handlers, in phase
 /// order, that serve the requests it matches. A location without `content` or
@@ -26,6 +25,12 @@ use super::patterns::{
         "rule": "!has(self.content) || !has(self.upstream)",
         "message": "a location has either content (content_by_lua) or upstream (proxy to a Service), not both",
         "fieldPath": ".upstream",
+        "reason": "FieldValueForbidden",
+    },
+    {
+        "rule": "!has(self.balancer) || has(self.upstream)",
+        "message": "balancer (balancer_by_lua) picks the peers of an upstream: it requires upstream",
+        "fieldPath": ".balancer",
         "reason": "FieldValueForbidden",
     },
 ]))]
@@ -92,10 +97,16 @@ pub struct LocationSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub need_request_body: bool,
 
-    /// A backend Service to proxy requests to (like nginx `proxy_pass`), for a
-    /// location without a `content` handler.
+    /// Where to proxy requests to (nginx `proxy_pass`), for a location without
+    /// a `content` handler: a Service port, a URL or a list of servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<UpstreamRef>,
+    pub upstream: Option<UpstreamSpec>,
+
+    /// `balancer_by_lua`: runs for each try of the `upstream` and may pick its
+    /// peer (`ngx.balancer.set_current_peer`) instead of `balance`. Requires
+    /// `upstream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<String>,
 
     /// nginx `internal`: only subrequests (`ngx.location.capture`,
     /// `ngx.location.capture_multi`) and internal redirects (`ngx.exec`,
@@ -145,18 +156,4 @@ pub enum MatchKind {
     Regex,
     /// `location ~* regex`
     RegexCaseInsensitive,
-}
-
-/// A Kubernetes Service to proxy to.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UpstreamRef {
-    /// The Service's name (a DNS-1035 label), in the route's namespace. Requests go
-    /// to its ready endpoints.
-    #[schemars(length(min = 1, max = 63), regex(pattern = SERVICE_NAME_PATTERN))]
-    pub service: String,
-    /// The Service port number (1-65535), as in the Service's `spec.ports[].port`.
-    // schemars writes `uint16`, a format the apiserver warns about at every apply.
-    #[schemars(range(min = 1, max = 65535), extend("format" = "int32"))]
-    pub port: u16,
 }

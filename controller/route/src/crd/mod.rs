@@ -16,7 +16,7 @@
 //! installed and refuses rules whose estimate is unbounded.
 //!
 //! By concern: the route as a whole (`LuaRouteSpec`, `RouteLimits`) here, its
-//! `location` blocks, its `shared_dict`s, the `status` the controller writes, and
+//! `location` blocks, their `upstream`s, its `shared_dict`s, the `status` the controller writes, and
 //! the `patterns` and bounds the schema and `compile` share. Everything is
 //! re-exported, so users name `crd::X` whatever file `X` lives in.
 //!
@@ -30,6 +30,7 @@ mod shared_dict;
 mod status;
 #[cfg(test)]
 mod tests;
+mod upstream;
 
 use std::collections::BTreeMap;
 
@@ -37,13 +38,19 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use self::location::{LocationSpec, LuaRouteRef, MatchKind, UpstreamRef};
+pub use self::location::{LocationSpec, LuaRouteRef, MatchKind};
 pub use self::patterns::{
-    HOSTNAME_PATTERN, MEDIA_TYPE_PATTERN, MIN_INSTRUCTION_BUDGET, MODULE_NAME_PATTERN, NAMESPACE_OR_ANY_PATTERN,
-    ROUTE_NAME_OR_ANY_PATTERN, SERVICE_NAME_PATTERN, SHARED_DICT_NAME_PATTERN, SIZE_PATTERN, VAR_NAME_PATTERN,
+    ADDRESS_PATTERN, DURATION_PATTERN, HOSTNAME_PATTERN, HTTP_TOKEN_PATTERN, MEDIA_TYPE_PATTERN,
+    MIN_INSTRUCTION_BUDGET, MODULE_NAME_PATTERN, NAMESPACE_OR_ANY_PATTERN, ROUTE_NAME_OR_ANY_PATTERN,
+    SERVICE_NAME_PATTERN, SHARED_DICT_NAME_PATTERN, SIZE_PATTERN, UPSTREAM_HOST_PATTERN, UPSTREAM_URI_PATTERN,
+    UPSTREAM_URL_PATTERN, VAR_NAME_PATTERN,
 };
 pub use self::shared_dict::{Persistence, SharedDictSpec};
 pub use self::status::LuaRouteStatus;
+pub use self::upstream::{
+    ActiveHealthSpec, BalancePolicy, BalanceSpec, HashOnSpec, KeepaliveSpec, PassiveHealthSpec, RetriesSpec,
+    TimeoutsSpec, UpstreamProtocol, UpstreamServerSpec, UpstreamSpec, UpstreamTlsSpec,
+};
 
 /// A set of OpenResty-style Lua handlers served for some hostnames.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

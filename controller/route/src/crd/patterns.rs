@@ -35,3 +35,20 @@ pub const ROUTE_NAME_OR_ANY_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?
 
 /// The fewest Lua VM instructions a route may budget per handler.
 pub const MIN_INSTRUCTION_BUDGET: u64 = 1000;
+
+/// What `compile` parses as a duration: a whole number and a unit, `ms`, `s`,
+/// `m` or `h` (`250ms`, `5s`, `1m`). The range, 1ms to 1h, is `compile`'s.
+pub const DURATION_PATTERN: &str = "^[0-9]{1,7}(ms|s|m|h)$";
+/// An upstream URL's shape: `http://` or `https://`, an authority without
+/// user info, an optional path; no query or fragment. `compile` parses it.
+pub const UPSTREAM_URL_PATTERN: &str = r"^https?://[^/?#@\s]+(/[^?#\s]*)?$";
+/// A `proxy_pass` URI part or a health-check path: `/` and then no space,
+/// query or fragment.
+pub const UPSTREAM_URI_PATTERN: &str = r"^/[^?#\s]*$";
+/// A server address: `host:port` or `[ipv6]:port`.
+pub const ADDRESS_PATTERN: &str = r"^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$";
+/// The upstream Host header: `$proxy_host`, or a literal `host[:port]`.
+pub const UPSTREAM_HOST_PATTERN: &str =
+    r"^(\$proxy_host|([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$";
+/// An HTTP token (RFC 9110), as header and cookie names are.
+pub const HTTP_TOKEN_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";

@@ -113,7 +113,7 @@ fn a_location_checks_its_path_and_handlers() {
     assert_eq!(path["maxLength"], 1024);
 
     let cel = loc["x-kubernetes-validations"].as_array().unwrap();
-    assert_eq!(cel.len(), 2);
+    assert_eq!(cel.len(), 3);
     assert_eq!(
         cel[0]["rule"],
         "(has(self.match) && self.match in ['Regex', 'RegexCaseInsensitive']) || self.path.startsWith('/')"
@@ -123,6 +123,9 @@ fn a_location_checks_its_path_and_handlers() {
     assert_eq!(cel[1]["rule"], "!has(self.content) || !has(self.upstream)");
     assert_eq!(cel[1]["fieldPath"], ".upstream");
     assert_eq!(cel[1]["reason"], "FieldValueForbidden");
+    assert_eq!(cel[2]["rule"], "!has(self.balancer) || has(self.upstream)");
+    assert_eq!(cel[2]["fieldPath"], ".balancer");
+    assert_eq!(cel[2]["reason"], "FieldValueForbidden");
 
     // No rule demands a handler: a location without content or upstream is a 404,
     // as in nginx, and one with only filters is fine.
@@ -163,12 +166,28 @@ fn a_location_checks_its_path_and_handlers() {
 }
 
 #[test]
-fn upstream_names_a_service_port() {
+fn upstream_is_one_of_service_url_or_servers() {
     let u = &location()["properties"]["upstream"];
-    assert_eq!(u["required"], json!(["port", "service"]));
-    assert_eq!(u["properties"]["port"]["minimum"].as_f64(), Some(1.0));
-    assert_eq!(u["properties"]["port"]["maximum"].as_f64(), Some(65535.0));
-    let service = &u["properties"]["service"];
+    assert!(u.get("required").is_none(), "each kind is optional; CEL picks one");
+    let cel = u["x-kubernetes-validations"].as_array().unwrap();
+    let by_path = |path: &str| {
+        cel.iter()
+            .find(|r| r["fieldPath"] == path)
+            .unwrap_or_else(|| panic!("{path}"))
+    };
+    assert_eq!(
+        by_path(".service")["rule"],
+        "(has(self.service) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.servers) ? 1 : 0) == 1"
+    );
+    assert_eq!(by_path(".port")["rule"], "has(self.service) == has(self.port)");
+    assert_eq!(by_path(".uri")["rule"], "!has(self.uri) || !has(self.url)");
+    assert_eq!(by_path(".uri")["reason"], "FieldValueForbidden");
+
+    let props = &u["properties"];
+    assert_eq!(props["port"]["minimum"].as_f64(), Some(1.0));
+    assert_eq!(props["port"]["maximum"].as_f64(), Some(65535.0));
+    assert_eq!(props["port"]["format"], "int32");
+    let service = &props["service"];
     assert_eq!(service["maxLength"], 63);
     let re = pattern(service);
     for ok in ["web", "my-svc", "a1", "a"] {
@@ -177,6 +196,119 @@ fn upstream_names_a_service_port() {
     for bad in ["", "1web", "Web", "my_svc", "my.svc", "web-", &"a".repeat(64)] {
         assert!(!matches(&re, bad), "{bad:?} should be rejected");
     }
+
+    let servers = &props["servers"];
+    assert_eq!(
+        (servers["minItems"].as_u64(), servers["maxItems"].as_u64()),
+        (Some(1), Some(64))
+    );
+    assert_eq!(servers["items"]["required"], json!(["address"]));
+    let weight = &servers["items"]["properties"]["weight"];
+    assert_eq!(
+        (weight["minimum"].as_f64(), weight["maximum"].as_f64()),
+        (Some(1.0), Some(1000.0))
+    );
+    let re = pattern(&servers["items"]["properties"]["address"]);
+    for ok in ["127.0.0.1:8081", "web.internal:80", "[::1]:443", "a:1"] {
+        assert!(matches(&re, ok), "{ok} should be accepted");
+    }
+    for bad in ["127.0.0.1", "web:", ":80", "::1:80", "http://a:80", "a b:80", "[::1]"] {
+        assert!(!matches(&re, bad), "{bad:?} should be rejected");
+    }
+
+    let re = pattern(&props["url"]);
+    for ok in [
+        "http://127.0.0.1:8081/prefix/",
+        "https://api.internal",
+        "http://[::1]:80/",
+        "http://a/b/c",
+    ] {
+        assert!(matches(&re, ok), "{ok} should be accepted");
+    }
+    for bad in [
+        "ftp://a",
+        "http://",
+        "http://u:p@a/",
+        "http://a/?q=1",
+        "http://a/#f",
+        "a:80",
+        "http://a /",
+    ] {
+        assert!(!matches(&re, bad), "{bad:?} should be rejected");
+    }
+    let re = pattern(&props["uri"]);
+    assert!(matches(&re, "/new/") && matches(&re, "/"));
+    for bad in ["new/", "/a?b", "/a#b", "/a b", ""] {
+        assert!(!matches(&re, bad), "{bad:?} should be rejected");
+    }
+    let re = pattern(&props["host"]);
+    for ok in [
+        "$proxy_host",
+        "api.internal",
+        "api.internal:8080",
+        "[::1]:80",
+        "10.0.0.1",
+    ] {
+        assert!(matches(&re, ok), "{ok} should be accepted");
+    }
+    for bad in ["$host", "a b", "a/b", "api.internal:", "http://a"] {
+        assert!(!matches(&re, bad), "{bad:?} should be rejected");
+    }
+    assert_eq!(props["protocol"]["enum"], json!(["HTTP1", "HTTP2"]));
+    assert_eq!(props["protocol"]["default"], "HTTP1");
+}
+
+#[test]
+fn durations_are_a_number_and_a_unit_that_compile_parses() {
+    let t = &location()["properties"]["upstream"]["properties"]["timeouts"]["properties"];
+    for field in ["connect", "send", "read"] {
+        assert_eq!(t[field]["pattern"], DURATION_PATTERN, "{field}");
+    }
+    let re = pattern(&t["connect"]);
+    for ok in ["250ms", "5s", "1m", "1h", "60s"] {
+        assert!(matches(&re, ok), "{ok} should be accepted");
+        assert!(crate::compile::parse_duration_ms(ok).is_ok(), "{ok} should parse");
+    }
+    for bad in ["", "5", "s", "1.5s", "5 s", "-1s", "1d", "5S"] {
+        assert!(!matches(&re, bad), "{bad:?} should be rejected");
+        assert!(
+            crate::compile::parse_duration_ms(bad).is_err(),
+            "{bad:?} should not parse"
+        );
+    }
+}
+
+#[test]
+fn balance_hashes_on_exactly_one_key_for_consistent_hash_only() {
+    let b = &location()["properties"]["upstream"]["properties"]["balance"];
+    assert_eq!(
+        b["properties"]["policy"]["enum"],
+        json!(["RoundRobin", "LeastRequest", "ConsistentHash"])
+    );
+    assert_eq!(
+        rules(b)[0].0,
+        "has(self.hashOn) == (has(self.policy) && self.policy == 'ConsistentHash')"
+    );
+    let on = &b["properties"]["hashOn"];
+    assert!(rules(on)[0].0.ends_with("(has(self.clientIP) ? 1 : 0) == 1"));
+    assert!(on["properties"]["clientIP"].is_object(), "spelled clientIP");
+    let re = pattern(&on["properties"]["header"]);
+    assert!(matches(&re, "X-User") && !matches(&re, "X User") && !matches(&re, "X:U"));
+}
+
+#[test]
+fn health_and_retry_statuses_are_http_statuses() {
+    let u = &location()["properties"]["upstream"]["properties"];
+    for s in [
+        &u["retries"]["properties"]["onStatus"],
+        &u["activeHealth"]["properties"]["statuses"],
+    ] {
+        assert_eq!(s["items"]["minimum"].as_f64(), Some(100.0));
+        assert_eq!(s["items"]["maximum"].as_f64(), Some(599.0));
+        assert_eq!(s["x-kubernetes-list-type"], "set");
+    }
+    assert_eq!(u["activeHealth"]["required"], json!(["path"]));
+    assert_eq!(u["retries"]["properties"]["tries"]["maximum"].as_f64(), Some(10.0));
 }
 
 #[test]
@@ -326,7 +458,7 @@ fn every_cel_rule_has_a_message() {
     }
     let mut found = 0;
     walk(&schema(), &mut found);
-    assert_eq!(found, 4);
+    assert_eq!(found, 10);
 }
 
 /// The apiserver warns about formats it does not know (`uint16`, `uint64`...) on
