@@ -1,8 +1,12 @@
 //! Test harness: runs the real `moongate-dataplane` binary on a free port with a
 //! routes file in a temp dir, keeps every stderr line it logs, and talks to it
 //! over plain sockets (HTTP/1.x by hand, so tests see exactly what goes on the wire).
+//! `upstream`: the backends a proxying dataplane talks to (echo, h2c, TLS, WebSocket,
+//! and servers that misbehave on purpose).
 
 #![allow(dead_code)]
+
+pub mod upstream;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
