@@ -245,7 +245,7 @@ fn check(cli: &Cli) -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
-    let settings = Arc::new(settings(&cli));
+    let mut settings = settings(&cli);
     let dicts = Arc::new(
         DictStore::with_data_dir(&cli.data_dir, Duration::from_millis(cli.commit_window_ms.max(1)))
             .with_limits(dict_limits(&cli)),
@@ -259,7 +259,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     if let Some(addr) = cli.admin {
         let bound = admin::start(addr, admin_state.clone()).await?;
         tracing::info!("admin on http://{bound}");
+        // The port actually bound (the flag may say 0) is never a proxy peer.
+        settings.egress = Arc::new(settings.egress.with_own(bound));
     }
+    let settings = Arc::new(settings);
     let result = match &cli.routes {
         Some(routes) => {
             let loaded = standalone::load(routes, 1)?;

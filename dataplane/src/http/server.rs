@@ -45,6 +45,13 @@ pub fn start(addr: SocketAddr, settings: Arc<Settings>, dicts: Arc<DictStore>) -
     for _ in 1..settings.workers {
         sockets.push(bind_reuseport(bound).map_err(listen_err)?);
     }
+    // The port actually bound (the flag may say 0) is never a proxy peer:
+    // proxying to itself would loop.
+    let settings = {
+        let mut s = (*settings).clone();
+        s.egress = Arc::new(s.egress.with_own(bound));
+        Arc::new(s)
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let endpoints = Arc::new(EndpointTable::default());
     let mut senders = Vec::new();

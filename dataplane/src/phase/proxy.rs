@@ -549,6 +549,13 @@ async fn deliver(
                 if data.is_empty() {
                     continue;
                 }
+                if lc.head_pending && http_body::Body::is_end_stream(&body) {
+                    // The whole body came with the head (the usual small
+                    // response): it goes out in one piece with the head, with
+                    // no stream to feed.
+                    lc.req.borrow_mut().output.push(&data);
+                    break;
+                }
                 lc.send_body(data).await;
                 if lc.req.borrow().close {
                     return Flow::Finish(Finish::Abort);

@@ -368,6 +368,13 @@ impl EgressPolicy {
         EgressPolicy { allow, own }
     }
 
+    /// The policy with one more of the dataplane's own sockets refused.
+    pub fn with_own(&self, socket: SocketAddr) -> EgressPolicy {
+        let mut p = self.clone();
+        p.own.push(SocketAddr::new(canonical(socket.ip()), socket.port()));
+        p
+    }
+
     pub fn check(&self, addr: SocketAddr) -> Result<(), Refusal> {
         let refuse = |reason| Err(Refusal { addr, reason });
         let ip = canonical(addr.ip());
