@@ -336,7 +336,7 @@ async fn try_once(
         let pooled = if fresh_tried {
             None
         } else {
-            pool.checkout(&key, &up.keepalive, now)
+            pool.checkout(&key, now)
         };
         let (mut conn, connect_time) = match pooled {
             Some(c) => (c, Duration::ZERO),

@@ -60,7 +60,8 @@ pub struct Conn {
 
 struct Idle {
     sender: http1::SendRequest<ProxyBody>,
-    since: Instant,
+    /// `idle_timeout` after it was put back.
+    expires: Instant,
     uses: u32,
 }
 
@@ -92,11 +93,17 @@ impl std::fmt::Display for ConnectError {
 pub struct Pool {
     idle: RefCell<HashMap<PoolKey, VecDeque<Idle>>>,
     h2: RefCell<HashMap<PoolKey, http2::SendRequest<ProxyBody>>>,
+    /// The task closing expired idle connections runs (started at the first put).
+    sweeping: std::cell::Cell<bool>,
 }
+
+/// How often expired idle connections are closed when no request comes to
+/// close them at checkout.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Pool {
     /// An idle connection for `key`, if a usable one is pooled.
-    pub fn checkout(&self, key: &PoolKey, keepalive: &KeepalivePolicy, now: Instant) -> Option<Conn> {
+    pub fn checkout(&self, key: &PoolKey, now: Instant) -> Option<Conn> {
         if key.h2 {
             let mut h2 = self.h2.borrow_mut();
             match h2.get(key) {
@@ -121,7 +128,7 @@ impl Pool {
         // Most recent first: the warmest connection, least likely closed.
         while let Some(c) = list.pop_back() {
             crate::metrics::upstream_idle(-1);
-            if c.sender.is_closed() || !c.sender.is_ready() || now.duration_since(c.since) >= keepalive.idle_timeout {
+            if c.sender.is_closed() || !c.sender.is_ready() || now >= c.expires {
                 continue;
             }
             found = Some(c);
@@ -166,23 +173,47 @@ impl Pool {
         }
     }
 
-    fn put(&self, key: PoolKey, sender: http1::SendRequest<ProxyBody>, uses: u32, keepalive: KeepalivePolicy) {
+    fn put(self: &Rc<Self>, key: PoolKey, sender: http1::SendRequest<ProxyBody>, uses: u32, keepalive: KeepalivePolicy) {
         let now = Instant::now();
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(key).or_default();
-        // Expired ones go first; then the oldest beyond the limit.
-        let before = list.len();
-        list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < keepalive.idle_timeout);
-        while list.len() >= keepalive.max_idle {
-            list.pop_front();
+        {
+            let mut idle = self.idle.borrow_mut();
+            let list = idle.entry(key).or_default();
+            // Expired ones go first; then the oldest beyond the limit.
+            let before = list.len();
+            list.retain(|c| !c.sender.is_closed() && now < c.expires);
+            while list.len() >= keepalive.max_idle {
+                list.pop_front();
+            }
+            let after = list.len();
+            list.push_back(Idle {
+                sender,
+                expires: now + keepalive.idle_timeout,
+                uses,
+            });
+            crate::metrics::upstream_idle(after as i64 + 1 - before as i64);
         }
-        let after = list.len();
-        list.push_back(Idle {
-            sender,
-            since: now,
-            uses,
+        if !self.sweeping.replace(true) {
+            let pool = Rc::downgrade(self);
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    pool.sweep(Instant::now());
+                }
+            });
+        }
+    }
+
+    /// Closes idle connections past their idle timeout or closed by the peer.
+    fn sweep(&self, now: Instant) {
+        let mut idle = self.idle.borrow_mut();
+        idle.retain(|_, list| {
+            let before = list.len();
+            list.retain(|c| !c.sender.is_closed() && now < c.expires);
+            crate::metrics::upstream_idle(list.len() as i64 - before as i64);
+            !list.is_empty()
         });
-        crate::metrics::upstream_idle(after as i64 + 1 - before as i64);
     }
 
     /// Shares a new HTTP/2 connection for later requests to its key.
