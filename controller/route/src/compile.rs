@@ -398,6 +398,14 @@ fn compile_location(
             if let Err(e) = pcre2::bytes::RegexBuilder::new().caseless(caseless).build(&loc.path) {
                 problems.push(Problem::new(format!("invalid regex {:?}: {e}", loc.path)));
             }
+            // nginx: "proxy_pass cannot have URI part in location given by regular expression".
+            if upstream.as_ref().is_some_and(|u| u.uri.is_some()) {
+                problems.push(location_problem(
+                    Some("upstream"),
+                    None,
+                    "a regex location cannot have a URI part (upstream uri, or a url with a path), as in nginx".into(),
+                ));
+            }
         }
         _ if !loc.path.starts_with('/') => {
             problems.push(Problem::new(format!("path {:?} must start with '/'", loc.path)))
@@ -471,6 +479,16 @@ mod tests {
         assert_eq!(&chunk.bytecode[..3], b"\x1bLJ");
         assert_eq!(chunk.digest, Sha256::digest(&chunk.bytecode).to_vec());
         assert_eq!(route.locations[0].match_kind, pb::MatchKind::Exact as i32);
+    }
+
+    #[test]
+    fn a_regex_location_cannot_replace_a_uri_prefix() {
+        let route = |upstream: &str| {
+            format!("apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: r}}\nspec:\n  locations:\n  - path: '\\.php$'\n    match: Regex\n    upstream: {upstream}\n")
+        };
+        let errs = compile_yaml(&route("{url: 'http://10.0.0.1:8080/app/'}")).unwrap_err();
+        assert!(errs.iter().any(|p| p.message.contains("regex location cannot have a URI part")), "{errs:?}");
+        compile_yaml(&route("{url: 'http://10.0.0.1:8080'}")).expect("no URI part: fine");
     }
 
     #[test]
