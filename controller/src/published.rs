@@ -1,10 +1,13 @@
 //! One published version of the fleet's configuration, and the delta between two.
 //!
 //! Invariants: a `Published` is immutable once built; its `content_hash` is the
-//! hash `snapshot::build` computes over the same routes, so a dataplane that
-//! applies a delta can check it reached exactly this state. Routes are shared
-//! (`Arc`) between versions, so an unchanged route is the same allocation in
-//! both and deltas are found by pointer comparison.
+//! hash `snapshot::build` computes over the same routes and service endpoints,
+//! so a dataplane that applies a delta can check it reached exactly this
+//! state. Routes are shared (`Arc`) between versions, so an unchanged route is
+//! the same allocation in both and deltas are found by pointer comparison.
+//! Endpoints are kept apart from routes: a version that differs from its base
+//! only in endpoints has a delta with no route in it, and a dataplane applies
+//! it without reloading any Lua.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,11 +16,43 @@ use moongate_proto::snapshot;
 use moongate_proto::v1 as pb;
 use moongate_route::RouteKey;
 
+/// A Service port of a namespace, ordered as `snapshot::endpoints_order`
+/// orders service endpoints (namespace, service, port: the field order).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub service: String,
+    pub port: u32,
+}
+
+impl ServiceKey {
+    pub fn of(e: &pb::ServiceEndpoints) -> ServiceKey {
+        ServiceKey {
+            namespace: e.namespace.clone(),
+            service: e.service.clone(),
+            port: e.port,
+        }
+    }
+}
+
+impl From<&ServiceKey> for pb::ServiceKey {
+    fn from(k: &ServiceKey) -> pb::ServiceKey {
+        pb::ServiceKey {
+            namespace: k.namespace.clone(),
+            service: k.service.clone(),
+            port: k.port,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Published {
     pub version: u64,
     pub content_hash: Vec<u8>,
     pub routes: BTreeMap<RouteKey, Arc<pb::Route>>,
+    /// The endpoints of every Service port a published route names, by key
+    /// (so iteration is `snapshot::endpoints_order`).
+    pub endpoints: BTreeMap<ServiceKey, pb::ServiceEndpoints>,
     /// Built once, then copied to each stream that needs it.
     snapshot: OnceLock<pb::Snapshot>,
     /// Deltas from recent base versions: the sessions of a fleet mostly share
@@ -30,12 +65,26 @@ pub struct Published {
 const DELTAS_KEPT: usize = 4;
 
 impl Published {
+    /// A version of `routes` with no service endpoints.
     pub fn new(version: u64, routes: BTreeMap<RouteKey, Arc<pb::Route>>) -> Published {
-        let content_hash = snapshot::content_hash(routes.values().map(Arc::as_ref), std::iter::empty());
+        Published::with_endpoints(version, routes, Vec::new())
+    }
+
+    /// A version of `routes` and the endpoints of the Service ports they name.
+    /// Should two entries share a key, the last one wins.
+    pub fn with_endpoints(
+        version: u64,
+        routes: BTreeMap<RouteKey, Arc<pb::Route>>,
+        endpoints: Vec<pb::ServiceEndpoints>,
+    ) -> Published {
+        let endpoints: BTreeMap<ServiceKey, pb::ServiceEndpoints> =
+            endpoints.into_iter().map(|e| (ServiceKey::of(&e), e)).collect();
+        let content_hash = snapshot::content_hash(routes.values().map(Arc::as_ref), endpoints.values());
         Published {
             version,
             content_hash,
             routes,
+            endpoints,
             ..Default::default()
         }
     }
@@ -54,7 +103,8 @@ impl Published {
                     version: self.version,
                     content_hash: self.content_hash.clone(),
                     routes,
-                    endpoints: Vec::new(),
+                    // Already in `endpoints_order`: the map's key order.
+                    endpoints: self.endpoints.values().cloned().collect(),
                 }
             })
             .clone()
@@ -87,13 +137,26 @@ impl Published {
             .filter(|key| !self.routes.contains_key(*key))
             .map(|key| pb::RouteKey::from(key.clone()))
             .collect();
+        let upserted_endpoints = self
+            .endpoints
+            .iter()
+            .filter(|(key, e)| base.endpoints.get(*key) != Some(*e))
+            .map(|(_, e)| e.clone())
+            .collect();
+        let removed_endpoints = base
+            .endpoints
+            .keys()
+            .filter(|key| !self.endpoints.contains_key(*key))
+            .map(pb::ServiceKey::from)
+            .collect();
         pb::Delta {
             version: self.version,
             base_version: base.version,
             content_hash: self.content_hash.clone(),
             upserted,
             removed,
-            ..Default::default()
+            upserted_endpoints,
+            removed_endpoints,
         }
     }
 }
@@ -154,6 +217,82 @@ mod tests {
         assert_ne!(
             published(7, &[&route("x", 4), &route("a", 1)]).content_hash,
             v.content_hash
+        );
+    }
+
+    fn endpoints(service: &str, addresses: &[&str]) -> pb::ServiceEndpoints {
+        pb::ServiceEndpoints {
+            namespace: "ns".into(),
+            service: service.into(),
+            port: 80,
+            endpoints: addresses.iter().map(|a| a.to_string()).collect(),
+            problem: if addresses.is_empty() {
+                "no ready endpoints".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    fn with_endpoints(version: u64, routes: &[&Arc<pb::Route>], eps: Vec<pb::ServiceEndpoints>) -> Published {
+        Published::with_endpoints(
+            version,
+            routes.iter().map(|r| (RouteKey::of(r), Arc::clone(r))).collect(),
+            eps,
+        )
+    }
+
+    #[test]
+    fn the_hash_covers_endpoints_and_agrees_with_the_snapshot() {
+        let a = route("a", 1);
+        let v = with_endpoints(
+            3,
+            &[&a],
+            vec![endpoints("web", &["10.0.0.2:80"]), endpoints("api", &["10.0.0.1:80"])],
+        );
+        let snap = v.snapshot();
+        let names: Vec<&str> = snap.endpoints.iter().map(|e| e.service.as_str()).collect();
+        assert_eq!(names, ["api", "web"], "in endpoints_order");
+        let rebuilt = snapshot::build(snap.routes.clone(), snap.endpoints.clone(), 3);
+        assert_eq!(rebuilt.content_hash, v.content_hash);
+        assert_eq!(snap.content_hash, v.content_hash);
+        assert_ne!(v.content_hash, published(3, &[&a]).content_hash);
+    }
+
+    #[test]
+    fn an_endpoint_change_is_a_delta_without_routes() {
+        let a = route("a", 1);
+        let v1 = with_endpoints(
+            1,
+            &[&a],
+            vec![endpoints("web", &["10.0.0.1:80"]), endpoints("api", &["10.0.0.9:80"])],
+        );
+        let v2 = with_endpoints(
+            2,
+            &[&a],
+            vec![
+                endpoints("web", &["10.0.0.1:80", "10.0.0.2:80"]),
+                endpoints("api", &["10.0.0.9:80"]),
+            ],
+        );
+        let delta = v2.delta_from(&v1);
+        assert!(delta.upserted.is_empty() && delta.removed.is_empty(), "{delta:?}");
+        assert_eq!(
+            delta.upserted_endpoints,
+            [endpoints("web", &["10.0.0.1:80", "10.0.0.2:80"])]
+        );
+        assert!(delta.removed_endpoints.is_empty());
+
+        let v3 = with_endpoints(3, &[&a], vec![endpoints("api", &["10.0.0.9:80"])]);
+        let delta = v3.delta_from(&v2);
+        assert!(delta.upserted.is_empty() && delta.upserted_endpoints.is_empty());
+        assert_eq!(
+            delta.removed_endpoints,
+            [pb::ServiceKey {
+                namespace: "ns".into(),
+                service: "web".into(),
+                port: 80
+            }]
         );
     }
 }

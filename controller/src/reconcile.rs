@@ -199,16 +199,22 @@ async fn drive(
         if relists.synced.len() < watches {
             continue;
         }
-        let (routes, route_verdicts) = table.build();
-        record_counts(&route_verdicts);
-        let candidate = Published::new(version + 1, routes);
+        let built = table.build();
+        record_counts(&built.verdicts);
+        let route_verdicts = built.verdicts;
+        let candidate = Published::with_endpoints(version + 1, built.routes, built.endpoints);
         let unchanged = latest
             .borrow()
             .as_ref()
             .is_some_and(|p| p.content_hash == candidate.content_hash);
         if !unchanged {
             version += 1;
-            tracing::info!(version, routes = candidate.routes.len(), "publishing");
+            tracing::info!(
+                version,
+                routes = candidate.routes.len(),
+                services = candidate.endpoints.len(),
+                "publishing"
+            );
             crate::metrics::config_version(version);
             latest.send_replace(Some(Arc::new(candidate)));
         }

@@ -10,8 +10,11 @@
 //! - A route naming a hostname another namespace owns and did not share is
 //!   left out entirely; of two routes claiming the same location on the same
 //!   host, the older keeps it and the newer is left out entirely (`index::admit`).
+//! - Endpoints never enter a route: `build` returns them apart, one
+//!   `pb::ServiceEndpoints` per (namespace, Service, port) that a *published*
+//!   route's location names, so an EndpointSlice change changes no route.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
@@ -20,6 +23,7 @@ use kube::ResourceExt;
 use moongate_proto::v1 as pb;
 
 use crate::endpoints::{EndpointIndex, Resolution};
+use crate::published::ServiceKey;
 use moongate_route::Problem;
 use moongate_route::RouteKey;
 use moongate_route::compile::{Compiler, compile_route};
@@ -195,8 +199,9 @@ impl RouteTable {
     }
 
     /// Resolves upstreams, drops conflicting routes, and returns the routes to
-    /// publish with every route's verdict.
-    pub fn build(&mut self) -> (BTreeMap<RouteKey, Arc<pb::Route>>, Verdicts) {
+    /// publish, the endpoints of the Service ports they name, and every
+    /// route's verdict.
+    pub fn build(&mut self) -> Built {
         let mut verdicts = Verdicts::new();
         let mut candidates: Vec<(RouteKey, Arc<pb::Route>)> = Vec::new();
         let keys: Vec<RouteKey> = self.routes.keys().cloned().collect();
@@ -245,11 +250,48 @@ impl RouteTable {
                 v.published_generation = Some(route.generation);
             }
         }
-        (publish, verdicts)
+        let named: BTreeSet<ServiceKey> = publish
+            .values()
+            .flat_map(|route| {
+                route.locations.iter().filter_map(|l| {
+                    let upstream = l.upstream.as_ref().filter(|u| !u.service.is_empty())?;
+                    Some(ServiceKey {
+                        namespace: route.namespace.clone(),
+                        service: upstream.service.clone(),
+                        port: upstream.port,
+                    })
+                })
+            })
+            .collect();
+        let endpoints = named.into_iter().map(|key| self.lookup(&key).into_proto(key)).collect();
+        Built {
+            routes: publish,
+            endpoints,
+            verdicts,
+        }
     }
 
-    /// The route to publish for `key` (current or last good generation) with
-    /// its upstream endpoints filled in, and whether all references resolved.
+    /// The ready endpoints of a Service port, or why there are none.
+    fn lookup(&self, key: &ServiceKey) -> Lookup {
+        let name = format!("{}/{}", key.namespace, key.service);
+        let Some(service) = self.services.get(&(key.namespace.clone(), key.service.clone())) else {
+            return Lookup::Missing(format!("Service {name} not found"));
+        };
+        let Some(port_name) = u16::try_from(key.port)
+            .ok()
+            .and_then(|port| crate::endpoints::port_name(service, port))
+        else {
+            return Lookup::Missing(format!("Service {name} has no TCP port {}", key.port));
+        };
+        match self.endpoints.resolve(&key.namespace, &key.service, Some(&port_name)) {
+            Resolution::Endpoints(endpoints) => Lookup::Endpoints(endpoints),
+            Resolution::NoSuchService | Resolution::NoReadyEndpoints => Lookup::NoReady,
+        }
+    }
+
+    /// The route to publish for `key` (current or last good generation), and
+    /// whether every Service it names exists with the named port. No ready
+    /// endpoint is not a reference error: pods come and go.
     fn resolve(&self, key: &RouteKey) -> (Option<Arc<pb::Route>>, Result<(), String>) {
         let entry = &self.routes[key];
         let Some(base) = entry.compiled.as_ref().ok().or(entry.last_good.as_ref()) else {
@@ -257,40 +299,59 @@ impl RouteTable {
         };
         let mut missing = Vec::new();
         for location in &base.locations {
-            let Some(upstream) = &location.upstream else { continue };
-            let service_key = (key.namespace.clone(), upstream.service.clone());
-            let endpoints = match self.services.get(&service_key) {
-                None => {
-                    missing.push(format!("Service {}/{} not found", key.namespace, upstream.service));
-                    Vec::new()
-                }
-                Some(service) => match crate::endpoints::port_name(service, upstream.port as u16) {
-                    None => {
-                        missing.push(format!(
-                            "Service {}/{} has no TCP port {}",
-                            key.namespace, upstream.service, upstream.port
-                        ));
-                        Vec::new()
-                    }
-                    Some(port_name) => match self
-                        .endpoints
-                        .resolve(&key.namespace, &upstream.service, Some(&port_name))
-                    {
-                        Resolution::Endpoints(endpoints) => endpoints,
-                        Resolution::NoSuchService | Resolution::NoReadyEndpoints => Vec::new(),
-                    },
-                },
+            let Some(upstream) = location.upstream.as_ref().filter(|u| !u.service.is_empty()) else {
+                continue;
             };
-            // TODO(helper A): publish `endpoints` as pb::ServiceEndpoints.
-            let _ = endpoints;
+            let service = ServiceKey {
+                namespace: key.namespace.clone(),
+                service: upstream.service.clone(),
+                port: upstream.port,
+            };
+            if let Lookup::Missing(why) = self.lookup(&service) {
+                missing.push(why);
+            }
         }
         let refs = if missing.is_empty() {
             Ok(())
         } else {
             Err(missing.join("; "))
         };
-        let resolved = base.clone();
-        (Some(resolved), refs)
+        (Some(base.clone()), refs)
+    }
+}
+
+/// What [`RouteTable::build`] found.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub routes: BTreeMap<RouteKey, Arc<pb::Route>>,
+    /// In `snapshot::endpoints_order`, one per Service port a published route names.
+    pub endpoints: Vec<pb::ServiceEndpoints>,
+    pub verdicts: Verdicts,
+}
+
+/// A Service port's endpoints, as [`RouteTable::lookup`] finds them.
+enum Lookup {
+    Endpoints(Vec<String>),
+    /// The Service and port exist, but no endpoint is ready.
+    NoReady,
+    /// The Service or its port does not exist; the route's ResolvedRefs says so.
+    Missing(String),
+}
+
+impl Lookup {
+    fn into_proto(self, key: ServiceKey) -> pb::ServiceEndpoints {
+        let (endpoints, problem) = match self {
+            Lookup::Endpoints(endpoints) => (endpoints, String::new()),
+            Lookup::NoReady => (Vec::new(), "no ready endpoints".to_string()),
+            Lookup::Missing(why) => (Vec::new(), why),
+        };
+        pb::ServiceEndpoints {
+            namespace: key.namespace,
+            service: key.service,
+            port: key.port,
+            endpoints,
+            problem,
+        }
     }
 }
 
@@ -325,10 +386,14 @@ mod tests {
     fn an_invalid_generation_keeps_the_last_good_one_published() {
         let mut table = RouteTable::default();
         table.upsert(route("a", 1, 100, "ngx.say(1)", ""));
-        let (published, _) = table.build();
+        let published = table.build().routes;
         let first = published[&key("a")].clone();
         table.upsert(route("a", 2, 100, "ngx.say(", ""));
-        let (published, verdicts) = table.build();
+        let Built {
+            routes: published,
+            verdicts,
+            ..
+        } = table.build();
         assert!(
             Arc::ptr_eq(&published[&key("a")], &first),
             "generation 1 stays, the same allocation"
@@ -345,7 +410,7 @@ mod tests {
         let mut again = route("a", 1, 200, "ngx.say(", "");
         again.metadata.uid = Some("uid-other".into());
         table.upsert(again);
-        let (published, _) = table.build();
+        let published = table.build().routes;
         assert!(!published.contains_key(&key("a")));
     }
 
@@ -356,7 +421,11 @@ mod tests {
         let mut newer = route("new", 1, 200, "ngx.say(2)", "");
         newer.spec.locations[0].path = "/old".into();
         table.upsert(newer);
-        let (published, verdicts) = table.build();
+        let Built {
+            routes: published,
+            verdicts,
+            ..
+        } = table.build();
         assert!(published.contains_key(&key("old")) && !published.contains_key(&key("new")));
         match &verdicts[&key("new")].acceptance {
             Acceptance::Conflicted(m) => assert!(m.contains("ns/old"), "{m}"),
@@ -370,7 +439,11 @@ mod tests {
         let mut table = RouteTable::default();
         let upstream = "    - path: /api\n      upstream: {service: backend, port: 8080}\n";
         table.upsert(route("a", 1, 100, "ngx.say(1)", upstream));
-        let (published, verdicts) = table.build();
+        let Built {
+            routes: published,
+            verdicts,
+            ..
+        } = table.build();
         assert!(published.contains_key(&key("a")));
         let refs = verdicts[&key("a")].resolved_refs.clone().unwrap_err();
         assert!(refs.contains("Service ns/backend not found"), "{refs}");
@@ -381,7 +454,7 @@ mod tests {
         }))
         .unwrap();
         table.apply_service(service);
-        let (_, verdicts) = table.build();
+        let verdicts = table.build().verdicts;
         let refs = verdicts[&key("a")].resolved_refs.clone().unwrap_err();
         assert!(refs.contains("has no TCP port 8080"), "{refs}");
     }
@@ -390,11 +463,15 @@ mod tests {
     fn a_status_only_update_does_not_recompile() {
         let mut table = RouteTable::default();
         table.upsert(route("a", 1, 100, "ngx.say(1)", ""));
-        let (before, _) = table.build();
+        let before = table.build().routes;
         let mut same = route("a", 1, 100, "ngx.say(1)", "");
         same.status = Some(LuaRouteStatus::default());
         table.upsert(same);
-        let (after, verdicts) = table.build();
+        let Built {
+            routes: after,
+            verdicts,
+            ..
+        } = table.build();
         assert!(Arc::ptr_eq(&before[&key("a")], &after[&key("a")]));
         assert!(
             verdicts[&key("a")].status.is_some(),
@@ -410,7 +487,11 @@ mod tests {
         json.metadata.namespace = Some("other".into());
         table.upsert(json);
         let other = RouteKey::new("other", "json");
-        let (published, verdicts) = table.build();
+        let Built {
+            routes: published,
+            verdicts,
+            ..
+        } = table.build();
         assert!(published.contains_key(&key("shop")) && !published.contains_key(&other));
         match &verdicts[&other].acceptance {
             Acceptance::Conflicted(m) => assert!(
@@ -426,7 +507,11 @@ mod tests {
         let mut shop = route("shop", 2, 100, "ngx.say(1)", "");
         shop.spec.allowed_namespaces = vec!["other".into()];
         table.upsert(shop);
-        let (published, verdicts) = table.build();
+        let Built {
+            routes: published,
+            verdicts,
+            ..
+        } = table.build();
         assert!(published.contains_key(&key("shop")) && published.contains_key(&other));
         assert_eq!(verdicts[&other].acceptance, Acceptance::Accepted);
         assert_eq!(verdicts[&other].published_generation, Some(1));

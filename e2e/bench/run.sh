@@ -5,29 +5,43 @@
 #
 # Usage: e2e/bench/run.sh
 # Environment:
-#   SCENARIOS    scenarios to run            (default "hello headers dict dict-get dict-durable dict-sync")
+#   SCENARIOS    scenarios to run            (default "hello headers dict dict-get dict-durable dict-sync
+#                                             proxy proxy-large")
 #                  dict: incr on a memory dict; dict-get: get; dict-durable: incr on a
 #                  Moongate durable dict (redb write-behind) against nginx's memory dict;
 #                  dict-sync: the same incr with {sync = true} (each request waits for the
-#                  group commit that includes its write), against nginx's memory dict incr
+#                  group commit that includes its write), against nginx's memory dict incr;
+#                  proxy: an access-phase header check (403 when X-Deny is present), then a
+#                  reverse proxy with 64 idle keep-alive upstream connections to an
+#                  upstream nginx serving a fixed 1 KiB file; proxy-large: the same, 1 MiB.
+#                  nginx proxies with `upstream backend { keepalive 64; }`, proxy_http_version
+#                  1.1, `Connection ""` and its default proxy buffering (which may spill a
+#                  1 MiB body to a temp file in the work directory when the client lags)
 #   CONFIGS      configurations to run       (default "pinned unpinned")
 #                  pinned:   1 server worker on CPU 0, wrk -t1 on CPU 1
 #                  unpinned: nproc server workers, wrk -t2, no pinning
+#                The proxy scenarios' upstream is one nginx (1 worker) shared by both sides,
+#                started once per configuration. pinned puts it on CPU 2 when there is one;
+#                with 2 CPUs it is left unpinned and competes with the server and wrk alike
+#                (the same for both sides, so the ratio stays fair; absolute numbers drop).
 #   DURATION     seconds per measurement     (default 10)
 #   ROUNDS       alternating runs per side; the table shows medians (default 3)
 #   WARMUP       seconds of warm-up before   (default 2)
 #   CONNECTIONS  wrk connections, both sides (default 64)
+#   PROXY_CONNECTIONS  wrk connection counts for proxy and proxy-large, one table row
+#                each (default "1 16 256")
 #   DATAPLANE    moongate-dataplane binary   (default target/release/moongate-dataplane)
 #   SKIP_BUILD=1 do not run cargo build
 #   KEEP=1       keep the work directory (configs, logs, raw wrk output)
 set -euo pipefail
 
-SCENARIOS=${SCENARIOS:-"hello headers dict dict-get dict-durable dict-sync"}
+SCENARIOS=${SCENARIOS:-"hello headers dict dict-get dict-durable dict-sync proxy proxy-large"}
 CONFIGS=${CONFIGS:-"pinned unpinned"}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
+PROXY_CONNECTIONS=${PROXY_CONNECTIONS:-"1 16 256"}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 DATAPLANE=${DATAPLANE:-$ROOT/target/release/moongate-dataplane}
 NGINX_MODULES=${NGINX_MODULES:-/usr/lib/nginx/modules}
@@ -38,8 +52,17 @@ note() { echo "# $*" >&2; }
 for v in DURATION WARMUP CONNECTIONS ROUNDS; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
+for c in $PROXY_CONNECTIONS; do
+    [[ $c =~ ^[0-9]+$ && $c -gt 0 ]] || die "PROXY_CONNECTIONS must be positive integers (got '$PROXY_CONNECTIONS')"
+done
+[[ -n ${PROXY_CONNECTIONS// /} ]] || die "PROXY_CONNECTIONS is empty"
+NEED_UPSTREAM=0
 for s in $SCENARIOS; do
-    case $s in hello | headers | dict | dict-get | dict-durable | dict-sync) ;; *) die "unknown scenario '$s' (hello, headers, dict, dict-get, dict-durable, dict-sync)" ;; esac
+    case $s in
+    hello | headers | dict | dict-get | dict-durable | dict-sync) ;;
+    proxy | proxy-large) NEED_UPSTREAM=1 ;;
+    *) die "unknown scenario '$s' (hello, headers, dict, dict-get, dict-durable, dict-sync, proxy, proxy-large)" ;;
+    esac
 done
 for c in $CONFIGS; do
     case $c in pinned | unpinned) ;; *) die "unknown config '$c' (pinned, unpinned)" ;; esac
@@ -89,6 +112,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/moongate-bench.XXXXXX")
 chmod 755 "$WORK" # nginx workers run as nobody when we are root
 PIDS=()
 WRK_PID=""
+UPSTREAM_PID=""
 
 # Stops the servers started so far (one measurement runs at a time).
 stop_servers() {
@@ -107,6 +131,7 @@ stop_servers() {
 cleanup() {
     if [[ -n $WRK_PID ]]; then kill -TERM "$WRK_PID" 2>/dev/null || true; fi
     stop_servers
+    stop_upstream
     if [[ ${KEEP:-0} == 1 ]]; then
         note "work directory kept: $WORK"
     else
@@ -118,10 +143,15 @@ trap 'exit 130' INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# free_port: a port nothing listens on, below the ephemeral range when there is
+# room: with hundreds of client connections (wrk, proxies to their upstream) a
+# port inside it may be some connection's local port, and bind() then fails.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
-    local p
+    local p lo=20000 span=40000
+    ((EPHEMERAL_LOW > 11024)) && lo=10000 span=$((EPHEMERAL_LOW - 10000))
     for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((lo + RANDOM % span))
         port_open "$p" || { echo "$p"; return 0; }
     done
     die "no free port found"
@@ -138,12 +168,14 @@ wait_port() {
     return 1
 }
 
-# probe PORT: one request; prints the status line. Checks the server answers
-# 200 before it is measured (a fast 500 would otherwise look like a win).
+# probe PORT [HEADER]: one request (with HEADER, a "Name: value" line, if given);
+# prints the status line. Checks the server answers 200 before it is measured (a
+# fast 500 would otherwise look like a win).
 probe() {
-    local line=""
+    local line="" extra=""
+    [[ -n ${2:-} ]] && extra="$2"$'\r\n'
     exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-    printf 'GET /t?x=1 HTTP/1.1\r\nHost: localhost\r\nX-Test: abc\r\nConnection: close\r\n\r\n' >&3
+    printf 'GET /t?x=1 HTTP/1.1\r\nHost: localhost\r\nX-Test: abc\r\n%sConnection: close\r\n\r\n' "$extra" >&3
     IFS= read -r -t 5 line <&3 || true
     exec 3<&-
     echo "${line%$'\r'}"
@@ -163,7 +195,31 @@ lua_for() {
     headers) echo 'local h = ngx.req.get_headers()["x-test"] or "-" local x = ngx.var.arg_x or "-" ngx.header["X-A"] = h ngx.header["X-B"] = x ngx.say("ok ", h, " ", x)' ;;
     dict | dict-durable | dict-sync) echo 'local v = ngx.shared.d:incr("k", 1, 0) ngx.say(v)' ;;
     dict-get) echo 'local v = ngx.shared.d:get("k") if not v then ngx.shared.d:set("k", "value") end ngx.say(v)' ;;
+    proxy | proxy-large) echo 'if ngx.var.http_x_deny then return ngx.exit(403) end' ;;
     esac
+}
+
+is_proxy() { [[ $1 == proxy || $1 == proxy-large ]]; }
+
+# upstream_port_for SCENARIO: the upstream nginx port serving that scenario's body.
+upstream_port_for() {
+    if [[ $1 == proxy-large ]]; then echo "$UPSTREAM_PORT_LARGE"; else echo "$UPSTREAM_PORT"; fi
+}
+
+# location_for SCENARIO: the routes file's location, after path and match.
+location_for() {
+    if is_proxy "$1"; then
+        cat <<EOF
+      access: |
+        $(lua_for "$1")
+      upstream: {url: "http://127.0.0.1:$(upstream_port_for "$1")", keepalive: {maxIdle: 64}}
+EOF
+    else
+        cat <<EOF
+      content: |
+        $(lua_for "$1")
+EOF
+    fi
 }
 
 write_routes() { # SCENARIO FILE
@@ -176,36 +232,67 @@ spec:
   locations:
     - path: /t
       match: Exact
-      content: |
-        $(lua_for "$1")
+$(location_for "$1")
 EOF
 }
 
-write_nginx_conf() { # SCENARIO WORKERS PORT DIR
+# nginx_conf WORKERS DIR HTTP: a complete nginx.conf with HTTP (server blocks
+# and such) inside the http context; prints it.
+nginx_conf() {
     local user=""
     ((EUID == 0)) && user="user nobody nogroup;"
-    cat >"$4/nginx.conf" <<EOF
+    cat <<EOF
 load_module $NGINX_MODULES/ndk_http_module.so;
 load_module $NGINX_MODULES/ngx_http_lua_module.so;
-worker_processes $2;
+worker_processes $1;
 master_process on;
 daemon off;
-pid $4/nginx.pid;
-error_log $4/error.log error;
+pid $2/nginx.pid;
+error_log $2/error.log error;
 $user
 events {
     worker_connections 4096;
 }
 http {
     access_log off;
-    client_body_temp_path $4/client_body_temp;
-    proxy_temp_path $4/proxy_temp;
-    fastcgi_temp_path $4/fastcgi_temp;
-    uwsgi_temp_path $4/uwsgi_temp;
-    scgi_temp_path $4/scgi_temp;
+    client_body_temp_path $2/client_body_temp;
+    proxy_temp_path $2/proxy_temp;
+    fastcgi_temp_path $2/fastcgi_temp;
+    uwsgi_temp_path $2/uwsgi_temp;
+    scgi_temp_path $2/scgi_temp;
     default_type text/plain;
     keepalive_timeout 65s;
     keepalive_requests 1000000;
+$3
+}
+EOF
+}
+
+write_nginx_conf() { # SCENARIO WORKERS PORT DIR
+    local http
+    if is_proxy "$1"; then
+        http=$(
+            cat <<EOF
+    upstream backend {
+        server 127.0.0.1:$(upstream_port_for "$1");
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$3;
+        location = /t {
+            access_by_lua_block {
+                $(lua_for "$1" nginx)
+            }
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+EOF
+        )
+    else
+        http=$(
+            cat <<EOF
     lua_shared_dict d 1m;
     server {
         listen 127.0.0.1:$3;
@@ -215,8 +302,57 @@ http {
             }
         }
     }
-}
 EOF
+        )
+    fi
+    nginx_conf "$2" "$4" "$http" >"$4/nginx.conf"
+}
+
+# start_upstream CONFIG: the upstream nginx of the proxy scenarios, one worker
+# serving a fixed body for any path: 1 KiB on UPSTREAM_PORT, 1 MiB on
+# UPSTREAM_PORT_LARGE (static files, so the upstream does little work per byte).
+# pinned: on CPU 2 when there is one; unpinned otherwise (see the header).
+start_upstream() {
+    local dir="$WORK/upstream-$1" taskset=()
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    head -c 1024 /dev/zero | tr '\0' x >"$dir/1k"
+    head -c $((1024 * 1024)) /dev/zero | tr '\0' x >"$dir/1m"
+    chmod 644 "$dir/1k" "$dir/1m"
+    UPSTREAM_PORT=$(free_port)
+    UPSTREAM_PORT_LARGE=$(free_port)
+    [[ $UPSTREAM_PORT_LARGE != "$UPSTREAM_PORT" ]] || UPSTREAM_PORT_LARGE=$(free_port)
+    nginx_conf 1 "$dir" "$(
+        cat <<EOF
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT;
+        location / { root $dir; try_files /1k =404; }
+    }
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT_LARGE;
+        location / { root $dir; try_files /1m =404; }
+    }
+EOF
+    )" >"$dir/nginx.conf"
+    if [[ $1 == pinned ]] && ((NPROC >= 3)); then
+        taskset=(taskset -c 2)
+        note "upstream nginx on CPU 2"
+    elif [[ $1 == pinned ]]; then
+        note "upstream nginx unpinned: no CPU left beside the server's (0) and wrk's (1)"
+    fi
+    "${taskset[@]}" "$NGINX" -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/server.log" 2>&1 &
+    UPSTREAM_PID=$!
+    wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" "$dir/server.log" &&
+        wait_port "$UPSTREAM_PORT_LARGE" "$UPSTREAM_PID" "$dir/server.log"
+}
+
+stop_upstream() {
+    [[ -n $UPSTREAM_PID ]] || return 0
+    kill -TERM "$UPSTREAM_PID" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$UPSTREAM_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$UPSTREAM_PID" 2>/dev/null || true
+    wait "$UPSTREAM_PID" 2>/dev/null || true
+    UPSTREAM_PID=""
 }
 
 # start_server KIND SCENARIO WORKERS PIN: starts it and sets PORT. Not run in
@@ -264,16 +400,18 @@ run_wrk() {
     WRK_PID=""
 }
 
-# measure KIND SCENARIO CONFIG: sets RPS, P99 (ms) and ERRORS (non-2xx responses
-# and socket errors, or why there is no measurement). Not run in a subshell (see start_server).
+# measure KIND SCENARIO CONFIG CONNECTIONS: sets RPS, P99 (ms) and ERRORS (non-2xx
+# responses and socket errors, or why there is no measurement). Not run in a subshell
+# (see start_server).
 measure() {
-    local kind=$1 scenario=$2 config=$3 workers pin wrk_pin threads status out
+    local kind=$1 scenario=$2 config=$3 conns=$4 workers pin wrk_pin threads status out
     RPS=n/a P99=n/a
     if [[ $config == pinned ]]; then
         workers=1 pin=0 wrk_pin=(taskset -c 1) threads=1
     else
         workers=$NPROC pin="" wrk_pin=() threads=2
     fi
+    ((threads <= conns)) || threads=$conns # wrk wants a connection per thread at least
     if ! start_server "$kind" "$scenario" "$workers" "$pin"; then
         stop_servers
         ERRORS=start-failed
@@ -286,10 +424,20 @@ measure() {
         ERRORS=probe-failed
         return
     fi
+    # The access check runs: a proxy that skipped it would measure less work.
+    if is_proxy "$scenario"; then
+        status=$(probe "$PORT" "X-Deny: 1" || true)
+        if [[ $status != *" 403"* ]]; then
+            note "$kind $scenario: probe with X-Deny answered '${status:-nothing}', not 403"
+            stop_servers
+            ERRORS=deny-probe-failed
+            return
+        fi
+    fi
     local url="http://127.0.0.1:$PORT/t?x=1"
-    out="$WORK/wrk-$kind-$scenario-$config.txt"
-    run_wrk /dev/null "${wrk_pin[@]}" wrk -t"$threads" -c"$CONNECTIONS" -d"${WARMUP}s" -H "X-Test: abc" "$url"
-    run_wrk "$out" "${wrk_pin[@]}" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "X-Test: abc" "$url"
+    out="$WORK/wrk-$kind-$scenario-$config-c$conns.txt"
+    run_wrk /dev/null "${wrk_pin[@]}" wrk -t"$threads" -c"$conns" -d"${WARMUP}s" -H "X-Test: abc" "$url"
+    run_wrk "$out" "${wrk_pin[@]}" wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency -H "X-Test: abc" "$url"
     stop_servers
     local rps p99
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
@@ -303,43 +451,52 @@ measure() {
     RPS=$rps P99=$(latency_ms "$p99")
 }
 
-# median VALUES...: the middle value (n/a when there is none).
+# median VALUES...: the middle value (n/a when there is none; grep's status 1 then
+# must not fail the pipeline under pipefail).
 median() {
-    printf '%s\n' "$@" | grep -v '^n/a$' | sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else print v[int((NR + 1) / 2)] }'
+    printf '%s\n' "$@" | { grep -v '^n/a$' || true; } | sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "n/a"; else print v[int((NR + 1) / 2)] }'
 }
 
-note "duration ${DURATION}s, warm-up ${WARMUP}s, $CONNECTIONS connections, $NPROC CPUs, $ROUNDS rounds (medians)"
+note "duration ${DURATION}s, warm-up ${WARMUP}s, $CONNECTIONS connections (proxy: $PROXY_CONNECTIONS), $NPROC CPUs, $ROUNDS rounds (medians)"
 ROWS=()
 for config in $CONFIGS; do
+    if ((NEED_UPSTREAM)) && ! start_upstream "$config"; then
+        die "the upstream nginx of the proxy scenarios did not start"
+    fi
     for scenario in $SCENARIOS; do
-        note "$config $scenario"
-        # Alternate the two servers ROUNDS times and keep the medians, so a
-        # burst of load from elsewhere on a shared machine hits both sides.
-        m_rpss=() m_p99s=() n_rpss=() n_p99s=() m_err=0 n_err=0
-        for ((round = 1; round <= ROUNDS; round++)); do
-            if ((HAVE_MOONGATE)); then
-                measure moongate "$scenario" "$config"
-                m_rpss+=("$RPS") m_p99s+=("$P99")
-                [[ $ERRORS != 0 ]] && m_err=$ERRORS
-            else
-                m_err=missing
-            fi
-            measure nginx "$scenario" "$config"
-            n_rpss+=("$RPS") n_p99s+=("$P99")
-            [[ $ERRORS != 0 ]] && n_err=$ERRORS
+        conn_list=$CONNECTIONS
+        is_proxy "$scenario" && conn_list=$PROXY_CONNECTIONS
+        for conns in $conn_list; do
+            note "$config $scenario $conns connections"
+            # Alternate the two servers ROUNDS times and keep the medians, so a
+            # burst of load from elsewhere on a shared machine hits both sides.
+            m_rpss=() m_p99s=() n_rpss=() n_p99s=() m_err=0 n_err=0
+            for ((round = 1; round <= ROUNDS; round++)); do
+                if ((HAVE_MOONGATE)); then
+                    measure moongate "$scenario" "$config" "$conns"
+                    m_rpss+=("$RPS") m_p99s+=("$P99")
+                    [[ $ERRORS != 0 ]] && m_err=$ERRORS
+                else
+                    m_err=missing
+                fi
+                measure nginx "$scenario" "$config" "$conns"
+                n_rpss+=("$RPS") n_p99s+=("$P99")
+                [[ $ERRORS != 0 ]] && n_err=$ERRORS
+            done
+            m_rps=$(median "${m_rpss[@]}") m_p99=$(median "${m_p99s[@]}")
+            n_rps=$(median "${n_rpss[@]}") n_p99=$(median "${n_p99s[@]}")
+            ratio=$(awk -v m="$m_rps" -v n="$n_rps" 'BEGIN { if (m + 0 > 0 && n + 0 > 0) printf "%.2f", m / n; else print "n/a" }')
+            notes=""
+            [[ $m_err != 0 ]] && notes+="moongate:$m_err "
+            [[ $n_err != 0 ]] && notes+="nginx:$n_err"
+            ROWS+=("$(printf '%-9s %-12s %5s %14s %14s %7s %13s %13s  %s' "$config" "$scenario" "$conns" "$m_rps" \
+                "$n_rps" "$ratio" "$m_p99" "$n_p99" "${notes:--}")")
         done
-        m_rps=$(median "${m_rpss[@]}") m_p99=$(median "${m_p99s[@]}")
-        n_rps=$(median "${n_rpss[@]}") n_p99=$(median "${n_p99s[@]}")
-        ratio=$(awk -v m="$m_rps" -v n="$n_rps" 'BEGIN { if (m + 0 > 0 && n + 0 > 0) printf "%.2f", m / n; else print "n/a" }')
-        notes=""
-        [[ $m_err != 0 ]] && notes+="moongate:$m_err "
-        [[ $n_err != 0 ]] && notes+="nginx:$n_err"
-        ROWS+=("$(printf '%-9s %-12s %14s %14s %7s %13s %13s  %s' "$config" "$scenario" "$m_rps" "$n_rps" \
-            "$ratio" "$m_p99" "$n_p99" "${notes:--}")")
     done
+    stop_upstream
 done
 
-printf '\n%-9s %-12s %14s %14s %7s %13s %13s  %s\n' config scenario "moongate rps" "nginx rps" ratio \
+printf '\n%-9s %-12s %5s %14s %14s %7s %13s %13s  %s\n' config scenario conns "moongate rps" "nginx rps" ratio \
     "moongate p99" "nginx p99" "errors"
-printf '%-9s %-12s %14s %14s %7s %13s %13s  %s\n' "" "" "" "" "m/n" "(ms)" "(ms)" ""
+printf '%-9s %-12s %5s %14s %14s %7s %13s %13s  %s\n' "" "" "" "" "" "m/n" "(ms)" "(ms)" ""
 printf '%s\n' "${ROWS[@]}"

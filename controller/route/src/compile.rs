@@ -484,10 +484,16 @@ mod tests {
     #[test]
     fn a_regex_location_cannot_replace_a_uri_prefix() {
         let route = |upstream: &str| {
-            format!("apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: r}}\nspec:\n  locations:\n  - path: '\\.php$'\n    match: Regex\n    upstream: {upstream}\n")
+            format!(
+                "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: r}}\nspec:\n  locations:\n  - path: '\\.php$'\n    match: Regex\n    upstream: {upstream}\n"
+            )
         };
         let errs = compile_yaml(&route("{url: 'http://10.0.0.1:8080/app/'}")).unwrap_err();
-        assert!(errs.iter().any(|p| p.message.contains("regex location cannot have a URI part")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|p| p.message.contains("regex location cannot have a URI part")),
+            "{errs:?}"
+        );
         compile_yaml(&route("{url: 'http://10.0.0.1:8080'}")).expect("no URI part: fine");
     }
 

@@ -61,8 +61,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Applied {
     routes: BTreeMap<RouteKey, pb::Route>,
+    /// Service endpoints by (namespace, service, port).
+    endpoints: BTreeMap<(String, String, u32), pb::ServiceEndpoints>,
     version: u64,
     content_hash: Vec<u8>,
+    /// The hash of `routes` alone: a version that changes only endpoints
+    /// leaves it as it is, and reloads no Lua.
+    routes_hash: Vec<u8>,
     /// Routes of `routes` that failed to load and are not served.
     left_out: Vec<pb::RouteError>,
 }
@@ -184,10 +189,11 @@ impl<'a> Client<'a> {
         crate::metrics::controller_connected(true);
         tracing::info!(controller = %address, "connected to the controller");
         while let Some(message) = inbound.message().await? {
-            let (routes, version, content_hash) = match message.kind {
+            let (routes, endpoints, version, content_hash) = match message.kind {
                 Some(Push::Snapshot(snapshot)) => {
                     let routes = snapshot.routes.into_iter().map(|r| (RouteKey::of(&r), r)).collect();
-                    (routes, snapshot.version, snapshot.content_hash)
+                    let endpoints = snapshot.endpoints.into_iter().map(|e| (endpoints_key(&e), e)).collect();
+                    (routes, endpoints, snapshot.version, snapshot.content_hash)
                 }
                 Some(Push::Delta(delta)) => {
                     if delta.base_version != self.applied.version {
@@ -205,7 +211,14 @@ impl<'a> Client<'a> {
                     for route in delta.upserted {
                         routes.insert(RouteKey::of(&route), route);
                     }
-                    (routes, delta.version, delta.content_hash)
+                    let mut endpoints = self.applied.endpoints.clone();
+                    for key in delta.removed_endpoints {
+                        endpoints.remove(&(key.namespace, key.service, key.port));
+                    }
+                    for e in delta.upserted_endpoints {
+                        endpoints.insert(endpoints_key(&e), e);
+                    }
+                    (routes, endpoints, delta.version, delta.content_hash)
                 }
                 None => {
                     return Err(SessionError::Protocol(
@@ -213,9 +226,14 @@ impl<'a> Client<'a> {
                     ));
                 }
             };
-            let snapshot = moongate_proto::snapshot::build(routes.values().cloned().collect(), Vec::new(), version);
+            let snapshot = moongate_proto::snapshot::build(
+                routes.values().cloned().collect(),
+                endpoints.values().cloned().collect(),
+                version,
+            );
             if snapshot.content_hash != content_hash {
-                let message = format!("version {version}: the routes do not match the controller's content hash");
+                let message =
+                    format!("version {version}: the routes and endpoints do not match the controller's content hash");
                 send(&replies, nack(version, message.clone(), Vec::new())).await?;
                 return Err(SessionError::Protocol(message));
             }
@@ -247,7 +265,26 @@ impl<'a> Client<'a> {
             self.admin.set_config(snapshot.version, &snapshot.content_hash);
             return Ok(self.applied.left_out.clone());
         }
-        let left_out = self.load(snapshot.clone()).await?;
+        let left_out = if routes_hash(&snapshot) == self.applied.routes_hash {
+            // Only endpoints changed: the table is swapped, no Lua reloads.
+            self.workers.endpoints().replace(&snapshot.endpoints);
+            self.admin.set_config(snapshot.version, &snapshot.content_hash);
+            tracing::info!(
+                version = snapshot.version,
+                services = snapshot.endpoints.len(),
+                "endpoints applied"
+            );
+            self.applied.endpoints = snapshot
+                .endpoints
+                .iter()
+                .map(|e| (endpoints_key(e), e.clone()))
+                .collect();
+            self.applied.version = snapshot.version;
+            self.applied.content_hash = snapshot.content_hash.clone();
+            self.applied.left_out.clone()
+        } else {
+            self.load(snapshot.clone()).await?
+        };
         if let Some(store) = &self.store
             && let Err(e) = store.save(&snapshot)
         {
@@ -261,11 +298,18 @@ impl<'a> Client<'a> {
     /// Loads `snapshot` into every worker and makes it what this dataplane
     /// serves; returns the routes left out because they failed to load.
     async fn load(&mut self, snapshot: pb::Snapshot) -> Result<Vec<pb::RouteError>, Rejection> {
+        // Endpoints first, so that a route new in this version finds its
+        // Service's; put back if the version does not load.
+        let table = self.workers.endpoints().clone();
+        table.replace(&snapshot.endpoints);
         let loaded = match Config::try_from(&snapshot) {
             Ok(config) => self.workers.apply(Arc::new(config)).await,
             Err(e) => Err(e),
         };
         crate::metrics::reload(loaded.is_ok());
+        if loaded.is_err() {
+            table.replace(&self.applied.endpoints.values().cloned().collect::<Vec<_>>());
+        }
         let applied = loaded.map_err(Rejection::from)?;
         applied.log();
         let left_out: Vec<pb::RouteError> = applied
@@ -280,6 +324,8 @@ impl<'a> Client<'a> {
             "config applied"
         );
         self.applied = Applied {
+            routes_hash: routes_hash(&snapshot),
+            endpoints: snapshot.endpoints.into_iter().map(|e| (endpoints_key(&e), e)).collect(),
             routes: snapshot.routes.into_iter().map(|r| (RouteKey::of(&r), r)).collect(),
             version: snapshot.version,
             content_hash: snapshot.content_hash,
@@ -329,4 +375,13 @@ async fn send(replies: &mpsc::Sender<pb::DataplaneMessage>, kind: Reply) -> Resu
         .send(pb::DataplaneMessage { kind: Some(kind) })
         .await
         .map_err(|_| SessionError::Protocol("the stream to the controller closed".into()))
+}
+
+fn endpoints_key(e: &pb::ServiceEndpoints) -> (String, String, u32) {
+    (e.namespace.clone(), e.service.clone(), e.port)
+}
+
+/// The hash of a snapshot's routes without its endpoints.
+fn routes_hash(snapshot: &pb::Snapshot) -> Vec<u8> {
+    moongate_proto::snapshot::content_hash(snapshot.routes.iter(), std::iter::empty())
 }

@@ -333,11 +333,7 @@ async fn try_once(
     let mut fresh_tried = false;
     loop {
         let now = Instant::now();
-        let pooled = if fresh_tried {
-            None
-        } else {
-            pool.checkout(&key, now)
-        };
+        let pooled = if fresh_tried { None } else { pool.checkout(&key, now) };
         let (mut conn, connect_time) = match pooled {
             Some(c) => (c, Duration::ZERO),
             None => {
@@ -451,6 +447,8 @@ fn build_request(
         Body::Read(b) => (ProxyBody::Full(Some(b.clone())), Some(b.len() as u64)),
         Body::Discarded => (ProxyBody::Empty, Some(0)),
         Body::Unread => match lc.body_stream.take() {
+            // A request without a body (most GETs) sends none, and can be retried.
+            Some(body) if http_body::Body::is_end_stream(&body) => (ProxyBody::Empty, Some(0)),
             Some(body) => (
                 ProxyBody::Client {
                     body,

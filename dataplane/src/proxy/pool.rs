@@ -173,7 +173,13 @@ impl Pool {
         }
     }
 
-    fn put(self: &Rc<Self>, key: PoolKey, sender: http1::SendRequest<ProxyBody>, uses: u32, keepalive: KeepalivePolicy) {
+    fn put(
+        self: &Rc<Self>,
+        key: PoolKey,
+        sender: http1::SendRequest<ProxyBody>,
+        uses: u32,
+        keepalive: KeepalivePolicy,
+    ) {
         let now = Instant::now();
         {
             let mut idle = self.idle.borrow_mut();
