@@ -155,8 +155,9 @@ pub fn headers(r: &RequestState, up: &Upstream, proxy_host: &str, body_len: Opti
     set(&mut out, "x-forwarded-for", value(&forwarded));
     set(&mut out, "x-real-ip", value(ip.as_bytes()));
     set(&mut out, "x-forwarded-proto", value(r.scheme.as_bytes()));
-    let client_host = r.host();
-    set(&mut out, "x-forwarded-host", value(&client_host));
+    // The client's Host as sent, port included (ingress-nginx's `$best_http_host`).
+    let client_host = r.headers.get(header::HOST).cloned().or_else(|| value(&r.host()));
+    set(&mut out, "x-forwarded-host", client_host);
     set(
         &mut out,
         "x-forwarded-port",
