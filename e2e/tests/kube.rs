@@ -482,8 +482,22 @@ fn a_route_whose_init_fails_is_reported_and_never_blocks_the_others() {
     wait_body(&[&a, &b], "flaky.test", "flaky v3\n");
 }
 
-/// A backend on loopback: a standalone dataplane that answers `name`.
-fn backend(env: &Env, name: &str) -> (common::Process, u16) {
+/// This machine's first non-loopback IPv4 address: the API server refuses
+/// loopback addresses in EndpointSlices.
+fn host_ip() -> String {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("hostname -I");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .expect("a non-loopback IPv4 address")
+        .to_string()
+}
+
+/// A backend on this host: a standalone dataplane on `ip` that answers `name`.
+fn backend(env: &Env, name: &str, ip: &str) -> (common::Process, u16) {
     let routes = env.path(&format!("{name}.yaml"));
     std::fs::write(
         &routes,
@@ -496,14 +510,15 @@ fn backend(env: &Env, name: &str) -> (common::Process, u16) {
     command
         .arg("--routes")
         .arg(&routes)
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--listen", &format!("{ip}:0"), "--workers", "1"])
         .arg("--data-dir")
         .arg(env.path(&format!("{name}-data")));
     let process = common::Process::spawn(name, &mut command);
+    let serving = format!("serving http://{ip}:");
     let line = process
-        .wait_log("serving http://127.0.0.1:", WAIT)
+        .wait_log(&serving, WAIT)
         .unwrap_or_else(|| panic!("{name} did not start:\n{}", process.logs()));
-    let rest = &line[line.find("serving http://127.0.0.1:").unwrap() + "serving http://127.0.0.1:".len()..];
+    let rest = &line[line.find(&serving).unwrap() + serving.len()..];
     let port = rest
         .chars()
         .take_while(char::is_ascii_digit)
@@ -513,10 +528,10 @@ fn backend(env: &Env, name: &str) -> (common::Process, u16) {
     (process, port)
 }
 
-/// An EndpointSlice of Service `backend` with one ready endpoint on loopback.
-fn endpoint_slice(name: &str, port: u16) -> String {
+/// An EndpointSlice of Service `backend` with one ready endpoint.
+fn endpoint_slice(name: &str, ip: &str, port: u16) -> String {
     format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: backend}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [127.0.0.1]\n    conditions: {{ready: true}}\n"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: backend}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [{ip}]\n    conditions: {{ready: true}}\n"
     )
 }
 
@@ -525,16 +540,17 @@ fn a_service_upstream_follows_its_endpoint_slices_without_failing_a_request() {
     let env = Env::new("proxy");
     let grpc = free_port();
     let mut controller = env.controller("controller-0", grpc, free_port());
-    // The backends are on loopback, which the egress policy refuses unless allowed.
-    let dp = env.dataplane_with("dp-a", &[grpc], &["--egress-allow", "127.0.0.1/32"]);
-    let (_b1, p1) = backend(&env, "b1");
-    let (_b2, p2) = backend(&env, "b2");
+    // The backends are on this host: the egress policy allows exactly it.
+    let ip = host_ip();
+    let dp = env.dataplane_with("dp-a", &[grpc], &["--egress-allow", &format!("{ip}/32")]);
+    let (_b1, p1) = backend(&env, "b1", &ip);
+    let (_b2, p2) = backend(&env, "b2", &ip);
 
     env.apply(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: backend\nspec:\n  ports: [{name: http, port: 8080, protocol: TCP}]\n",
     )
     .unwrap();
-    env.apply(&endpoint_slice("backend-1", p1)).unwrap();
+    env.apply(&endpoint_slice("backend-1", &ip, p1)).unwrap();
     env.apply(
         "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata:\n  name: proxied\nspec:\n  hostnames: [proxied.test]\n  locations:\n    - path: /\n      upstream: {service: backend, port: 8080}\n",
     )
@@ -565,7 +581,7 @@ fn a_service_upstream_follows_its_endpoint_slices_without_failing_a_request() {
     let seen = |name: &str| tally.lock().unwrap().iter().filter(|b| b.trim() == name).count();
 
     // Scale up: the second endpoint gets traffic.
-    env.apply(&endpoint_slice("backend-2", p2)).unwrap();
+    env.apply(&endpoint_slice("backend-2", &ip, p2)).unwrap();
     wait_for(WAIT, || (seen("b2") > 0).then_some(())).expect("b2 never got a request");
 
     // Scale down: once the dataplane applied the removal, b1 gets nothing new.
@@ -609,7 +625,7 @@ fn a_service_upstream_follows_its_endpoint_slices_without_failing_a_request() {
     assert!(dp.process.logs().contains("backend"), "the log names the Service");
 
     // The controller gone: the dataplane keeps proxying with what it has.
-    env.apply(&endpoint_slice("backend-2", p2)).unwrap();
+    env.apply(&endpoint_slice("backend-2", &ip, p2)).unwrap();
     wait_body(&[&dp], "proxied.test", "b2\n");
     controller.kill();
     for _ in 0..50 {
