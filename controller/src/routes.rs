@@ -516,4 +516,147 @@ mod tests {
         assert_eq!(verdicts[&other].acceptance, Acceptance::Accepted);
         assert_eq!(verdicts[&other].published_generation, Some(1));
     }
+
+    fn backend_service() -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "backend", "namespace": "ns"},
+            "spec": {"ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+        }))
+        .unwrap()
+    }
+
+    fn backend_slice(addresses: &[&str]) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "backend-abc",
+                "namespace": "ns",
+                "labels": {"kubernetes.io/service-name": "backend"}
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 9000, "protocol": "TCP"}],
+            "endpoints": addresses
+                .iter()
+                .map(|a| serde_json::json!({"addresses": [a], "conditions": {"ready": true}}))
+                .collect::<Vec<_>>()
+        }))
+        .unwrap()
+    }
+
+    fn publish(table: &mut RouteTable, version: u64) -> (crate::published::Published, Verdicts) {
+        let built = table.build();
+        let published = crate::published::Published::with_endpoints(version, built.routes, built.endpoints);
+        (published, built.verdicts)
+    }
+
+    const UPSTREAM: &str = "    - path: /api\n      upstream: {service: backend, port: 8080}\n";
+
+    #[test]
+    fn an_endpoint_slice_change_is_a_delta_of_endpoints_only() {
+        let mut table = RouteTable::default();
+        table.upsert(route("a", 1, 100, "ngx.say(1)", UPSTREAM));
+        table.apply_service(backend_service());
+        table.apply_slice(&backend_slice(&["10.0.0.1"]));
+        let (v1, verdicts) = publish(&mut table, 1);
+        assert_eq!(verdicts[&key("a")].resolved_refs, Ok(()));
+        assert_eq!(
+            v1.snapshot().endpoints,
+            [pb::ServiceEndpoints {
+                namespace: "ns".into(),
+                service: "backend".into(),
+                port: 8080,
+                endpoints: vec!["10.0.0.1:9000".into()],
+                problem: String::new(),
+            }]
+        );
+        let route_before = v1.routes[&key("a")].clone();
+
+        table.apply_slice(&backend_slice(&["10.0.0.1", "10.0.0.2"]));
+        let (v2, verdicts) = publish(&mut table, 2);
+        assert_ne!(v2.content_hash, v1.content_hash, "a new version is published");
+        assert!(
+            Arc::ptr_eq(&v2.routes[&key("a")], &route_before),
+            "the route is untouched"
+        );
+        let delta = v2.delta_from(&v1);
+        assert!(delta.upserted.is_empty() && delta.removed.is_empty(), "{delta:?}");
+        assert_eq!(delta.upserted_endpoints.len(), 1);
+        assert_eq!(
+            delta.upserted_endpoints[0].endpoints,
+            ["10.0.0.1:9000", "10.0.0.2:9000"]
+        );
+        assert!(delta.removed_endpoints.is_empty());
+        assert_eq!(verdicts[&key("a")].resolved_refs, Ok(()));
+
+        // No ready endpoint: an entry saying so, and still no reference error.
+        table.apply_slice(&backend_slice(&[]));
+        let (v3, verdicts) = publish(&mut table, 3);
+        assert_eq!(v3.snapshot().endpoints[0].problem, "no ready endpoints");
+        assert_eq!(verdicts[&key("a")].resolved_refs, Ok(()));
+    }
+
+    #[test]
+    fn missing_services_and_ports_are_published_with_their_problem() {
+        let mut table = RouteTable::default();
+        table.upsert(route("a", 1, 100, "ngx.say(1)", UPSTREAM));
+        let (v, _) = publish(&mut table, 1);
+        assert_eq!(v.snapshot().endpoints[0].problem, "Service ns/backend not found");
+        table.upsert(route(
+            "a",
+            2,
+            100,
+            "ngx.say(1)",
+            "    - path: /api\n      upstream: {service: backend, port: 81}\n",
+        ));
+        table.apply_service(backend_service());
+        let (v, _) = publish(&mut table, 2);
+        let endpoints = v.snapshot().endpoints;
+        assert_eq!(endpoints.len(), 1, "only the port the route names now");
+        assert_eq!(endpoints[0].problem, "Service ns/backend has no TCP port 81");
+    }
+
+    #[test]
+    fn removing_the_last_route_naming_a_service_removes_its_endpoints() {
+        let mut table = RouteTable::default();
+        table.upsert(route("a", 1, 100, "ngx.say(1)", UPSTREAM));
+        table.upsert(route(
+            "b",
+            1,
+            100,
+            "ngx.say(1)",
+            UPSTREAM.replace("/api", "/b-api").as_str(),
+        ));
+        table.apply_service(backend_service());
+        table.apply_slice(&backend_slice(&["10.0.0.1"]));
+        let (v1, _) = publish(&mut table, 1);
+        table.remove(&key("a"));
+        let (v2, _) = publish(&mut table, 2);
+        let delta = v2.delta_from(&v1);
+        assert!(delta.removed_endpoints.is_empty(), "b still names it");
+        assert!(delta.upserted_endpoints.is_empty());
+        table.remove(&key("b"));
+        let (v3, _) = publish(&mut table, 3);
+        let delta = v3.delta_from(&v2);
+        assert_eq!(delta.removed.len(), 1);
+        assert_eq!(
+            delta.removed_endpoints,
+            [pb::ServiceKey {
+                namespace: "ns".into(),
+                service: "backend".into(),
+                port: 8080
+            }]
+        );
+        assert!(v3.snapshot().endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_route_left_out_names_no_endpoints() {
+        let mut table = RouteTable::default();
+        table.upsert(route("old", 1, 100, "ngx.say(1)", ""));
+        let mut newer = route("new", 1, 200, "ngx.say(2)", UPSTREAM);
+        newer.spec.locations[0].path = "/old".into();
+        table.upsert(newer);
+        let built = table.build();
+        assert!(!built.routes.contains_key(&key("new")));
+        assert!(built.endpoints.is_empty(), "{:?}", built.endpoints);
+    }
 }

@@ -257,7 +257,7 @@ fn retries_go_to_another_peer_for_idempotent_methods() {
     let good = Upstream::echo_named("good");
     let refused = Upstream::refused();
     let srv = serve(&format!(
-        "    - path: /error/\n      upstream:\n        servers: [{{address: \"{refused}\"}}, {{address: \"{g}\"}}]\n        retries: {{tries: 2}}\n        passiveHealth: {{enabled: false}}\n      log: ngx.log(ngx.ERR, \"TRIES \", ngx.var.upstream_addr, \" \", ngx.var.upstream_status)\n    - path: /status/\n      upstream:\n        servers: [{{address: \"{f}\"}}, {{address: \"{g}\"}}]\n        retries: {{tries: 2, onStatus: [503]}}\n        passiveHealth: {{enabled: false}}\n    - path: /post/\n      upstream:\n        servers: [{{address: \"{f}\"}}, {{address: \"{g}\"}}]\n        retries: {{tries: 2, onStatus: [503]}}\n        passiveHealth: {{enabled: false}}\n    - path: /noretry/\n      upstream:\n        servers: [{{address: \"{refused}\"}}, {{address: \"{g}\"}}]\n        retries: {{onError: false}}\n        passiveHealth: {{enabled: false}}\n",
+        "    - path: /error/\n      upstream:\n        servers: [{{address: \"{refused}\"}}, {{address: \"{g}\"}}]\n        retries: {{tries: 2}}\n        passiveHealth: {{enabled: false}}\n      log: ngx.log(ngx.ERR, \"TRIES \", ngx.var.upstream_addr, \" \", ngx.var.upstream_status)\n    - path: /status/\n      upstream:\n        servers: [{{address: \"{f}\"}}, {{address: \"{g}\"}}]\n        retries: {{tries: 2, onStatus: [503]}}\n        passiveHealth: {{enabled: false}}\n    - path: /post/\n      upstream:\n        servers: [{{address: \"{f}\"}}, {{address: \"{g}\"}}]\n        retries: {{tries: 2, onStatus: [503]}}\n        passiveHealth: {{enabled: false}}\n    - path: /put/\n      upstream:\n        servers: [{{address: \"{f}\"}}, {{address: \"{g}\"}}]\n        retries: {{tries: 2, onStatus: [503]}}\n        passiveHealth: {{enabled: false}}\n    - path: /noretry/\n      upstream:\n        servers: [{{address: \"{refused}\"}}, {{address: \"{g}\"}}]\n        retries: {{onError: false}}\n        passiveHealth: {{enabled: false}}\n",
         g = good.addr(),
         f = failing.addr(),
     ));
@@ -276,6 +276,13 @@ fn retries_go_to_another_peer_for_idempotent_methods() {
         .unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(good.requests(), before);
+    // PUT is idempotent: its small body is held, so the retry sends it again.
+    let r = srv
+        .try_raw(b"PUT /put/ HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", srv.logs());
+    let e = Echo::parse(&r.body);
+    assert_eq!((e.upstream.as_str(), e.body.as_deref()), ("good", Some("hello")));
     assert_eq!(get(&srv, "/noretry/", "").status, 502);
 }
 
@@ -499,4 +506,75 @@ fn active_checks_take_a_failing_peer_out() {
     for _ in 0..10 {
         assert_eq!(echo(&srv, "/", "").upstream, "good");
     }
+}
+
+/// nginx from Debian as the upstream, serving static files: what it answers
+/// passes through unchanged (validators, 404, ranges, HEAD, a 1 MiB body), the
+/// request it sees is the one nginx's `proxy_pass` would send, and one pooled
+/// connection carries the requests one after another (nginx's own
+/// `$connection` and `$connection_requests` say so).
+#[test]
+fn nginx_serving_static_files_is_a_real_upstream() {
+    let small = common::upstream::pattern(1024);
+    let large = common::upstream::pattern(1 << 20);
+    let nginx = common::daemon::Daemon::nginx(
+        "    root {root};\n    location = /seen { return 200 \"$request_uri|$http_host|$http_x_forwarded_for|$http_connection\"; }\n",
+        &[("static/1k.bin", &small), ("static/1m.bin", &large)],
+    );
+    let srv = serve(&format!(
+        "    - path: /files/\n      upstream: {{url: \"{u}/static/\"}}\n    - path: /seen\n      upstream: {{url: \"{u}\"}}\n",
+        u = nginx.url()
+    ));
+
+    let r = get(&srv, "/files/1k.bin", "");
+    assert_eq!(r.status, 200, "{}", srv.logs());
+    assert_eq!(r.body, small);
+    assert_eq!(r.header("content-length"), Some("1024"));
+    assert!(r.header("etag").is_some_and(|e| e.starts_with('"')), "{:?}", r.headers);
+    assert!(r.header("last-modified").is_some(), "{:?}", r.headers);
+    let etag = r.header("etag").unwrap().to_owned();
+    assert_eq!(
+        get(&srv, "/files/1k.bin", &format!("If-None-Match: {etag}\r\n")).status,
+        304
+    );
+    let range = get(&srv, "/files/1k.bin", "Range: bytes=10-19\r\n");
+    assert_eq!(range.status, 206);
+    assert_eq!(range.header("content-range"), Some("bytes 10-19/1024"));
+    assert_eq!(range.body, &small[10..20]);
+    let missing = get(&srv, "/files/none", "");
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.text().contains("nginx"),
+        "nginx's own 404 page: {}",
+        missing.text()
+    );
+    let mut conn = srv.connect();
+    conn.write_all(b"HEAD /files/1k.bin HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let head = common::read_response_to(&mut BufReader::new(conn), true).unwrap();
+    assert_eq!(
+        (head.status, head.header("content-length"), head.body.len()),
+        (200, Some("1024"), 0)
+    );
+    let big = get(&srv, "/files/1m.bin", "");
+    assert_eq!(big.status, 200);
+    assert_eq!(
+        common::upstream::sha256_hex(&big.body),
+        common::upstream::sha256_hex(&large)
+    );
+
+    let seen = get(&srv, "/seen?q=1", "X-Forwarded-For: 10.1.1.1\r\n");
+    assert_eq!(
+        seen.text(),
+        "/seen?q=1|shop.test|10.1.1.1, 127.0.0.1|",
+        "keep-alive, no Connection header"
+    );
+
+    // The requests above came one after another, so one pooled connection
+    // served them all (a 404 and a 304 leave it reusable).
+    let log = nginx.access_log();
+    assert_eq!(log.len(), 7, "{log:?}");
+    let connections: std::collections::HashSet<&str> = log.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    assert_eq!(connections.len(), 1, "{log:?}");
+    assert!(log.last().unwrap().ends_with(" 7"), "{log:?}");
 }

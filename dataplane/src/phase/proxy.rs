@@ -98,6 +98,15 @@ pub(super) async fn run(lc: &mut Lifecycle, at: LocationRef) -> Flow {
     };
     let peer_count = peers.as_ref().map_or(1, |p| p.info.len());
     let mut max_tries = up.retry.tries.unwrap_or(peer_count.min(3) as u32).max(1);
+    // nginx buffers the request body (`proxy_request_buffering on`), so a
+    // retry can send it again. A small body of known length is read whole
+    // when a retry may need it; a larger or chunked one streams through and
+    // cannot be retried once sent.
+    if max_tries > 1 && (idempotent || up.retry.non_idempotent) && small_body_pending(lc) {
+        if let Err(status) = lc.read_body().await {
+            return Flow::Finish(Finish::Status(status));
+        }
+    }
     state.budget.deposit(Instant::now());
     let hash_key = hash_key(lc, &up);
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -237,6 +246,27 @@ fn hash_key(lc: &Lifecycle, up: &Upstream) -> Option<Vec<u8>> {
         HashOn::Var(name) => crate::lua::api::var::lookup(&r, name),
         HashOn::ClientIp => Some(r.remote_addr.ip().to_string().into_bytes()),
     }
+}
+
+/// Bodies up to this size (by Content-Length) are read whole before the
+/// first try when a retry may need to send them again.
+const REPLAYABLE_BODY: u64 = 64 * 1024;
+
+/// Whether the client's body is still unread, not empty, and of a known
+/// length of at most `REPLAYABLE_BODY`.
+fn small_body_pending(lc: &Lifecycle) -> bool {
+    let r = lc.req.borrow();
+    if !matches!(r.body, Body::Unread) || r.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return false;
+    }
+    let Some(stream) = lc.body_stream.as_ref() else {
+        return false;
+    };
+    !http_body::Body::is_end_stream(stream)
+        && r.headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|len| len <= REPLAYABLE_BODY)
 }
 
 /// Whether another try can send the body again: it is held whole, or the

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Write};
