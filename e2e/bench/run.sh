@@ -368,7 +368,7 @@ start_server() {
     if [[ $kind == moongate ]]; then
         write_routes "$scenario" "$dir/routes.yaml"
         "${taskset[@]}" "$DATAPLANE" --routes "$dir/routes.yaml" --listen "127.0.0.1:$PORT" \
-            --workers "$workers" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
+            --workers "$workers" --data-dir "$dir/data" --egress-allow 127.0.0.1/32 >"$dir/server.log" 2>&1 &
     else
         write_nginx_conf "$scenario" "$workers" "$PORT" "$dir"
         "${taskset[@]}" "$NGINX" -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/server.log" 2>&1 &

@@ -9,6 +9,7 @@ pub mod args;
 // them carries its SAFETY argument; nothing else in the crate may use unsafe.
 #[allow(unsafe_code)]
 pub mod budget;
+pub mod lib;
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod pattern;

@@ -26,6 +26,10 @@ local pairs, type, setmetatable, getmetatable, rawget, rawset, error, select, to
 local real_getfenv, real_setfenv, real_load, real_pcall, real_xpcall = getfenv, setfenv, load, pcall, xpcall
 local concat = table.concat
 local errmsg, aborted, charge, charge_n, gc = raw.errmsg, raw.aborted, raw.charge, raw.charge_n, raw.gc
+-- The built-in library set (`lua/lib`): module name -> constructor(route_ngx, env),
+-- called once per route on its first `require`, so each route has its own
+-- instance (its own cjson settings, its own caches).
+local libs = raw.libs
 
 -- Bytecode must never come from user code: no string.dump anywhere (it is
 -- reachable as ("").dump), and the string metatable is hidden.
@@ -366,6 +370,12 @@ return function(route_ngx, modules, load_module)
         if builtin[name] ~= nil then
             loaded[name] = builtin[name]
             return builtin[name]
+        end
+        local make = libs[name]
+        if make ~= nil then
+            local m = make(route_ngx, env)
+            loaded[name] = m
+            return m
         end
         if name == "ngx.re" or name == "ngx.balancer" then
             local m = route_ngx[name:sub(5)]

@@ -129,6 +129,7 @@ impl Vm {
         super::pattern::install(&lua)?;
         let yield_marker = lua.create_table()?;
         let (base_ngx, raw) = api::build(&lua, &yield_marker, settings.worker_id, settings.worker_count, timers)?;
+        raw.set("libs", super::lib::build(&lua)?)?;
         lua.load(PRELUDE)
             .set_name("=moongate.prelude")
             .call::<()>((base_ngx.clone(), raw.clone()))?;
