@@ -12,6 +12,11 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3)
 # Real servers the integration tests run as upstreams and peers.
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v memcached >/dev/null || need_apt+=(memcached)
+# OpenResty libraries the cosocket tests run unmodified (Debian's names).
+[ -f /usr/share/lua/5.1/nginx/redis.lua ] || need_apt+=(lua-nginx-redis)
+[ -f /usr/share/lua/5.1/nginx/memcached.lua ] || need_apt+=(lua-nginx-memcached)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   apt-get update -qq

@@ -119,12 +119,10 @@ pub fn check_phase(state: &RequestState, api: &str, allowed: &[Phase]) -> mlua::
     if allowed.contains(&state.phase) {
         Ok(())
     } else {
-        // Wrapped twice, as before this module existed: scripts match on the text.
         Err(mlua::Error::runtime(format!(
-            "API disabled in the context of {}",
+            "API disabled in the context of {} ({api})",
             context_name(state.phase)
         )))
-        .map_err(|e| mlua::Error::runtime(format!("{e} ({api})")))
     }
 }
 

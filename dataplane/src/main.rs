@@ -116,6 +116,12 @@ struct Cli {
     /// always refused.
     #[arg(long, env = "MOONGATE_EGRESS_ALLOW", value_delimiter = ',')]
     egress_allow: Vec<moongate_dataplane::proxy::egress::AllowRule>,
+    /// Directories whose unix sockets Lua cosockets may connect to
+    /// (`sock:connect("unix:/run/redis/redis.sock")`), repeatable or
+    /// comma-separated. Default: none, since a unix socket is the host's
+    /// (a container runtime's, the kubelet's).
+    #[arg(long, env = "MOONGATE_EGRESS_ALLOW_UNIX", value_delimiter = ',')]
+    egress_allow_unix: Vec<PathBuf>,
 }
 
 fn controller_settings(cli: &Cli) -> anyhow::Result<ControllerSettings> {
@@ -173,6 +179,7 @@ fn settings(cli: &Cli) -> Settings {
             cli.egress_allow.clone(),
             std::iter::once(cli.listen).chain(cli.admin).collect(),
         )),
+        unix_allow: cli.egress_allow_unix.clone(),
     }
 }
 

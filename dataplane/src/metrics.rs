@@ -78,6 +78,7 @@ struct Metrics {
     durable_timers_fired: Counter,
     durable_timers_dropped: Counter,
     timer_callback_errors: Counter,
+    cosocket_refused: Counter,
     lua_memory_errors: Counter,
     tenant_vms: Family<WorkerLabel, Gauge>,
     routes_failed: Counter,
@@ -150,6 +151,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "timer_callback_errors",
         "Timer callbacks (ngx.timer.* and durable) that ended with a Lua error",
         timer_callback_errors.clone(),
+    );
+    let cosocket_refused = Counter::default();
+    registry.register(
+        "cosocket_egress_refused",
+        "Cosocket connects (ngx.socket.tcp/udp) refused by the egress policy",
+        cosocket_refused.clone(),
     );
     let lua_memory_errors = Counter::default();
     registry.register(
@@ -246,6 +253,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         durable_timers_fired,
         durable_timers_dropped,
         timer_callback_errors,
+        cosocket_refused,
     }
 });
 
@@ -309,6 +317,10 @@ pub fn durable_timer_dropped() {
 
 pub fn timer_callback_error() {
     METRICS.timer_callback_errors.inc();
+}
+
+pub fn cosocket_refused() {
+    METRICS.cosocket_refused.inc();
 }
 
 pub fn lua_memory_error() {

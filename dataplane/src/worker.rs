@@ -66,8 +66,10 @@ pub struct Settings {
     pub cpu: Limits,
     /// Bytes one tenant VM may hold.
     pub memory_limit: usize,
-    /// Where proxying may connect.
+    /// Where proxying and cosockets may connect.
     pub egress: Arc<EgressPolicy>,
+    /// Directories whose unix sockets cosockets may connect to.
+    pub unix_allow: Vec<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -203,6 +205,10 @@ impl Worker {
             worker_id: self.id,
             worker_count: self.settings.workers,
             memory_limit: self.settings.memory_limit,
+            sockets: crate::lua::api::socket::SocketPolicy {
+                egress: self.settings.egress.clone(),
+                unix_allow: self.settings.unix_allow.clone(),
+            },
         };
         let vm = Rc::new(Vm::new(
             namespace,

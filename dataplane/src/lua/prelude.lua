@@ -97,11 +97,21 @@ local FOREIGN = "cannot resume a coroutine of another request"
 -- count hook has marked a preemption is passed up the same way, so the
 -- driver can let other work run; where we cannot yield, `co` simply goes on.
 local errmsg = raw.errmsg
+-- Coroutines suspended only because one they resumed waits on ngx I/O:
+-- "normal" to `coroutine.status`, as in lua-nginx-module.
+local relaying = setmetatable({}, { __mode = "k" })
+local co_running = coroutine.running
+local function passed_down(me, ...)
+    relaying[me] = nil
+    return ...
+end
 local function relay(co, ok, ...)
     if ok then
         if co_status(co) == "suspended" then
             if (...) == YIELD then
-                return relay(co, co_resume(co, co_yield(YIELD, select(2, ...))))
+                local me = co_running()
+                relaying[me] = true
+                return relay(co, co_resume(co, passed_down(me, co_yield(YIELD, select(2, ...)))))
             end
             if select("#", ...) == 0 then
                 local yieldable = co_isyieldable()
@@ -193,3 +203,139 @@ ngx.req.set_uri = function(uri, jump, binary)
         return driver_yield(OP_EXIT)
     end
 end
+
+-- Cosockets (api/socket): a socket is a table holding its userdata at [1],
+-- as in lua-nginx-module. A primitive that must wait parks its I/O and
+-- returns YIELD; `await` then yields to the driver, which resumes us with
+-- the results. Where we cannot yield (inside a C call such as a sort
+-- comparator), the parked I/O is dropped and the call fails, as nginx fails
+-- a yield across a C-call boundary.
+local sock, drop_parked, OP_AWAIT = raw.socket, raw.drop_parked, raw.OP_AWAIT
+local rawget, ipairs = rawget, ipairs
+local function await(r, ...)
+    if r == YIELD then
+        if not co_isyieldable() then
+            drop_parked()
+            error("attempt to yield across C-call boundary", 2)
+        end
+        return driver_yield(OP_AWAIT)
+    end
+    return r, ...
+end
+
+local function socket_of(self, method)
+    if type(self) ~= "table" then
+        error("bad argument #1 to '" .. method .. "' (table expected, got " .. type(self) .. ")", 3)
+    end
+    local ud = rawget(self, 1)
+    if ud == nil then
+        error("bad argument #1 to '" .. method .. "' (socket object expected)", 3)
+    end
+    return ud
+end
+
+local function class(prefix, methods)
+    local index = {}
+    for _, m in ipairs(methods) do
+        local f = sock[prefix .. m]
+        index[m] = function(self, ...)
+            return await(f(socket_of(self, m), ...))
+        end
+    end
+    return index
+end
+
+local tcp = class("tcp_", { "connect", "sslhandshake", "send", "receive", "receiveany", "close",
+                            "setkeepalive", "getreusedtimes", "settimeout", "settimeouts", "setoption" })
+local tcp_receiveuntil, tcp_read_until = sock.tcp_receiveuntil, sock.tcp_read_until
+tcp.receiveuntil = function(self, pattern, opts)
+    local ud = socket_of(self, "receiveuntil")
+    local it, err = tcp_receiveuntil(ud, pattern, opts)
+    if not it then
+        return nil, err
+    end
+    return function(size)
+        return await(tcp_read_until(ud, it, size))
+    end
+end
+-- Shared by every route of the VM, so out of their reach: `__metatable`
+-- hides it from getmetatable.
+local tcp_mt = { __index = tcp, __metatable = false }
+
+local udp = class("udp_", { "setpeername", "send", "receive", "settimeout", "close" })
+local udp_mt = { __index = udp, __metatable = false }
+
+local tcp_new, udp_new = sock.tcp_new, sock.udp_new
+raw.socket_api = function(route)
+    local api = {}
+    api.tcp = function()
+        return setmetatable({ tcp_new(route) }, tcp_mt)
+    end
+    api.udp = function()
+        return setmetatable({ udp_new() }, udp_mt)
+    end
+    api.stream = api.tcp
+    api.connect = function(...)
+        local s = api.tcp()
+        local ok, err = s:connect(...)
+        if not ok then
+            return nil, err
+        end
+        return s
+    end
+    return api
+end
+
+-- Light threads: the driver schedules them (phase/threads.rs). A spawned
+-- thread is a coroutine of this request, so `coroutine.status` sees it and
+-- `coroutine.resume` of another request's thread is refused as for any.
+local OP_SPAWN, OP_WAIT, OP_KILL = raw.OP_SPAWN, raw.OP_WAIT, raw.OP_KILL
+local lights = setmetatable({}, { __mode = "k" })
+-- wait and kill answer (reaped thread or nil, results...), or (YIELD, err)
+-- for an error to raise.
+local function reaped(co, ...)
+    if co == YIELD then
+        error((...), 2)
+    end
+    if co ~= nil then
+        lights[co] = nil
+    end
+    return ...
+end
+-- A light thread waiting on I/O is "running" to Lua code, as in
+-- lua-nginx-module: only the driver, not a coroutine.resume, resumes it.
+coroutine.status = function(co)
+    local status = co_status(co)
+    if status == "suspended" and relaying[co] then
+        return "normal"
+    end
+    if lights[co] then
+        -- Waiting on I/O is running; ended but not waited for, a zombie.
+        if status == "suspended" then
+            return "running"
+        elseif status == "dead" then
+            return "zombie"
+        end
+    end
+    return status
+end
+ngx.thread = {
+    spawn = function(f, ...)
+        check_yieldable("ngx.thread.spawn", 0)
+        if type(f) ~= "function" then
+            error("bad argument #1 to 'spawn' (function expected, got " .. type(f) .. ")", 2)
+        end
+        local co = co_create(f)
+        owner[co] = execution()
+        lights[co] = true
+        return driver_yield(OP_SPAWN, co, ...)
+    end,
+    wait = function(...)
+        check_yieldable("ngx.thread.wait", 0)
+        return reaped(driver_yield(OP_WAIT, ...))
+    end,
+    kill = function(t)
+        check_yieldable("ngx.thread.kill", 0)
+        return reaped(driver_yield(OP_KILL, t))
+    end,
+}

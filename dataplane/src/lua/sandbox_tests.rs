@@ -335,6 +335,7 @@ fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
                 worker_id: 0,
                 worker_count: 1,
                 memory_limit: 64 << 20,
+                sockets: Default::default(),
             };
             let (timers, durable_timers) = worker_timers(&dicts);
             let vm =
@@ -393,6 +394,7 @@ fn table_sort_with_a_comparator_matches_luajits_own() {
         worker_id: 0,
         worker_count: 1,
         memory_limit: 64 << 20,
+        sockets: Default::default(),
     };
     let dicts = Arc::new(DictStore::default());
     let (timers, durable_timers) = worker_timers(&dicts);

@@ -44,6 +44,8 @@ pub struct VmSettings {
     pub worker_count: usize,
     /// Bytes one tenant VM may hold.
     pub memory_limit: usize,
+    /// Where cosockets may connect.
+    pub sockets: api::socket::SocketPolicy,
 }
 
 /// One tenant's VM on one worker.
@@ -57,6 +59,9 @@ pub struct Vm {
     base_ngx: Table,
     new_env: Function,
     load_module: Function,
+    /// `socket_api(route_id)`: a route's `ngx.socket`, whose sockets pool
+    /// connections under that route only (prelude.lua).
+    socket_api: Function,
     ngx_metatable: Table,
     threads: RefCell<Vec<Thread>>,
     /// `moongate.timer.cancel`, shared by the tenant's routes.
@@ -128,11 +133,20 @@ impl Vm {
         // count their work (before the sandbox copies the string table).
         super::pattern::install(&lua)?;
         let yield_marker = lua.create_table()?;
-        let (base_ngx, raw) = api::build(&lua, &yield_marker, settings.worker_id, settings.worker_count, timers)?;
+        let sockets = api::socket::Sockets::new(settings.sockets.clone());
+        let (base_ngx, raw) = api::build(
+            &lua,
+            &yield_marker,
+            settings.worker_id,
+            settings.worker_count,
+            timers,
+            &sockets,
+        )?;
         raw.set("libs", super::lib::build(&lua)?)?;
         lua.load(PRELUDE)
             .set_name("=moongate.prelude")
             .call::<()>((base_ngx.clone(), raw.clone()))?;
+        let socket_api: Function = raw.get("socket_api")?;
         let new_env: Function = lua
             .load(SANDBOX)
             .set_name("=moongate.sandbox")
@@ -158,6 +172,7 @@ impl Vm {
             base_ngx,
             new_env,
             load_module,
+            socket_api,
             ngx_metatable,
             threads: RefCell::new(Vec::new()),
             cancel_timer,
@@ -208,6 +223,8 @@ impl Vm {
         let lua_fail = |e: mlua::Error| fail(super::error_summary(&e));
         let ngx = deep_copy(&self.lua, &self.base_ngx, &mut Vec::new()).map_err(lua_fail)?;
         ngx.set_metatable(Some(self.ngx_metatable.clone())).map_err(lua_fail)?;
+        let sockets: Table = self.socket_api.call(route.id.as_str()).map_err(lua_fail)?;
+        ngx.set("socket", sockets).map_err(lua_fail)?;
         let mut route_dicts = Vec::with_capacity(route.shared_dicts.len());
         for d in &route.shared_dicts {
             let dict = dicts

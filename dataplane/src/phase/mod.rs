@@ -16,6 +16,7 @@ mod proxy;
 mod rewrite;
 mod send;
 mod subrequest;
+mod threads;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use crate::lua::vm::LoadedConfig;
 use crate::request::{self, Body, Exit, RequestState, SharedRequest};
 use crate::response::body::{Piece, ResponseBody};
 use crate::worker::Worker;
+use threads::{LightThreads, Verdict};
 
 /// nginx allows 10 internal redirects before "rewrite or internal redirection cycle".
 const MAX_REDIRECTS: u8 = 10;
@@ -341,9 +343,10 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Runs an entry-thread handler to its end, serving its yields. Past a
-    /// slice of CPU the handler waits in the worker's background lane
-    /// (`crate::sched`) before it goes on.
+    /// Runs an entry-thread handler, and the light threads it spawns, to
+    /// their end, serving their yields (`threads`). Past a slice of CPU the
+    /// handler waits in the worker's background lane (`crate::sched`) before
+    /// it goes on.
     async fn run_handler(&mut self, phase: Phase, f: &Function) -> HandlerEnd {
         let at = self.req.borrow().location;
         let route = &self.loaded.routes[at.route];
@@ -355,7 +358,7 @@ impl Lifecycle {
             r.phase = phase;
             r.exit = None;
         }
-        let thread = match vm.thread(f) {
+        let entry = match vm.thread(f) {
             Ok(t) => t,
             Err(e) => return self.lua_error(phase, &e),
         };
@@ -363,8 +366,25 @@ impl Lifecycle {
         if sched.is_penalized(&key) {
             account.demote();
         }
-        let mut args = MultiValue::new();
+        let lua = vm.lua();
+        let mut lights = LightThreads::new(entry.clone());
         loop {
+            let Some((id, args)) = lights.next_ready() else {
+                if !lights.has_parked() {
+                    // Every thread ended (or waits on one that never will).
+                    vm.recycle(entry);
+                    return HandlerEnd::Done;
+                }
+                let (id, answer) = lights.next_answer().await;
+                api::time::update_cached_time();
+                match answer(lua) {
+                    Ok(values) => lights.answered(id, values),
+                    Err(e) if id == threads::ENTRY => return self.lua_error(phase, &e),
+                    Err(e) => self.user_thread_failed(&mut lights, phase, id, &e),
+                }
+                continue;
+            };
+            let thread = lights.co(id).clone();
             let slice = if account.demoted() {
                 Some(sched.background(account.id()).await)
             } else {
@@ -383,13 +403,20 @@ impl Lifecycle {
                 Err(e) => {
                     if account.exceeded().is_some() {
                         sched.penalize(&key);
+                        return self.lua_error(phase, &e);
                     }
-                    return self.lua_error(phase, &e);
+                    if id == threads::ENTRY {
+                        return self.lua_error(phase, &e);
+                    }
+                    self.user_thread_failed(&mut lights, phase, id, &e);
+                    continue;
                 }
             };
             if thread.status() != ThreadStatus::Resumable {
-                vm.recycle(thread);
-                return HandlerEnd::Done;
+                if let Err(e) = lights.ended(lua, id, Ok(values)) {
+                    return self.lua_error(phase, &e);
+                }
+                continue;
             }
             let preempted = values.is_empty() && budget::preempted(false);
             let mut values = values.into_iter();
@@ -400,12 +427,16 @@ impl Lifecycle {
                     Some(Value::Number(op)) => op as i64,
                     _ => 0,
                 },
-                // A plain coroutine.yield() in the entry thread: resume on the next turn.
+                // A plain coroutine.yield(): the others run first.
                 _ => 0,
             };
-            args = MultiValue::new();
+            let mut args = MultiValue::new();
             match op {
-                _ if preempted => account.demote(),
+                _ if preempted => {
+                    account.demote();
+                    lights.resume_now(id, args);
+                    continue;
+                }
                 api::OP_EXIT => {
                     let exit = self.req.borrow_mut().exit.take();
                     return HandlerEnd::Exit(exit.unwrap_or(Exit::Status(0)));
@@ -417,9 +448,49 @@ impl Lifecycle {
                         Some(Value::String(s)) => s.to_str().ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0.0),
                         _ => 0.0,
                     };
-                    tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 1e9))).await;
-                    api::time::update_cached_time();
-                    args.push_back(Value::Integer(1));
+                    let nap = Duration::from_secs_f64(secs.clamp(0.0, 1e9));
+                    lights.park(
+                        id,
+                        Box::pin(async move {
+                            tokio::time::sleep(nap).await;
+                            api::pending::answer(|_| Ok(MultiValue::from_vec(vec![Value::Integer(1)])))
+                        }),
+                    );
+                    continue;
+                }
+                api::OP_AWAIT => {
+                    match api::pending::take() {
+                        Some(parked) => lights.park(id, parked),
+                        None => lights.resume_now(id, args),
+                    }
+                    continue;
+                }
+                api::OP_SPAWN => {
+                    let Some(Value::Thread(co)) = values.next() else {
+                        return self.lua_error(phase, &mlua::Error::runtime("bad spawn request"));
+                    };
+                    lights.spawn(id, co, values.collect());
+                    continue;
+                }
+                api::OP_WAIT | api::OP_KILL => {
+                    let targets: Vec<Value> = values.collect();
+                    let verdict = if op == api::OP_WAIT {
+                        lights.wait(lua, id, &targets)
+                    } else {
+                        lights.kill(lua, id, targets.first().unwrap_or(&Value::Nil))
+                    };
+                    match verdict {
+                        Ok(Verdict::Now(values)) => lights.resume_now(id, values),
+                        Ok(Verdict::Later) => {}
+                        Ok(Verdict::Raise(msg)) => {
+                            // The prelude raises it in the caller.
+                            let raise = vm.yield_marker().clone();
+                            let msg = lua.create_string(msg).map(Value::String).unwrap_or(Value::Nil);
+                            lights.resume_now(id, MultiValue::from_vec(vec![Value::Table(raise), msg]));
+                        }
+                        Err(e) => return self.lua_error(phase, &e),
+                    }
+                    continue;
                 }
                 api::OP_FLUSH => {
                     self.flush(false).await;
@@ -434,7 +505,6 @@ impl Lifecycle {
                         Some(Value::Table(t)) => t,
                         _ => return self.lua_error(phase, &mlua::Error::runtime("bad capture request")),
                     };
-                    let lua = vm.lua();
                     match self.capture(lua, list).await {
                         Ok(results) => args = results,
                         Err(e) => {
@@ -453,14 +523,45 @@ impl Lifecycle {
                         sched.penalize(&key);
                     }
                 }
-                api::OP_DURABLE_SYNC => args = api::durable::wait(vm.lua(), values.next()).await,
+                api::OP_DURABLE_SYNC => args = api::durable::wait(lua, values.next()).await,
                 api::OP_READ_BODY => {
                     if let Err(status) = self.read_body().await {
                         return HandlerEnd::Abort(status);
                     }
                 }
-                _ => tokio::task::yield_now().await,
+                _ => {
+                    tokio::task::yield_now().await;
+                    lights.resume_later(id);
+                    continue;
+                }
             }
+            lights.resume_now(id, args);
+        }
+    }
+
+    /// A user light thread died of a Lua error: logged as nginx logs it; the
+    /// other threads go on, and its parent's `wait` gets `false, err`.
+    fn user_thread_failed(&self, lights: &mut LightThreads, phase: Phase, id: threads::Id, e: &mlua::Error) {
+        let msg = crate::lua::error_summary(e);
+        crate::metrics::lua_error(phase);
+        // `wait` gets the message as lua-nginx-module hands it over: without
+        // the "chunk:line: " position `error()` put in front.
+        let bare = match msg.split_once(": ") {
+            Some((at, rest)) if at.rsplit_once(':').is_some_and(|(_, line)| line.parse::<u32>().is_ok()) => rest,
+            _ => &msg,
+        }
+        .to_string();
+        tracing::error!(
+            "{}, phase {}: lua user thread aborted: {msg}",
+            self.req.borrow().site,
+            phase.name()
+        );
+        if let Err(e) = lights.ended(
+            self.loaded.routes[self.req.borrow().location.route].vm.lua(),
+            id,
+            Err(bare),
+        ) {
+            crate::lua::log_error(&self.req.borrow().site, phase, &e);
         }
     }
 

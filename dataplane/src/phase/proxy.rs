@@ -102,10 +102,12 @@ pub(super) async fn run(lc: &mut Lifecycle, at: LocationRef) -> Flow {
     // retry can send it again. A small body of known length is read whole
     // when a retry may need it; a larger or chunked one streams through and
     // cannot be retried once sent.
-    if max_tries > 1 && (idempotent || up.retry.non_idempotent) && small_body_pending(lc) {
-        if let Err(status) = lc.read_body().await {
-            return Flow::Finish(Finish::Status(status));
-        }
+    if max_tries > 1
+        && (idempotent || up.retry.non_idempotent)
+        && small_body_pending(lc)
+        && let Err(status) = lc.read_body().await
+    {
+        return Flow::Finish(Finish::Status(status));
     }
     state.budget.deposit(Instant::now());
     let hash_key = hash_key(lc, &up);

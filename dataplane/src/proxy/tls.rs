@@ -53,6 +53,30 @@ fn system_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
+/// The client config of cosockets' `sslhandshake`: lua-nginx-module
+/// verifies only when asked (`ssl_verify`), against the system roots (there
+/// is no `lua_ssl_trusted_certificate` here). Built once per process each.
+pub fn cosocket_config(verify: bool) -> Arc<ClientConfig> {
+    static CONFIGS: OnceLock<[Arc<ClientConfig>; 2]> = OnceLock::new();
+    let configs = CONFIGS.get_or_init(|| {
+        let build = |verify: bool| {
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions");
+            let builder = if verify {
+                builder.with_root_certificates(system_roots())
+            } else {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+            };
+            Arc::new(builder.with_no_client_auth())
+        };
+        [build(false), build(true)]
+    });
+    configs[verify as usize].clone()
+}
+
 impl TlsSettings {
     /// `default_name` is the upstream's host when it has one host (a URL).
     pub fn new(t: &pb::UpstreamTls, default_name: &str, protocol: pb::UpstreamProtocol) -> Result<TlsSettings, String> {

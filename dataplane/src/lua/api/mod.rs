@@ -8,9 +8,11 @@ pub mod header;
 pub mod log;
 pub mod misc;
 pub mod output;
+pub mod pending;
 pub mod re;
 pub mod req;
 pub mod shared;
+pub mod socket;
 pub mod time;
 pub mod timer;
 pub mod var;
@@ -32,6 +34,12 @@ pub const OP_CAPTURE: i64 = 6;
 /// Wait for a durable commit (`durable::wait`): `{sync = true}` writes and
 /// `moongate.durable.sync()`.
 pub const OP_DURABLE_SYNC: i64 = 7;
+/// Await the operation an API function parked (`pending`): cosocket I/O.
+pub const OP_AWAIT: i64 = 8;
+/// Light threads (`ngx.thread.spawn`, `wait`, `kill`).
+pub const OP_SPAWN: i64 = 9;
+pub const OP_WAIT: i64 = 10;
+pub const OP_KILL: i64 = 11;
 
 /// Builds the base `ngx` table and the private `raw` table of primitives the
 /// Lua prelude wraps. `yield_marker` is the sentinel the driver recognises;
@@ -42,6 +50,7 @@ pub fn build(
     worker_id: usize,
     worker_count: usize,
     timers: &Rc<timer::Timers>,
+    sockets: &Rc<socket::Sockets>,
 ) -> mlua::Result<(Table, Table)> {
     let ngx = lua.create_table()?;
     let raw = lua.create_table()?;
@@ -61,6 +70,17 @@ pub fn build(
     raw.set("OP_EOF", OP_EOF)?;
     raw.set("OP_READ_BODY", OP_READ_BODY)?;
     raw.set("OP_CAPTURE", OP_CAPTURE)?;
+    raw.set("OP_AWAIT", OP_AWAIT)?;
+    raw.set("OP_SPAWN", OP_SPAWN)?;
+    raw.set("OP_WAIT", OP_WAIT)?;
+    raw.set("OP_KILL", OP_KILL)?;
+    raw.set(
+        "drop_parked",
+        lua.create_function(|_, ()| {
+            drop(pending::take());
+            Ok(())
+        })?,
+    )?;
     raw.set(
         "check_yieldable",
         lua.create_function(|_, (api, seconds): (String, mlua::Value)| {
@@ -90,6 +110,7 @@ pub fn build(
     re::register(lua, &ngx)?;
     timer::register(lua, &ngx, yield_marker, timers)?;
     balancer::register(lua, &ngx)?;
+    socket::register(lua, &raw, sockets, yield_marker)?;
     Ok((ngx, raw))
 }
 

@@ -294,8 +294,11 @@ fn exec(lua: &Lua, uri: Value, args: Value) -> mlua::Result<bool> {
 }
 
 fn redirect(uri: Value, status: Option<i64>) -> mlua::Result<bool> {
+    // luaL_checklstring: a number is its string form.
     let uri = match uri {
         Value::String(s) => s.as_bytes().to_vec(),
+        Value::Integer(i) => fmt_number(i as f64).into_bytes(),
+        Value::Number(n) => fmt_number(n).into_bytes(),
         other => {
             return Err(mlua::Error::runtime(bad_type(
                 1,

@@ -450,6 +450,12 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
             super::time::update_cached_time();
         } else if op == super::OP_DURABLE_SYNC {
             args = super::durable::wait(&run.lua, values.next()).await;
+        } else if op == super::OP_AWAIT {
+            if let Some(parked) = super::pending::take() {
+                let answer = parked.await;
+                super::time::update_cached_time();
+                args = answer(&run.lua).map_err(|e| crate::lua::error_message(&e))?;
+            }
         } else if is_marker {
             // ngx.exit() and friends end a timer's coroutine.
             return Ok(());

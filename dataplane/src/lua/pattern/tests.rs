@@ -576,6 +576,7 @@ fn the_dataplane_vm_uses_the_rust_functions() {
         worker_id: 0,
         worker_count: 1,
         memory_limit: 64 << 20,
+        sockets: Default::default(),
     };
     let dicts: std::sync::Arc<crate::shdict::DictStore> = Default::default();
     let sched = std::rc::Rc::new(crate::sched::Sched::default());

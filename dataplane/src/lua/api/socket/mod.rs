@@ -1,0 +1,159 @@
+//! Cosockets: `ngx.socket.tcp`, `ngx.socket.udp` and `ngx.socket.connect`,
+//! lua-nginx-module's non-blocking sockets, on tokio.
+//!
+//! Every operation that waits parks a future (`super::pending`) and yields
+//! to the driver of its Lua thread, so a worker never blocks and other
+//! requests and light threads run meanwhile. Results and error strings are
+//! lua-nginx-module's (`nil, "timeout"`, `nil, "closed", partial`, …), since
+//! libraries such as lua-resty-redis match on them.
+//!
+//! A cosocket in a multi-tenant gateway is an SSRF primitive, so:
+//! - every address is checked against the operator's egress policy after
+//!   name resolution (DNS rebinding cannot get around it), and a refusal is
+//!   `nil, err`, logged and counted;
+//! - `unix:` paths are refused unless the operator allowed that path;
+//! - keep-alive pools are per route: a connection one route authenticated is
+//!   never handed to another route, even of the same namespace.
+//!
+//! One [`Sockets`] per tenant VM holds the pools and the resolver cache.
+
+mod pool;
+mod resolve;
+mod tcp;
+mod udp;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlua::{Lua, Table};
+
+use crate::proxy::egress::EgressPolicy;
+
+/// lua-nginx-module's `lua_socket_*` defaults.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+const DEFAULT_POOL_SIZE: usize = 30;
+/// `lua_socket_buffer_size`: the most one read asks the kernel for.
+const READ_CHUNK: usize = 4096;
+/// Bytes a receive may hold while it looks for a line end or a boundary, or
+/// reads `*a`; past it the receive fails instead of exhausting the worker.
+const MAX_BUFFERED: usize = 64 << 20;
+
+/// Where cosockets may connect: the proxy's egress policy plus the `unix:`
+/// paths the operator allowed.
+#[derive(Clone, Debug, Default)]
+pub struct SocketPolicy {
+    pub egress: Arc<EgressPolicy>,
+    pub unix_allow: Vec<PathBuf>,
+}
+
+impl SocketPolicy {
+    fn unix_allowed(&self, path: &str) -> bool {
+        let path = std::path::Path::new(path);
+        // `..` would climb out of an allowed directory.
+        if !path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir) {
+            return false;
+        }
+        self.unix_allow
+            .iter()
+            .any(|p| path == p || path.starts_with(p) && p.is_dir())
+    }
+}
+
+/// A tenant VM's cosocket state.
+pub struct Sockets {
+    policy: SocketPolicy,
+    pools: std::cell::RefCell<pool::Pools>,
+    resolver: resolve::Resolver,
+}
+
+impl Sockets {
+    pub fn new(policy: SocketPolicy) -> Rc<Sockets> {
+        Rc::new(Sockets {
+            policy,
+            pools: Default::default(),
+            resolver: resolve::Resolver::default(),
+        })
+    }
+
+    /// Idle pooled connections of every route of this VM.
+    pub fn idle_connections(&self) -> usize {
+        self.pools.borrow().len()
+    }
+}
+
+/// Registers the VM-wide primitives (`raw.socket`) the prelude wraps.
+pub fn register(lua: &Lua, raw: &Table, sockets: &Rc<Sockets>, yield_marker: &Table) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    tcp::register(lua, &t, sockets, yield_marker)?;
+    udp::register(lua, &t, sockets, yield_marker)?;
+    raw.set("socket", t)?;
+    Ok(())
+}
+
+/// An OS error as nginx words it: `strerror` with a lowercase first letter
+/// ("connection refused", "connection reset by peer").
+fn os_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".to_string(),
+        ConnectionReset => "connection reset by peer".to_string(),
+        BrokenPipe => "broken pipe".to_string(),
+        TimedOut => "timeout".to_string(),
+        UnexpectedEof => "closed".to_string(),
+        _ => {
+            let s = e.to_string();
+            let s = match s.find(" (os error") {
+                Some(i) => s[..i].to_string(),
+                None => s,
+            };
+            let mut chars = s.chars();
+            match chars.next() {
+                Some(c) => c.to_lowercase().chain(chars).collect(),
+                None => "error".to_string(),
+            }
+        }
+    }
+}
+
+/// Milliseconds as a timeout: 0 is "the default", as in lua-nginx-module.
+fn timeout_ms(v: Option<f64>, func: &str, narg: usize) -> mlua::Result<Option<Duration>> {
+    match v {
+        None => Ok(None),
+        Some(ms) if ms.is_nan() || ms < 0.0 => Err(mlua::Error::runtime(crate::lua::args::bad_argument(
+            narg,
+            func,
+            "bad timeout value",
+        ))),
+        Some(0.0) => Ok(None),
+        Some(ms) => Ok(Some(Duration::from_secs_f64((ms / 1000.0).min(1e9)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_errors_read_as_nginx_words_them() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(os_error(&refused), "connection refused");
+        let unreachable = std::io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        assert_eq!(os_error(&unreachable), "no route to host");
+    }
+
+    #[test]
+    fn a_unix_path_is_allowed_only_under_an_allowed_one() {
+        let dir = std::env::temp_dir();
+        let policy = SocketPolicy {
+            egress: Arc::default(),
+            unix_allow: vec![dir.clone()],
+        };
+        assert!(policy.unix_allowed(dir.join("redis.sock").to_str().unwrap()));
+        assert!(!policy.unix_allowed("/var/run/docker.sock"));
+        assert!(!policy.unix_allowed(dir.join("../var/run/docker.sock").to_str().unwrap()));
+        assert!(!SocketPolicy::default().unix_allowed(dir.join("x").to_str().unwrap()));
+    }
+}

@@ -1,0 +1,271 @@
+//! Cosockets through the real binary: `ngx.socket.tcp`/`udp` against real
+//! servers on loopback (redis-server and memcached from Debian, and raw
+//! servers of the test's own), with lua-resty-redis and lua-resty-memcached
+//! from Debian's packages, unmodified; and the egress policy around them.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+
+use common::daemon::Daemon;
+use common::{IO_TIMEOUT, Server, route};
+
+/// A Debian-packaged Lua library's source.
+fn debian_lua(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e} (scripts/test.sh installs the package)"))
+}
+
+/// `name: |` with `source` as a YAML block under `modules:`.
+fn module(name: &str, source: &str) -> String {
+    let mut out = format!("    {name}: |\n");
+    for line in source.lines() {
+        out.push_str("      ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn serve(spec: &str) -> Server {
+    Server::builder(&route("c", spec))
+        .arg("--egress-allow")
+        .arg("127.0.0.1/32")
+        .start()
+}
+
+fn body(srv: &Server, path: &str) -> String {
+    let r = srv.get(path);
+    assert_eq!(r.status, 200, "{path}: {}\n{}", r.text(), srv.logs());
+    r.text()
+}
+
+#[test]
+fn lua_resty_redis_runs_unmodified_against_redis_server() {
+    let redis = Daemon::redis();
+    let lib = module("resty.redis", &debian_lua("/usr/share/lua/5.1/nginx/redis.lua"));
+    let handler = format!(
+        r#"local redis = require "resty.redis"
+local red = redis:new()
+red:set_timeouts(1000, 1000, 1000)
+local ok, err = red:connect("127.0.0.1", {port})
+if not ok then ngx.say("connect: ", err) return end
+ngx.say("reused ", red:get_reused_times())
+assert(red:set("dog", "an animal"))
+ngx.say("dog: ", red:get("dog"))
+ngx.say("nokey null: ", red:get("nokey") == ngx.null)
+red:init_pipeline()
+red:incr("n")
+red:incr("n")
+red:lpush("l", "a", "b")
+local results = red:commit_pipeline()
+ngx.say("pipeline: ", table.concat(results, ","))
+local bad, err = red:incr("dog")
+ngx.say("incr dog: ", tostring(bad), " ", err)
+assert(red:set_keepalive(10000, 10))"#,
+        port = redis.addr().port()
+    );
+    let doc = |name: &str| {
+        route(
+            name,
+            &format!(
+                "  modules:\n{lib}{}",
+                content(&handler).replace("path: /", &format!("path: /{name}"))
+            ),
+        )
+    };
+    let srv = Server::builder(&format!("{}---\n{}", doc("a"), doc("b")))
+        .arg("--egress-allow")
+        .arg("127.0.0.1/32")
+        .start();
+    assert_eq!(
+        body(&srv, "/a"),
+        "reused 0\ndog: an animal\nnokey null: true\npipeline: 1,2,2\nincr dog: false ERR value is not an integer or out of range\n"
+    );
+    // The pooled connection serves the route's next request…
+    let again = body(&srv, "/a");
+    assert!(
+        again.starts_with("reused 1\n") && again.contains("pipeline: 3,4,4\n"),
+        "{again}"
+    );
+    // …and never another route's, though it is idle in the same worker.
+    let other = body(&srv, "/b");
+    assert!(other.starts_with("reused 0\n"), "{other}");
+}
+
+#[test]
+fn lua_resty_memcached_runs_unmodified_against_memcached() {
+    let memcached = Daemon::memcached();
+    let lib = debian_lua("/usr/share/lua/5.1/nginx/memcached.lua");
+    let srv = serve(&format!(
+        "  modules:\n{}  locations:\n    - path: /\n      content: |\n        local memcached = require \"resty.memcached\"\n        local memc = memcached:new()\n        memc:set_timeout(1000)\n        assert(memc:connect(\"127.0.0.1\", {port}))\n        assert(memc:set(\"dog\", 32))\n        local v, flags = memc:get(\"dog\")\n        ngx.say(\"dog: \", v, \" flags \", flags)\n        ngx.say(\"missing: \", tostring((memc:get(\"cat\"))))\n        local ok, err = memc:add(\"dog\", 1)\n        ngx.say(\"add again: \", tostring(ok), \" \", err)\n        ngx.say(\"incr: \", memc:incr(\"dog\", 10))\n        memc:set_keepalive(10000, 10)\n",
+        module("resty.memcached", &lib),
+        port = memcached.addr().port()
+    ));
+    assert_eq!(
+        body(&srv, "/"),
+        "dog: 32 flags 0\nmissing: nil\nadd again: nil NOT_STORED\nincr: 42\n"
+    );
+}
+
+/// A server for one connection: writes `script`, half-closes when `close`
+/// (the client then sees the end of the stream), and returns everything the
+/// client sent until it closed.
+fn scripted(script: &'static [u8], close: bool) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        conn.write_all(script).unwrap();
+        if close {
+            conn.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut data = Vec::new();
+        let _ = conn.read_to_end(&mut data);
+        data
+    });
+    (port, thread)
+}
+
+fn content(lua: &str) -> String {
+    let mut out = String::from("  locations:\n    - path: /\n      content: |\n");
+    for line in lua.lines() {
+        out.push_str("        ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn receive_patterns_behave_as_lua_nginx_module_documents() {
+    let (port, server) = scripted(
+        b"line one\r\nline\r two\nABCDEhello, world! -agentzh\r\n--abcedhb tail",
+        true,
+    );
+    let srv = serve(&content(&format!(
+        r#"local sock = ngx.socket.tcp()
+sock:settimeout(5000)
+assert(sock:connect("127.0.0.1", {port}))
+ngx.say("sent ", sock:send({{"GET", " ", {{"/", 1}}, "\r\n"}}))
+ngx.say("[", sock:receive(), "]")
+ngx.say("[", sock:receive("*l"), "]")
+ngx.say("[", sock:receive(5), "]")
+ngx.say("[", sock:receive(0), "]")
+local reader = sock:receiveuntil("\r\n--abcedhb")
+while true do
+  local data, err = reader(4)
+  if not data then ngx.say("done ", tostring(err)) break end
+  ngx.say("chunk [", data, "]")
+end
+ngx.say("any [", sock:receiveany(3), "]")
+local data, err, partial = sock:receive(100)
+ngx.say("short: ", tostring(data), " ", err, " [", partial, "]")
+ngx.say("after close: ", select(2, sock:receive()))
+ngx.say("close: ", select(2, sock:close()))
+local ok, err = pcall(sock.receive, sock, "*x")
+ngx.say(err)"#
+    )));
+    assert_eq!(
+        body(&srv, "/"),
+        "sent 8\n[line one]\n[line two]\n[ABCDE]\n[]\nchunk [hell]\nchunk [o, w]\nchunk [orld]\nchunk [! -a]\nchunk [gent]\nchunk [zh]\ndone nil\nany [ ta]\nshort: nil closed [il]\nafter close: closed\nclose: closed\nbad argument #2 to 'receive' (bad pattern argument)\n"
+    );
+    assert_eq!(server.join().unwrap(), b"GET /1\r\n");
+}
+
+#[test]
+fn a_read_timeout_returns_the_partial_and_keeps_the_connection() {
+    // The server sends "ab", then the rest only once asked: the first read
+    // can only end by its timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        conn.write_all(b"ab").unwrap();
+        let mut line = String::new();
+        BufReader::new(conn.try_clone().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "more\n");
+        conn.write_all(b"cd\n").unwrap();
+    });
+    let srv = serve(&content(&format!(
+        r#"local sock = ngx.socket.tcp()
+assert(sock:connect("127.0.0.1", {port}))
+sock:settimeouts(5000, 5000, 50)
+local data, err, partial = sock:receive()
+ngx.say(tostring(data), " ", err, " [", partial, "]")
+assert(sock:send("more\n"))
+sock:settimeout(5000)
+ngx.say("then [", sock:receive(), "]")"#
+    )));
+    assert_eq!(body(&srv, "/"), "nil timeout [ab]\nthen [cd]\n");
+    server.join().unwrap();
+}
+
+#[test]
+fn the_egress_policy_refuses_what_the_operator_did_not_allow() {
+    let (port, _server) = scripted(b"", true);
+    let srv = Server::start(&route(
+        "c",
+        &content(&format!(
+            r#"local function try(...)
+  local sock = ngx.socket.tcp()
+  sock:settimeout(2000)
+  local ok, err = sock:connect(...)
+  ngx.say(tostring(ok), " ", err)
+end
+try("127.0.0.1", {port})
+try("localhost", {port})
+try("169.254.169.254", 80)
+try("unix:/var/run/docker.sock")
+local u = ngx.socket.udp()
+ngx.say(select(2, u:setpeername("127.0.0.1", 53)))"#
+        )),
+    ));
+    let out = body(&srv, "/");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines[0].starts_with(&format!("nil egress to 127.0.0.1:{port} refused: loopback address")),
+        "{out}"
+    );
+    // Checked after resolution: the name does not get around the rule.
+    assert!(
+        lines[1].starts_with("nil egress to ") && lines[1].contains("loopback"),
+        "{out}"
+    );
+    assert!(lines[2].contains("cloud metadata"), "{out}");
+    assert!(lines[3].contains("unix sockets are not allowed"), "{out}");
+    assert!(lines[4].contains("refused: loopback"), "{out}");
+    srv.wait_log("cosocket connect to 127.0.0.1", IO_TIMEOUT)
+        .expect("refusal logged");
+}
+
+#[test]
+fn the_gateway_itself_is_refused_even_when_loopback_is_allowed() {
+    let srv = serve(&content(
+        r#"local sock = ngx.socket.tcp()
+local ok, err = sock:connect("127.0.0.1", tonumber(ngx.var.server_port))
+ngx.say(tostring(ok), " ", err)"#,
+    ));
+    let out = body(&srv, "/");
+    assert!(out.contains("own socket") && out.starts_with("nil "), "{out}");
+}
+
+#[test]
+fn cosockets_are_refused_where_nginx_refuses_them() {
+    let srv = serve(
+        "  locations:\n    - path: /\n      content: ngx.say('ok')\n      headerFilter: |\n        local ok, err = pcall(ngx.socket.tcp)\n        ngx.header['X-Hf'] = err\n      log: |\n        local ok, err = pcall(ngx.socket.tcp)\n        ngx.log(ngx.ERR, 'LOG PHASE ', err)\n",
+    );
+    let r = srv.get("/");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("x-hf")
+            .is_some_and(|h| h.starts_with("API disabled in the context of header_filter_by_lua*")),
+        "{:?}",
+        r.headers
+    );
+    let line = srv.wait_log("LOG PHASE", IO_TIMEOUT).unwrap();
+    assert!(line.contains("API disabled in the context of log_by_lua*"), "{line}");
+}
