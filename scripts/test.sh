@@ -12,6 +12,12 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3)
 # Real servers the integration tests run as upstreams and peers.
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+# The reference the cjson differential test (dataplane/tests/cjson.rs) runs:
+# a LuaJIT with Debian's lua-cjson. luajit2 (OpenResty's branch, installed as
+# /usr/bin/luajit), not the luajit package: that one conflicts with
+# libluajit2, which nginx's Lua modules pull in.
+command -v luajit >/dev/null || need_apt+=(luajit2)
+ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1 || need_apt+=(lua-cjson)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   apt-get update -qq

@@ -10,8 +10,9 @@
 //! Multi-key objects print in a canonical form (sorted keys), since key
 //! order is the VM's table order.
 //!
-//! `scripts/test.sh` installs `luajit` and `lua-cjson`; without them the
-//! differential test fails, it does not skip.
+//! `scripts/test.sh` installs a `luajit` (Debian's `luajit2` package,
+//! OpenResty's LuaJIT) and `lua-cjson`; without them the differential test
+//! fails, it does not skip.
 
 mod common;
 
@@ -204,6 +205,8 @@ P("sparse safe string", cjson.encode_sparse_array, nil, nil, "x")
 P("sparse safe numeric string", cjson.encode_sparse_array, nil, nil, "10")
 P("sparse too many", cjson.encode_sparse_array, true, 2, 10, 4)
 P("sparse named error", function() local r = cjson.encode_sparse_array(true, -1) return r end)
+P("sparse after partial set", cjson.encode_sparse_array)
+P("sparse reset", cjson.encode_sparse_array, false, 2, 10)
 
 -- Number settings.
 for _, p in ipairs({1, 2, 3, 5, 10, 13, 14}) do
@@ -490,7 +493,7 @@ fn reference(lua: &str) -> Vec<String> {
     let path = dir.path().join("corpus.lua");
     std::fs::write(&path, lua).expect("write corpus");
     let run = Command::new("luajit").arg(&path).output().unwrap_or_else(|e| {
-        panic!("cannot run luajit ({e}): the differential test needs Debian's luajit and lua-cjson (scripts/test.sh installs them: apt-get install luajit lua-cjson)")
+        panic!("cannot run luajit ({e}): the differential test needs Debian's luajit and lua-cjson (scripts/test.sh installs them: apt-get install luajit2 lua-cjson)")
     });
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
@@ -498,7 +501,10 @@ fn reference(lua: &str) -> Vec<String> {
         "luajit with lua-cjson failed ({}); is lua-cjson installed (apt-get install lua-cjson)?\n{stderr}",
         run.status
     );
-    String::from_utf8_lossy(&run.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Runs `lua` as the content handler of a Moongate route; the output lines.
@@ -606,7 +612,87 @@ fn each_route_has_its_own_settings() {
     let b = "  hostnames: [b.test]\n  locations:\n  - path: /\n    content: |\n      local cjson = require \"cjson\"\n      ngx.say(cjson.encode({}), cjson.encode(\"/\"), tostring(cjson.encode_empty_table_as_object()))\n";
     let s = Server::start(&format!("{}\n---\n{}", route("a", a), route("b", b)));
     assert_eq!(s.get_host("a.test", "/set").text(), "[]\"/\"\n");
-    assert_eq!(s.get_host("b.test", "/").text(), "{}\"\\/\"true\n", "route B saw route A's settings");
+    assert_eq!(
+        s.get_host("b.test", "/").text(),
+        "{}\"\\/\"true\n",
+        "route B saw route A's settings"
+    );
     // Route A keeps its own across requests; its cjson.safe is another instance.
     assert_eq!(s.get_host("a.test", "/get").text(), "[]\"/\"true\n");
+}
+
+/// Inputs that would crash or hang a careless implementation fail with
+/// upstream's errors, or abort on the route's own limits, and the worker
+/// lives on.
+#[test]
+fn hostile_inputs_fail_cleanly() {
+    let prelude = r#"
+      local cjson = require "cjson"
+      local function try(name, f)
+        local ok, e = pcall(f)
+        ngx.say(name, ": ", tostring(ok), " ", tostring(e):sub(1, 60))
+      end
+      cjson.encode_max_depth(2147483647)
+      cjson.decode_max_depth(2147483647)
+"#;
+    let deep = r#"
+      local cycle = {}
+      cycle[1] = cycle
+      try("cycle", function() return cjson.encode(cycle) end)
+      local ocycle = {}
+      ocycle.k = ocycle
+      try("object cycle", function() return cjson.encode(ocycle) end)
+      try("deep decode", function() return cjson.decode(string.rep("[", 1000000)) end)
+      try("deep objects", function() return cjson.decode(string.rep('{"a":', 300000)) end)
+      ngx.say("alive")
+"#;
+    let huge = r#"
+      local s = string.rep("\1", 1024 * 1024)
+      local many = {}
+      for i = 1, 400 do many[i] = s end
+      try("huge output", function() return #cjson.encode(many) end)
+"#;
+    let sparse = r#"
+      cjson.encode_sparse_array(false, 0)
+      try("huge sparse", function() return #cjson.encode({[2^30] = 1}) end)
+"#;
+    let location = |path: &str, body: &str| format!("  - path: {path}\n    content: |{prelude}{body}");
+    let s = Server::start(&route(
+        "hostile",
+        &format!(
+            "  locations:\n{}{}{}",
+            location("/deep", deep),
+            location("/huge", huge),
+            location("/sparse", sparse)
+        ),
+    ));
+    let text = s.get("/deep").text();
+    for needle in [
+        "cycle: false Cannot serialise, excessive nesting (",
+        "object cycle: false Cannot serialise, excessive nesting (",
+        "deep decode: false Found too many nested data structures (",
+        "deep objects: false Found too many nested data structures (",
+        "alive",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}\n{}", s.logs());
+    }
+    // Output past what the route may build, or work past its budget: the
+    // call fails or the request is aborted, promptly either way.
+    for (path, needle) in [("/huge", "huge output: false"), ("/sparse", "huge sparse: false")] {
+        let started = std::time::Instant::now();
+        let r = s.get(path);
+        assert!(
+            r.status == 500 || r.text().contains(needle),
+            "{path}: {} {}\n{}",
+            r.status,
+            r.text(),
+            s.logs()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(s.get("/deep").text().contains("alive"), "the worker serves on");
 }

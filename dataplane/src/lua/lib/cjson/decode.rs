@@ -8,7 +8,7 @@
 
 use mlua::{Lua, Table, Value};
 
-use super::{Config, Failure, HARD_DEPTH, Meter, Shared};
+use super::{Config, Failure, HARD_DEPTH, Meter, NODE_UNITS, Shared};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -85,7 +85,6 @@ pub(super) fn decode(lua: &Lua, cfg: &Config, shared: &Shared, data: &[u8]) -> R
     if token.kind != Kind::End {
         return Err(p.error("the end", token));
     }
-    p.meter.add(data.len() as u64 / crate::lua::budget::BYTES_PER_UNIT)?;
     p.meter.finish()?;
     Ok(v)
 }
@@ -113,10 +112,12 @@ impl Parser<'_> {
     }
 
     fn next_token(&mut self) -> Result<Token, Failure> {
-        self.meter.add(1)?;
+        let start = self.pos;
         while is_ws(self.at(self.pos)) {
             self.pos += 1;
         }
+        self.meter
+            .add(NODE_UNITS + (self.pos - start) as u64 / crate::lua::budget::BYTES_PER_UNIT)?;
         let index = self.pos;
         let ch = self.at(self.pos);
         let single = match ch {
@@ -240,8 +241,12 @@ impl Parser<'_> {
             }
         }
         self.pos += 1;
-        self.meter.add(self.tmp.len() as u64 / crate::lua::budget::BYTES_PER_UNIT)?;
-        Ok(Token { kind: Kind::String, index })
+        self.meter
+            .add(self.tmp.len() as u64 / crate::lua::budget::BYTES_PER_UNIT)?;
+        Ok(Token {
+            kind: Kind::String,
+            index,
+        })
     }
 
     fn token_error(&self, what: &'static str) -> Token {

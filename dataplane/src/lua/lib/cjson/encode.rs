@@ -5,7 +5,7 @@
 
 use mlua::{Lua, Table, Value};
 
-use super::{Config, Failure, HARD_DEPTH, InvalidNumbers, Meter, Shared, empty_array_ptr};
+use super::{Config, Failure, HARD_DEPTH, InvalidNumbers, Meter, NODE_UNITS, Shared, empty_array_ptr};
 use crate::lua::args::type_name;
 
 struct Encoder<'a> {
@@ -28,13 +28,18 @@ pub(super) fn encode(lua: &Lua, cfg: &Config, shared: &Shared, v: &Value) -> Res
         meter: Meter::new(),
     };
     e.value(v, 0)?;
-    e.meter.add(e.out.len() as u64 / crate::lua::budget::BYTES_PER_UNIT)?;
     e.meter.finish()?;
     Ok(Value::String(lua.create_string(&e.out)?))
 }
 
 fn fail(msg: String) -> Failure {
     Failure::Message(msg)
+}
+
+/// What LuaJIT raises when an allocation fails: the output would be larger
+/// than the running code may build.
+fn out_of_memory() -> Failure {
+    Failure::Lua(mlua::Error::MemoryError("not enough memory".into()))
 }
 
 fn serialise_error(v: &Value, reason: &str) -> Failure {
@@ -44,7 +49,7 @@ fn serialise_error(v: &Value, reason: &str) -> Failure {
 impl Encoder<'_> {
     fn room(&self) -> Result<(), Failure> {
         if self.out.len() > self.limit {
-            return Err(Failure::Lua(mlua::Error::MemoryError("not enough memory".into())));
+            return Err(out_of_memory());
         }
         Ok(())
     }
@@ -52,9 +57,9 @@ impl Encoder<'_> {
     /// Appends `v`; `Ok(false)` when it was skipped as an unsupported type
     /// (`encode_skip_unsupported_value_types`), having appended nothing.
     fn value(&mut self, v: &Value, depth: i32) -> Result<bool, Failure> {
-        self.meter.add(1)?;
+        self.meter.add(NODE_UNITS)?;
         match v {
-            Value::String(s) => self.string(&s.as_bytes()),
+            Value::String(s) => self.string(&s.as_bytes())?,
             Value::Integer(i) => self.number(*i as f64, v)?,
             Value::Number(n) => self.number(*n, v)?,
             Value::Boolean(true) => self.out.extend_from_slice(b"true"),
@@ -72,7 +77,12 @@ impl Encoder<'_> {
         Ok(true)
     }
 
-    fn string(&mut self, s: &[u8]) {
+    fn string(&mut self, s: &[u8]) -> Result<(), Failure> {
+        // Escaping is the only work here that grows with the input.
+        self.meter.add(s.len() as u64 / crate::lua::budget::BYTES_PER_UNIT)?;
+        if self.out.len().saturating_add(s.len()) > self.limit {
+            return Err(out_of_memory());
+        }
         self.out.reserve(s.len() + 2);
         self.out.push(b'"');
         for &b in s {
@@ -82,6 +92,7 @@ impl Encoder<'_> {
             }
         }
         self.out.push(b'"');
+        Ok(())
     }
 
     fn number(&mut self, n: f64, v: &Value) -> Result<(), Failure> {
@@ -105,7 +116,8 @@ impl Encoder<'_> {
                 }
             }
         }
-        self.out.extend_from_slice(fmt_g(n, self.cfg.number_precision).as_bytes());
+        self.out
+            .extend_from_slice(fmt_g(n, self.cfg.number_precision).as_bytes());
         Ok(())
     }
 
@@ -126,11 +138,11 @@ impl Encoder<'_> {
         if len > 0 || (len == 0 && !self.cfg.empty_table_as_object) {
             return self.array(t, depth, i64::from(len));
         }
-        if let Some(mt) = &mt {
-            if mt.to_pointer() == self.empty_array_mt {
-                self.out.extend_from_slice(b"[]");
-                return Ok(());
-            }
+        if let Some(mt) = &mt
+            && mt.to_pointer() == self.empty_array_mt
+        {
+            self.out.extend_from_slice(b"[]");
+            return Ok(());
         }
         self.object(t, depth)
     }
@@ -144,7 +156,7 @@ impl Encoder<'_> {
         let mut items: i32 = 0;
         for pair in t.pairs::<Value, Value>() {
             let (k, _) = pair?;
-            self.meter.add(1)?;
+            self.meter.add(NODE_UNITS)?;
             let k = match k {
                 Value::Integer(i) => i as f64,
                 Value::Number(n) => n,
@@ -215,7 +227,7 @@ impl Encoder<'_> {
                     self.out.extend_from_slice(b"\":");
                 }
                 Value::String(s) => {
-                    self.string(&s.as_bytes());
+                    self.string(&s.as_bytes())?;
                     self.out.push(b':');
                 }
                 _ => return Err(serialise_error(&k, "table key must be a number or string")),
@@ -237,10 +249,10 @@ impl Encoder<'_> {
 /// and `/` as `\/` unless turned off. Bytes >= 0x80 pass through.
 pub(crate) fn escape(b: u8, forward_slash: bool) -> Option<&'static str> {
     const CONTROL: [&str; 32] = [
-        "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b", "\\t",
-        "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011", "\\u0012", "\\u0013",
-        "\\u0014", "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a", "\\u001b", "\\u001c",
-        "\\u001d", "\\u001e", "\\u001f",
+        "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b", "\\t", "\\n",
+        "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011", "\\u0012", "\\u0013", "\\u0014",
+        "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a", "\\u001b", "\\u001c", "\\u001d", "\\u001e",
+        "\\u001f",
     ];
     match b {
         0..=0x1f => Some(CONTROL[usize::from(b)]),

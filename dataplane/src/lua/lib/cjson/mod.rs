@@ -32,7 +32,7 @@ use mlua::{Function, LightUserData, Lua, MultiValue, Table, Value};
 use crate::lua::args;
 
 /// `_VERSION` of the upstream release whose behaviour this follows.
-pub const VERSION: &str = "2.1.0.14";
+pub const VERSION: &str = "2.1.0.11";
 
 /// Nesting actually allowed whatever the settings say: upstream stops where
 /// `lua_checkstack` fails (a few thousand levels); our recursion stops here
@@ -41,6 +41,11 @@ pub const HARD_DEPTH: i32 = 10_000;
 
 /// Work units between two calls to the budget while encoding or decoding.
 const CHARGE_EVERY: u64 = 4096;
+
+/// What one value or token costs, in instruction-equivalents: a table
+/// access or creation through the Lua API and the bookkeeping around it
+/// take tens of nanoseconds, much more than one interpreted instruction.
+pub(crate) const NODE_UNITS: u64 = 16;
 
 /// The address `cjson.empty_array` is: any static's, it is only compared.
 static EMPTY_ARRAY: u8 = 0;
@@ -159,13 +164,13 @@ pub fn register(lua: &Lua, libs: &Table) -> mlua::Result<()> {
 }
 
 fn route_shared(lua: &Lua, per_route: &Table, env: Value) -> mlua::Result<Shared> {
-    if let Value::Table(_) = env {
-        if let Value::Table(pair) = per_route.raw_get::<Value>(env.clone())? {
-            return Ok(Shared {
-                array_mt: pair.raw_get(1)?,
-                empty_array_mt: pair.raw_get(2)?,
-            });
-        }
+    if let Value::Table(_) = env
+        && let Value::Table(pair) = per_route.raw_get::<Value>(env.clone())?
+    {
+        return Ok(Shared {
+            array_mt: pair.raw_get(1)?,
+            empty_array_mt: pair.raw_get(2)?,
+        });
     }
     let shared = Shared {
         array_mt: lua.create_table()?,
@@ -368,9 +373,10 @@ fn setting(
         }
         let mut a: Vec<Value> = a.into_iter().collect();
         a.resize(nargs, Value::Nil);
-        let mut c = inst.config.borrow().clone();
-        let out = f(lua, &mut c, &a)?;
-        *inst.config.borrow_mut() = c;
+        // Settings apply one by one, as upstream's: when a later argument
+        // is refused, the earlier ones have been set. Nothing here runs Lua
+        // code, so the borrow cannot be re-entered.
+        let out = f(lua, &mut inst.config.borrow_mut(), &a)?;
         Ok(MultiValue::from_iter(out))
     })?;
     m.raw_set(name, func)
@@ -404,7 +410,8 @@ fn int_option(lua: &Lua, a: &[Value], index: usize, setting: &mut i32, min: i32,
 /// LuaJIT's `lua_tointeger` on x86-64: truncation toward zero, with what
 /// the hardware gives out of range.
 fn lua_tointeger(n: f64) -> i64 {
-    if n.is_nan() || n >= 9.223_372_036_854_775_807e18 || n < -9.223_372_036_854_775_808e18 {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if n.is_nan() || !(-TWO_63..TWO_63).contains(&n) {
         i64::MIN
     } else {
         n as i64
