@@ -196,7 +196,7 @@ fn new_module(lua: &Lua, shared: Shared, safe: bool) -> mlua::Result<Table> {
     let i = inst.clone();
     let encode = lua.create_function(move |lua, args: MultiValue| {
         let cfg = i.config.borrow().clone();
-        call_conversion(lua, safe, "encode", args, |lua, v, direct| {
+        call_conversion(lua, safe, args, |lua, v, direct| {
             encode::encode(lua, &cfg, &i.shared, &v).map_err(|e| e.into_lua(lua, direct))
         })
     })?;
@@ -205,7 +205,7 @@ fn new_module(lua: &Lua, shared: Shared, safe: bool) -> mlua::Result<Table> {
     let i = inst.clone();
     let decode = lua.create_function(move |lua, args: MultiValue| {
         let cfg = i.config.borrow().clone();
-        call_conversion(lua, safe, "decode", args, |lua, v, direct| {
+        call_conversion(lua, safe, args, |lua, v, direct| {
             let text = match &v {
                 Value::String(s) => s.clone(),
                 Value::Integer(_) | Value::Number(_) => match lua.coerce_string(v.clone())? {
@@ -325,7 +325,6 @@ fn checkstring_error(lua: &Lua, v: &Value, direct: bool) -> mlua::Error {
 fn call_conversion(
     lua: &Lua,
     safe: bool,
-    _name: &str,
     args: MultiValue,
     f: impl FnOnce(&Lua, Value, bool) -> mlua::Result<Value>,
 ) -> mlua::Result<MultiValue> {
