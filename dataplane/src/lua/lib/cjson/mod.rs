@@ -20,6 +20,20 @@
 //!   is bounded by the largest string the code may build.
 //! - The safe variants return `nil, message` for what upstream's
 //!   `lua_pcall` would catch, but never swallow a budget abort.
+//!
+//! Where this knowingly differs from upstream:
+//! - Numbers decode as C's `strtod` reads them (the behaviour of 2.1.0.10
+//!   and of upstream's own test suite: `0123` is 123, `Infinity` is inf);
+//!   the `strtoll` first pass of some 2.1.0.11+ sources, which would read
+//!   `0123` as octal, is not reproduced.
+//! - Nesting past [`HARD_DEPTH`] (or past what the thread's stack allows)
+//!   fails with upstream's "excessive nesting" / "too many nested data
+//!   structures" error even when the configured limit is higher; upstream
+//!   fails there too, at a depth set by `lua_checkstack`.
+//! - `encode_keep_buffer` is only a setting: no buffer is kept between
+//!   calls (the output is the same).
+//! - Output larger than the running code may build fails with
+//!   "not enough memory", as LuaJIT's allocator would.
 
 mod decode;
 mod encode;
