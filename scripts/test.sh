@@ -17,6 +17,12 @@ command -v memcached >/dev/null || need_apt+=(memcached)
 # OpenResty libraries the cosocket tests run unmodified (Debian's names).
 [ -f /usr/share/lua/5.1/nginx/redis.lua ] || need_apt+=(lua-nginx-redis)
 [ -f /usr/share/lua/5.1/nginx/memcached.lua ] || need_apt+=(lua-nginx-memcached)
+# The reference the cjson differential test (dataplane/tests/cjson.rs) runs:
+# a LuaJIT with Debian's lua-cjson. luajit2 (OpenResty's branch, installed as
+# /usr/bin/luajit), not the luajit package: that one conflicts with
+# libluajit2, which nginx's Lua modules pull in.
+command -v luajit >/dev/null || need_apt+=(luajit2)
+ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1 || need_apt+=(lua-cjson)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   apt-get update -qq

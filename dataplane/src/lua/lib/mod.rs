@@ -10,9 +10,12 @@
 //! so every route gets its own instance and a built-in name always wins over
 //! a route module of the same name.
 
+mod cjson;
+
 use mlua::{Lua, Table};
 
 pub fn build(lua: &Lua) -> mlua::Result<Table> {
     let libs = lua.create_table()?;
+    cjson::register(lua, &libs)?;
     Ok(libs)
 }
