@@ -269,3 +269,30 @@ fn cosockets_are_refused_where_nginx_refuses_them() {
     let line = srv.wait_log("LOG PHASE", IO_TIMEOUT).unwrap();
     assert!(line.contains("API disabled in the context of log_by_lua*"), "{line}");
 }
+
+#[test]
+fn the_request_body_reads_as_a_socket() {
+    let srv = serve(&content(
+        r#"local sock, err = ngx.req.socket()
+if not sock then ngx.say("no socket: ", err) return end
+sock:settimeout(5000)
+ngx.say("line [", sock:receive(), "]")
+local reader = sock:receiveuntil("--b", {inclusive = true})
+ngx.say("part [", reader(), "]")
+ngx.say("two [", sock:receive(2), "]")
+local data, err, partial = sock:receive(100)
+ngx.say(tostring(data), " ", err, " [", partial, "]")
+ngx.say("again: ", select(2, ngx.req.socket()))"#,
+    ));
+    let r = srv
+        .try_raw(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 21\r\nConnection: close\r\n\r\nfirst\r\nhello--bXYtail",
+        )
+        .unwrap();
+    assert_eq!(
+        r.text(),
+        "line [first]\npart [hello--b]\ntwo [XY]\nnil closed [tail]\nagain: request body already exists\n"
+    );
+    let r = srv.get("/");
+    assert_eq!(r.text(), "no socket: no body\n");
+}

@@ -339,3 +339,34 @@ ngx.thread = {
         return reaped(driver_yield(OP_KILL, t))
     end,
 }
+
+-- ngx.req.socket(): the request body as a read-only cosocket; the driver
+-- serves each read from the client's stream (phase/req_socket.rs).
+local OP_REQ_SOCKET, req_socket, until_new = raw.OP_REQ_SOCKET, raw.req_socket, sock.until_new
+local req_sock = {}
+req_sock.receive = function(self, pattern)
+    return driver_yield(OP_REQ_SOCKET, "receive", pattern)
+end
+req_sock.receiveuntil = function(self, pattern, opts)
+    local it, err = until_new(pattern, opts)
+    if not it then
+        return nil, err
+    end
+    return function(size)
+        return driver_yield(OP_REQ_SOCKET, "until", it, size)
+    end
+end
+req_sock.settimeout = function(self, ms)
+    driver_yield(OP_REQ_SOCKET, "settimeout", ms)
+end
+req_sock.settimeouts = function(self, _, _, ms)
+    driver_yield(OP_REQ_SOCKET, "settimeout", ms)
+end
+local req_sock_mt = { __index = req_sock, __metatable = false }
+ngx.req.socket = function(raw_mode)
+    local ok, err = req_socket(raw_mode)
+    if not ok then
+        return nil, err
+    end
+    return setmetatable({}, req_sock_mt)
+end

@@ -13,6 +13,7 @@ mod body_filter;
 mod content;
 mod log;
 mod proxy;
+mod req_socket;
 mod rewrite;
 mod send;
 mod subrequest;
@@ -105,6 +106,8 @@ pub struct Lifecycle {
     /// The client's body stream went to an upstream try: no other try can
     /// send it again.
     body_streamed: bool,
+    /// `ngx.req.socket()`'s read-ahead.
+    req_sock: req_socket::ReqSocket,
 }
 
 /// Where a lifecycle puts its response head for the connection to send.
@@ -159,6 +162,7 @@ pub async fn run(worker: Rc<Worker>, mut request: http::Request<Incoming>, conn:
         captured: None,
         upgrade,
         body_streamed: false,
+        req_sock: Default::default(),
     };
     let finish = if uri.is_none() || server.is_none() {
         Finish::Status(400)
@@ -524,6 +528,14 @@ impl Lifecycle {
                     }
                 }
                 api::OP_DURABLE_SYNC => args = api::durable::wait(lua, values.next()).await,
+                api::OP_REQ_SOCKET => match self.req_socket(lua, values).await {
+                    Ok(values) => args = values,
+                    Err(e) if id == threads::ENTRY => return self.lua_error(phase, &e),
+                    Err(e) => {
+                        self.user_thread_failed(&mut lights, phase, id, &e);
+                        continue;
+                    }
+                },
                 api::OP_READ_BODY => {
                     if let Err(status) = self.read_body().await {
                         return HandlerEnd::Abort(status);

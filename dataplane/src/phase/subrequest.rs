@@ -102,6 +102,7 @@ impl Lifecycle {
             captured: Some(Captured::default()),
             upgrade: None,
             body_streamed: false,
+            req_sock: Default::default(),
         };
         // Boxed: a subrequest's handlers may capture again (async recursion).
         let finish: std::pin::Pin<Box<dyn std::future::Future<Output = Finish> + '_>> = Box::pin(sub.main());

@@ -40,6 +40,8 @@ pub const OP_AWAIT: i64 = 8;
 pub const OP_SPAWN: i64 = 9;
 pub const OP_WAIT: i64 = 10;
 pub const OP_KILL: i64 = 11;
+/// A read of `ngx.req.socket()` (phase/req_socket.rs).
+pub const OP_REQ_SOCKET: i64 = 12;
 
 /// Builds the base `ngx` table and the private `raw` table of primitives the
 /// Lua prelude wraps. `yield_marker` is the sentinel the driver recognises;
@@ -74,6 +76,7 @@ pub fn build(
     raw.set("OP_SPAWN", OP_SPAWN)?;
     raw.set("OP_WAIT", OP_WAIT)?;
     raw.set("OP_KILL", OP_KILL)?;
+    raw.set("OP_REQ_SOCKET", OP_REQ_SOCKET)?;
     raw.set(
         "drop_parked",
         lua.create_function(|_, ()| {

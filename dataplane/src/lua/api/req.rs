@@ -2,7 +2,7 @@
 //! in `prelude.lua` (it yields); the driver reads the body and stores it here.
 
 use http::{HeaderName, Method};
-use mlua::{Lua, Table, Value};
+use mlua::{IntoLuaMulti, Lua, Table, Value};
 
 use super::header::{header_values, lookup_metatable, normalize_name};
 use crate::config::Phase;
@@ -200,6 +200,33 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                     Body::Unread => Value::Table(marker.clone()),
                     _ => Value::Nil,
                 })
+            })
+        })?,
+    )?;
+    // `ngx.req.socket(raw)`'s checks; the prelude builds the object and the
+    // driver serves its reads (phase/req_socket.rs). The body then belongs
+    // to the socket: `read_body` and proxying see none.
+    raw.set(
+        "req_socket",
+        lua.create_function(|lua, raw_mode: Option<bool>| {
+            context::with("ngx.req.socket", |r| {
+                context::check_phase(r, "ngx.req.socket", &[Phase::Rewrite, Phase::Access, Phase::Content])?;
+                if raw_mode == Some(true) {
+                    return (Value::Nil, "raw request socket is not supported").into_lua_multi(lua);
+                }
+                if !matches!(r.body, Body::Unread) {
+                    return (Value::Nil, "request body already exists").into_lua_multi(lua);
+                }
+                let length = r
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                let chunked = r.headers.contains_key(http::header::TRANSFER_ENCODING);
+                if !chunked && length.unwrap_or(0) == 0 {
+                    return (Value::Nil, "no body").into_lua_multi(lua);
+                }
+                r.body = Body::Discarded;
+                true.into_lua_multi(lua)
             })
         })?,
     )?;

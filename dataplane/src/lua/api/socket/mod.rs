@@ -19,7 +19,7 @@
 
 mod pool;
 mod resolve;
-mod tcp;
+pub(crate) mod tcp;
 mod udp;
 
 use std::path::PathBuf;

@@ -65,7 +65,7 @@ pub struct TcpSocket(Rc<RefCell<State>>);
 impl UserData for TcpSocket {}
 
 /// A `receiveuntil` iterator's own state.
-struct Until {
+pub(crate) struct Until {
     pattern: Vec<u8>,
     inclusive: bool,
     /// The sized form returned the last piece before the boundary: the next
@@ -74,7 +74,7 @@ struct Until {
 }
 
 #[derive(Clone)]
-struct UntilIter(Rc<RefCell<Until>>);
+pub(crate) struct UntilIter(pub(crate) Rc<RefCell<Until>>);
 
 impl UserData for UntilIter {}
 
@@ -150,52 +150,14 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
         })?,
     )?;
     t.set(
+        "until_new",
+        lua.create_function(|lua, (pattern, opts): (Value, Value)| until_new(lua, pattern, opts))?,
+    )?;
+    t.set(
         "tcp_receiveuntil",
         lua.create_function(|lua, (ud, pattern, opts): (AnyUserData, Value, Value)| {
             state(&ud, "receiveuntil")?;
-            let pattern = match pattern {
-                Value::String(s) => s.as_bytes().to_vec(),
-                Value::Integer(_) | Value::Number(_) => lua
-                    .coerce_string(pattern)?
-                    .map(|s| s.as_bytes().to_vec())
-                    .unwrap_or_default(),
-                other => {
-                    return Err(mlua::Error::runtime(bad_type(
-                        2,
-                        "receiveuntil",
-                        "string",
-                        type_name(&other),
-                    )));
-                }
-            };
-            if pattern.is_empty() {
-                return (Value::Nil, "pattern is empty").into_lua_multi(lua);
-            }
-            let inclusive = match opts {
-                Value::Table(t) => match t.get::<Value>("inclusive")? {
-                    Value::Nil => false,
-                    Value::Boolean(b) => b,
-                    other => {
-                        let why = format!("bad \"inclusive\" option value type: {}", type_name(&other));
-                        return Err(mlua::Error::runtime(why));
-                    }
-                },
-                Value::Nil => false,
-                other => {
-                    return Err(mlua::Error::runtime(bad_type(
-                        3,
-                        "receiveuntil",
-                        "table",
-                        type_name(&other),
-                    )));
-                }
-            };
-            let it = UntilIter(Rc::new(RefCell::new(Until {
-                pattern,
-                inclusive,
-                at_boundary: false,
-            })));
-            lua.create_userdata(it)?.into_lua_multi(lua)
+            until_new(lua, pattern, opts)
         })?,
     )?;
     let m = marker.clone();
@@ -203,18 +165,10 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
         "tcp_read_until",
         lua.create_function(move |lua, (ud, it, size): (AnyUserData, AnyUserData, Value)| {
             let st = state(&ud, "receiveuntil")?;
-            let it = it.borrow::<UntilIter>()?.0.clone();
-            let size = match size {
-                Value::Nil => None,
-                Value::Integer(n) if n >= 0 => Some(n as usize),
-                Value::Number(n) if n >= 0.0 => Some(n as usize),
-                _ => return Err(mlua::Error::runtime(bad_argument(1, "iterator", "bad size argument"))),
-            };
-            if size.is_some() && it.borrow().at_boundary {
-                it.borrow_mut().at_boundary = false;
-                return Value::Nil.into_lua_multi(lua);
+            match until_want(lua, &it, size)? {
+                Some(want) => receive(lua, &st, want, &m),
+                None => Value::Nil.into_lua_multi(lua),
             }
-            receive(lua, &st, Want::Until { it, size }, &m)
         })?,
     )?;
     t.set(
@@ -299,6 +253,71 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
         })?,
     )?;
     Ok(())
+}
+
+/// A `receiveuntil` iterator for `pattern` (or `nil, "pattern is empty"`).
+fn until_new(lua: &Lua, pattern: Value, opts: Value) -> mlua::Result<MultiValue> {
+    let pattern = match pattern {
+        Value::String(s) => s.as_bytes().to_vec(),
+        Value::Integer(_) | Value::Number(_) => lua
+            .coerce_string(pattern)?
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_default(),
+        other => {
+            return Err(mlua::Error::runtime(bad_type(
+                2,
+                "receiveuntil",
+                "string",
+                type_name(&other),
+            )));
+        }
+    };
+    if pattern.is_empty() {
+        return (Value::Nil, "pattern is empty").into_lua_multi(lua);
+    }
+    let inclusive = match opts {
+        Value::Table(t) => match t.get::<Value>("inclusive")? {
+            Value::Nil => false,
+            Value::Boolean(b) => b,
+            other => {
+                let why = format!("bad \"inclusive\" option value type: {}", type_name(&other));
+                return Err(mlua::Error::runtime(why));
+            }
+        },
+        Value::Nil => false,
+        other => {
+            return Err(mlua::Error::runtime(bad_type(
+                3,
+                "receiveuntil",
+                "table",
+                type_name(&other),
+            )));
+        }
+    };
+    let it = UntilIter(Rc::new(RefCell::new(Until {
+        pattern,
+        inclusive,
+        at_boundary: false,
+    })));
+    lua.create_userdata(it)?.into_lua_multi(lua)
+}
+
+/// What one call of a `receiveuntil` iterator with `size` waits for; `None`
+/// when the sized form already returned the piece before the boundary (the
+/// call returns nil and the iterator starts over).
+pub(crate) fn until_want(_lua: &Lua, it: &AnyUserData, size: Value) -> mlua::Result<Option<Want>> {
+    let it = it.borrow::<UntilIter>()?.0.clone();
+    let size = match size {
+        Value::Nil => None,
+        Value::Integer(n) if n >= 0 => Some(n as usize),
+        Value::Number(n) if n >= 0.0 => Some(n as usize),
+        _ => return Err(mlua::Error::runtime(bad_argument(1, "iterator", "bad size argument"))),
+    };
+    if size.is_some() && it.borrow().at_boundary {
+        it.borrow_mut().at_boundary = false;
+        return Ok(None);
+    }
+    Ok(Some(Want::Until { it, size }))
 }
 
 /// The socket's state, checked to belong to the running request or timer.
@@ -666,7 +685,7 @@ fn send(lua: &Lua, st: &Rc<RefCell<State>>, data: &Value, marker: &Table) -> mlu
 }
 
 /// What a receive waits for.
-enum Want {
+pub(crate) enum Want {
     Line,
     All,
     Bytes(usize),
@@ -677,7 +696,7 @@ enum Want {
     },
 }
 
-fn receive_pattern(pattern: &Value) -> mlua::Result<Want> {
+pub(crate) fn receive_pattern(pattern: &Value) -> mlua::Result<Want> {
     let bad = || mlua::Error::runtime(bad_argument(2, "receive", "bad pattern argument"));
     let size = |n: f64| {
         if n >= 0.0 {
@@ -709,14 +728,14 @@ fn receive_pattern(pattern: &Value) -> mlua::Result<Want> {
 }
 
 /// How a receive ends, judged on the buffer alone.
-enum Found {
+pub(crate) enum Found {
     /// The answer and how many buffered bytes it consumes.
     Data(Vec<u8>, usize),
     NeedMore,
 }
 
 /// Whether the buffer already answers `want`; `eof`: no more will come.
-fn find(buf: &[u8], want: &Want, eof: bool) -> Found {
+pub(crate) fn find(buf: &[u8], want: &Want, eof: bool) -> Found {
     match want {
         Want::Line => match memchr::memchr(b'\n', buf) {
             Some(i) => Found::Data(buf[..i].iter().copied().filter(|&b| b != b'\r').collect(), i + 1),
@@ -826,7 +845,7 @@ fn receive(lua: &Lua, st: &Rc<RefCell<State>>, want: Want, marker: &Table) -> ml
 }
 
 /// The partial data of a failed receive: for `*l`, without its CRs.
-fn partial(buf: &[u8], want: &Want) -> Vec<u8> {
+pub(crate) fn partial(buf: &[u8], want: &Want) -> Vec<u8> {
     match want {
         Want::Line => buf.iter().copied().filter(|&b| b != b'\r').collect(),
         _ => buf.to_vec(),
