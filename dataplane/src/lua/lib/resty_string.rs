@@ -18,7 +18,7 @@
 
 use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use md5::{Digest, Md5};
-use mlua::{Lua, MultiValue, Table, UserData, UserDataFields, UserDataMethods, Value};
+use mlua::{Lua, MultiValue, Table, UserData, UserDataMethods, Value};
 use sha1::Sha1;
 use sha2::{Sha224, Sha256, Sha384, Sha512};
 
@@ -106,15 +106,11 @@ fn digest(kind: Kind, parts: &[&[u8]]) -> Vec<u8> {
     h.finish()
 }
 
-/// The object `resty.<digest>:new()` returns.
+/// The object `resty.<digest>:new()` returns. Its metatable is shared by every route of the
+/// VM; mlua protects it (`__metatable`), so no route can see or change it.
 struct HashObject(Hasher);
 
 impl UserData for HashObject {
-    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        // The metatable is shared by every route of the VM: no route may see or change it.
-        fields.add_meta_field("__metatable", false);
-    }
-
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method_mut("update", |lua, this, s: MultiValue| {
             let data = string_arg(lua, &s, 0, 2)?;
@@ -303,10 +299,6 @@ impl AesObject {
 }
 
 impl UserData for AesObject {
-    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_meta_field("__metatable", false);
-    }
-
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("encrypt", |lua, this, args: MultiValue| {
             let data = string_arg(lua, &args, 0, 2)?;
