@@ -353,3 +353,44 @@ ngx.say(tostring(require("resty.core")), " ", type(require("resty.core.base")))
         s.logs()
     );
 }
+
+/// Work that grows with the input is charged to the running code's budget: each loop below
+/// runs only a few hundred VM instructions itself, far under the budget, and is aborted only
+/// because the library charges what it does in C.
+#[test]
+fn library_work_is_charged_to_the_budget() {
+    let cases = [
+        (
+            "/digest",
+            "local h = require('resty.sha256'):new()\nlocal s = string.rep('x', 1048576)\nfor i = 1, 400 do h:update(s) end\nngx.say('finished')",
+        ),
+        (
+            "/hex",
+            "local to_hex = require('resty.string').to_hex\nlocal s = string.rep('x', 1048576)\nfor i = 1, 200 do to_hex(s) end\nngx.say('finished')",
+        ),
+        (
+            "/nkeys",
+            "local nkeys = require 'table.nkeys'\nlocal t = {}\nfor i = 1, 20000 do t[i] = i end\nfor i = 1, 5000 do nkeys(t) end\nngx.say('finished')",
+        ),
+        (
+            "/aes",
+            "local aes = require('resty.aes')\nlocal a = aes:new('k', nil, nil, nil, 100000000)\nngx.say('finished')",
+        ),
+    ];
+    let mut spec = String::from("  limits: {instructionBudget: 20000000}\n  locations:\n");
+    for (path, lua) in &cases {
+        spec.push_str(&location(path, lua));
+    }
+    let s = Server::start(&route("budget", &spec));
+    for (path, _) in &cases {
+        let from = s.log_count();
+        let r = s.get(path);
+        assert_eq!(r.status, 500, "{path}: {}", r.text());
+        assert!(
+            s.wait_log_since(from, "instruction budget exceeded", Duration::from_secs(30))
+                .is_some(),
+            "{path}: {}",
+            s.logs_since(from)
+        );
+    }
+}
