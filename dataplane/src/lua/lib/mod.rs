@@ -10,6 +10,12 @@
 //! so every route gets its own instance and a built-in name always wins over
 //! a route module of the same name.
 //!
+//! The set: `table.new`/`clear`/`nkeys`/`isempty`/`isarray`/`clone` (`table`),
+//! lua-resty-string's `resty.string`, `resty.md5`, `resty.sha1` … `resty.sha512`,
+//! `resty.random`, `resty.aes` (`resty_string`), and resty.core's `ngx.base64`,
+//! `ngx.resp`, `ngx.process`, `ngx.errlog` (`ngx_modules`). `io` is not a module
+//! here: it is a global of every route (`sandbox.lua`).
+//!
 //! Invariant: what a constructor returns is either a function (shared C
 //! functions are immutable to routes) or a table created for that call, so
 //! no route can change what another route's `require` returns.
