@@ -1,6 +1,6 @@
-//! The Lua sandbox as a handler sees it: no bytecode in or out, no io/ffi/debug,
-//! no process control, and each LuaRoute with its own globals, standard
-//! library copies and `require` space.
+//! The Lua sandbox as a handler sees it: no bytecode in or out, no ffi/debug, an `io` without
+//! files, no process control, and each LuaRoute with its own globals, standard library copies
+//! and `require` space.
 
 mod common;
 
@@ -14,7 +14,7 @@ local function req(name)
 end
 ngx.say("string.dump=", kind(string.dump))
 ngx.say("(''):dump=", kind(("").dump))
-ngx.say("io=", kind(io), " require(io)=", req("io"))
+ngx.say("io=", kind(io), " require(io)=", req("io"), " io.open=", select(2, io.open("/etc/passwd")))
 ngx.say("ffi=", kind(ffi), " require(ffi)=", req("ffi"))
 ngx.say("debug=", kind(debug), " require(debug)=", req("debug"))
 ngx.say("package.loadlib=", kind(package and package.loadlib))
@@ -33,7 +33,7 @@ fn dangerous_functions_are_unavailable() {
     assert_eq!(r.status, 200, "{}", s.logs());
     let want = "string.dump=nil\n\
                 (''):dump=nil\n\
-                io=nil require(io)=refused\n\
+                io=table require(io)=loaded io.open=/etc/passwd: file access is not allowed in a LuaRoute\n\
                 ffi=nil require(ffi)=refused\n\
                 debug=nil require(debug)=refused\n\
                 package.loadlib=nil\n\

@@ -4,7 +4,7 @@
 --
 -- The environment is an allowlist: exactly the names below reach route code,
 -- and nothing else of the host (its `_G`, `os`, `load`, `jit`, `newproxy`,
--- `debug`, `io`, the string metatable, this chunk's upvalues) is reachable
+-- `debug`, the host's `io`, the string metatable, this chunk's upvalues) is reachable
 -- from it. `sandbox_tests.rs` walks everything a route can reach and fails
 -- on anything off the list.
 --
@@ -351,9 +351,115 @@ return function(route_ngx, modules, load_module)
         route_ngx.log(route_ngx.NOTICE, concat(parts, "\t"))
     end
 
+    -- `io` without files: libraries that capture `io.open` and friends at load
+    -- time (lua-resty-template) load, and every way to a file or a process
+    -- answers as a failed open does (nil, err), never with the host's `io`.
+    -- Standard output and standard error go to the error log at NOTICE, as
+    -- `print` does: under nginx, stderr is the error log, and a route has no
+    -- terminal of its own. One line per write, a trailing newline dropped.
+    local function denied(path)
+        return nil, route_tostring(path) .. ": file access is not allowed in a LuaRoute"
+    end
+    local files = setmetatable({}, { __mode = "k" })
+    local function writer(fname)
+        return function(f, ...)
+            for i = 1, select("#", ...) do
+                local v = select(i, ...)
+                local t = type(v)
+                if t ~= "string" and t ~= "number" then
+                    error("bad argument #" .. i .. " to '" .. fname .. "' (string expected, got " .. t .. ")", 2)
+                end
+            end
+            local s = concat({ ... })
+            if s:sub(-1) == "\n" then
+                s = s:sub(1, -2)
+            end
+            if s ~= "" then
+                route_ngx.log(route_ngx.NOTICE, s)
+            end
+            return f
+        end
+    end
+    local function std_file(name)
+        local f = {}
+        local write = writer("write")
+        f.write = function(self, ...)
+            return write(self, ...)
+        end
+        f.flush = function(self)
+            return self
+        end
+        f.setvbuf = function()
+            return true
+        end
+        f.close = function()
+            return nil, "cannot close standard file"
+        end
+        f.read = function()
+            return nil
+        end
+        f.lines = function()
+            return function() return nil end
+        end
+        f.seek = function()
+            return nil, "Illegal seek", 29
+        end
+        files[f] = name
+        return f
+    end
+    local io = {}
+    io.stdout, io.stderr, io.stdin = std_file("stdout"), std_file("stderr"), std_file("stdin")
+    local io_write = writer("write")
+    io.write = function(...)
+        return io_write(io.stdout, ...)
+    end
+    io.read = function()
+        return nil
+    end
+    io.open = function(path)
+        return denied(path)
+    end
+    io.popen = function(prog)
+        return denied(prog)
+    end
+    io.tmpfile = function()
+        return denied("tmpfile")
+    end
+    io.lines = function(path)
+        if path == nil then
+            return function() return nil end
+        end
+        local _, err = denied(path)
+        error(err, 2)
+    end
+    io.input = function(f)
+        if f ~= nil and files[f] == nil then
+            local _, err = denied(f)
+            error(err, 2)
+        end
+        return io.stdin
+    end
+    io.output = function(f)
+        if f ~= nil and files[f] == nil then
+            local _, err = denied(f)
+            error(err, 2)
+        end
+        return io.stdout
+    end
+    io.close = function(f)
+        return nil, "cannot close standard file"
+    end
+    io.type = function(f)
+        if files[f] then
+            return "file"
+        end
+        return nil
+    end
+    env.io = io
+
     local loaded = {}
     local builtin = { string = env.string, table = env.table, math = env.math, bit = env.bit,
-                      coroutine = env.coroutine, os = env.os, ngx = route_ngx,
+                      coroutine = env.coroutine, os = env.os, io = env.io, ngx = route_ngx,
                       ["resty.core"] = true, ["resty.core.base"] = {}, }
     for name, v in pairs(builtin) do
         loaded[name] = v

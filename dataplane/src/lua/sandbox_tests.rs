@@ -163,6 +163,31 @@ spec:
   - {path: /b, content: "ngx.say(2)"}
 "#;
 
+/// The built-in libraries (`lua/lib`): each route requires all of them before the walk, so
+/// their instances are walked too.
+const BUILT_IN_LIBS: &[&str] = &[
+    "table.new",
+    "table.clear",
+    "table.nkeys",
+    "table.isempty",
+    "table.isarray",
+    "table.clone",
+    "resty.string",
+    "resty.sha",
+    "resty.md5",
+    "resty.sha1",
+    "resty.sha224",
+    "resty.sha256",
+    "resty.sha384",
+    "resty.sha512",
+    "resty.random",
+    "resty.aes",
+    "ngx.base64",
+    "ngx.resp",
+    "ngx.process",
+    "ngx.errlog",
+];
+
 /// What a route reaches, as the walker reports it.
 struct Reach {
     /// `path` of every violation found.
@@ -359,7 +384,21 @@ fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
                     .unwrap();
                 let handler: &Function = loaded.handlers[0][Phase::Content as usize].as_ref().unwrap();
                 let env: Table = debug.get::<Function>("getfenv").unwrap().call(handler.clone()).unwrap();
-                reaches.push((route.id.clone(), walk(vm.lua(), env, &debug, &names, &forbidden)));
+                let require: Function = env.get("require").unwrap();
+                for name in BUILT_IN_LIBS {
+                    let m: mlua::Value = require.call(*name).unwrap();
+                    assert!(!m.is_nil(), "require {name:?} returned nil");
+                }
+                // `io` is the route's own, and refuses files with nil, err.
+                let io: Table = env.get("io").unwrap();
+                let (file, err): (mlua::Value, String) =
+                    io.get::<Function>("open").unwrap().call(("/etc/passwd", "r")).unwrap();
+                assert!(file.is_nil());
+                assert_eq!(err, "/etc/passwd: file access is not allowed in a LuaRoute");
+                let io_address = io.to_pointer() as usize;
+                let reach = walk(vm.lua(), env, &debug, &names, &forbidden);
+                assert!(reach.tables.contains(&io_address), "the walk went through io");
+                reaches.push((route.id.clone(), reach));
             }
             for (route, reach) in &reaches {
                 assert!(
