@@ -17,6 +17,9 @@
 #                  nginx proxies with `upstream backend { keepalive 64; }`, proxy_http_version
 #                  1.1, `Connection ""` and its default proxy buffering (which may spill a
 #                  1 MiB body to a temp file in the work directory when the client lags)
+#                  redis: lua-resty-redis (Debian's lua-nginx-redis, unmodified) GET of one key
+#                  from a redis-server on loopback through a keep-alive cosocket pool, the same
+#                  code on both sides (run it with SCENARIOS=redis; not in the default set)
 #   CONFIGS      configurations to run       (default "pinned unpinned")
 #                  pinned:   1 server worker on CPU 0, wrk -t1 on CPU 1
 #                  unpinned: nproc server workers, wrk -t2, no pinning
@@ -45,6 +48,9 @@ PROXY_CONNECTIONS=${PROXY_CONNECTIONS:-"1 16 256"}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 DATAPLANE=${DATAPLANE:-$ROOT/target/release/moongate-dataplane}
 NGINX_MODULES=${NGINX_MODULES:-/usr/lib/nginx/modules}
+# lua-resty-redis as Debian packages it (lua-nginx-redis).
+REDIS_LIB=/usr/share/lua/5.1/nginx/redis.lua
+NEED_REDIS=0
 
 die() { echo "error: $*" >&2; exit 2; }
 note() { echo "# $*" >&2; }
@@ -61,7 +67,8 @@ for s in $SCENARIOS; do
     case $s in
     hello | headers | dict | dict-get | dict-durable | dict-sync) ;;
     proxy | proxy-large) NEED_UPSTREAM=1 ;;
-    *) die "unknown scenario '$s' (hello, headers, dict, dict-get, dict-durable, dict-sync, proxy, proxy-large)" ;;
+    redis) NEED_REDIS=1 ;;
+    *) die "unknown scenario '$s' (hello, headers, dict, dict-get, dict-durable, dict-sync, proxy, proxy-large, redis)" ;;
     esac
 done
 for c in $CONFIGS; do
@@ -75,6 +82,10 @@ install_tools() {
     command -v nginx >/dev/null || missing+=(nginx-light)
     [[ -f $NGINX_MODULES/ngx_http_lua_module.so ]] || missing+=(libnginx-mod-http-lua)
     command -v wrk >/dev/null || missing+=(wrk)
+    if ((NEED_REDIS)); then
+        command -v redis-server >/dev/null || missing+=(redis-server)
+        [[ -f $REDIS_LIB ]] || missing+=(lua-nginx-redis)
+    fi
     ((${#missing[@]} == 0)) && return 0
     note "installing ${missing[*]}"
     local sudo=()
@@ -132,6 +143,7 @@ cleanup() {
     if [[ -n $WRK_PID ]]; then kill -TERM "$WRK_PID" 2>/dev/null || true; fi
     stop_servers
     stop_upstream
+    if [[ -n ${REDIS_PID:-} ]]; then kill -TERM "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
     if [[ ${KEEP:-0} == 1 ]]; then
         note "work directory kept: $WORK"
     else
@@ -196,6 +208,7 @@ lua_for() {
     dict | dict-durable | dict-sync) echo 'local v = ngx.shared.d:incr("k", 1, 0) ngx.say(v)' ;;
     dict-get) echo 'local v = ngx.shared.d:get("k") if not v then ngx.shared.d:set("k", "value") end ngx.say(v)' ;;
     proxy | proxy-large) echo 'if ngx.var.http_x_deny then return ngx.exit(403) end' ;;
+    redis) echo "local red = require(\"resty.redis\"):new() red:set_timeouts(1000, 1000, 1000) local ok, err = red:connect(\"127.0.0.1\", $REDIS_PORT) if not ok then ngx.log(ngx.ERR, err) return ngx.exit(500) end local v = red:get(\"k\") if v == ngx.null then red:set(\"k\", \"value\") end red:set_keepalive(10000, 64) ngx.say(v)" ;;
     esac
 }
 
@@ -222,6 +235,14 @@ EOF
     fi
 }
 
+# modules_for SCENARIO: the routes file's modules (lua-resty-redis for redis).
+modules_for() {
+    [[ $1 == redis ]] || return 0
+    echo "  modules:"
+    echo "    resty.redis: |"
+    sed 's/^/      /' "$REDIS_LIB"
+}
+
 write_routes() { # SCENARIO FILE
     cat >"$2" <<EOF
 apiVersion: moongate.dev/v1alpha1
@@ -229,6 +250,7 @@ kind: LuaRoute
 metadata: {name: bench, namespace: default}
 spec:
   sharedDicts: [{name: d, capacity: 1m, persistence: $([[ $1 == dict-durable || $1 == dict-sync ]] && echo Durable || echo Memory)}]
+$(modules_for "$1")
   locations:
     - path: /t
       match: Exact
@@ -294,6 +316,7 @@ EOF
         http=$(
             cat <<EOF
     lua_shared_dict d 1m;
+    lua_package_path "$WORK/lualib/?.lua;;";
     server {
         listen 127.0.0.1:$3;
         location = /t {
@@ -344,6 +367,18 @@ EOF
     UPSTREAM_PID=$!
     wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" "$dir/server.log" &&
         wait_port "$UPSTREAM_PORT_LARGE" "$UPSTREAM_PID" "$dir/server.log"
+}
+
+# start_redis: the redis scenario's redis-server, unpinned, with no persistence.
+start_redis() {
+    local dir="$WORK/redis"
+    mkdir -p "$dir" "$WORK/lualib/resty"
+    cp "$REDIS_LIB" "$WORK/lualib/resty/redis.lua"
+    chmod -R a+rX "$WORK/lualib"
+    REDIS_PORT=$(free_port)
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$dir" >"$dir/server.log" 2>&1 &
+    REDIS_PID=$!
+    wait_port "$REDIS_PORT" "$REDIS_PID" "$dir/server.log"
 }
 
 stop_upstream() {
@@ -459,6 +494,9 @@ median() {
 
 note "duration ${DURATION}s, warm-up ${WARMUP}s, $CONNECTIONS connections (proxy: $PROXY_CONNECTIONS), $NPROC CPUs, $ROUNDS rounds (medians)"
 ROWS=()
+if ((NEED_REDIS)) && ! start_redis; then
+    die "redis-server did not start"
+fi
 for config in $CONFIGS; do
     if ((NEED_UPSTREAM)) && ! start_upstream "$config"; then
         die "the upstream nginx of the proxy scenarios did not start"
