@@ -9,10 +9,31 @@
 //! constructor once per route, on the route's first `require` of that name,
 //! so every route gets its own instance and a built-in name always wins over
 //! a route module of the same name.
+//!
+//! The Lua-written libraries are chunks compiled and run once per VM, here,
+//! before the prelude and the sandbox strip the host's globals: each returns
+//! its constructor(s), which keep what they need of the host as upvalues.
+//! What a route reaches of them is only the module tables the constructors
+//! build, from the route's own `ngx` and `env`.
+//!
+//! - `resty.lrucache`, `resty.lrucache.pureffi`: lua-resty-lrucache (`lrucache.lua`).
+//! - `resty.lock`: lua-resty-lock over `ngx.shared` (`lock.lua`).
+//! - `resty.limit.req`, `.count`, `.conn`, `.traffic`: lua-resty-limit-traffic (`limit/`).
 
-use mlua::{Lua, Table};
+use mlua::{Function, Lua, Table};
+
+const LRUCACHE: &str = include_str!("lrucache.lua");
+
+/// Runs the library chunk `source` (named `name` in error messages) and
+/// returns what it returns.
+fn run<R: mlua::FromLuaMulti>(lua: &Lua, name: &str, source: &str) -> mlua::Result<R> {
+    lua.load(source).set_name(format!("={name}")).call(())
+}
 
 pub fn build(lua: &Lua) -> mlua::Result<Table> {
     let libs = lua.create_table()?;
+    let (lrucache, pureffi): (Function, Function) = run(lua, "resty/lrucache.lua", LRUCACHE)?;
+    libs.set("resty.lrucache", lrucache)?;
+    libs.set("resty.lrucache.pureffi", pureffi)?;
     Ok(libs)
 }

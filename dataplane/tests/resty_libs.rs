@@ -1,0 +1,167 @@
+//! The built-in lua-resty libraries (`dataplane/src/lua/lib`), used as their
+//! READMEs show, through the real binary: resty.lrucache (+ pureffi),
+//! resty.lock, resty.limit.{req,count,conn,traffic}. Expected values are what
+//! upstream's code computes for the same calls. Nothing here synchronises on
+//! wall-clock time: handlers either run back to back without yielding (so
+//! `ngx.now()`, cached per run, is one instant) or wait on dict keys the test
+//! sets.
+
+mod common;
+
+use common::{Server, route};
+
+/// Indents a Lua block for a YAML `|` scalar under a location key.
+fn block(lua: &str) -> String {
+    lua.lines().map(|l| format!("      {l}\n")).collect()
+}
+
+/// A route spec with `dicts` (YAML flow list entries) and `(path, lua)` locations.
+fn spec(dicts: &str, locations: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    if !dicts.is_empty() {
+        s.push_str(&format!("  sharedDicts: [{dicts}]\n"));
+    }
+    s.push_str("  locations:\n");
+    for (path, lua) in locations {
+        s.push_str(&format!(
+            "  - path: {path}\n    match: Exact\n    content: |\n{}",
+            block(lua)
+        ));
+    }
+    s
+}
+
+fn body_of(s: &Server, path: &str) -> String {
+    let r = s.get(path);
+    assert_eq!(r.status, 200, "{path}: {}\n{}", r.text(), s.logs());
+    r.text()
+}
+
+const LRU_CORE: &str = r#"
+local c = lrucache.new(3)
+c:set("a", 1)
+c:set("b", 2)
+c:set("c", 3)
+ngx.say("keys ", table.concat(c:get_keys(), " "), " count ", c:count(), " cap ", c:capacity())
+ngx.say("get a ", (c:get("a")))
+c:set("d", 4)
+ngx.say("evicted b ", tostring(c:get("b")), " keys ", table.concat(c:get_keys(), " "))
+c:set("c", 30)
+c:set("e", 5)
+ngx.say("evicted a ", tostring(c:get("a")), " keys ", table.concat(c:get_keys(), " "))
+ngx.say("two ", table.concat(c:get_keys(2), " "))
+local res = {"x", "y", "z", "w"}
+local same = c:get_keys(2, res)
+ngx.say("res ", tostring(same == res), " ", res[1], " ", res[2], " ", tostring(res[3]), " ", res[4])
+c:set("t", "old", -1)
+local v, stale, flags = c:get("t")
+ngx.say("expired ", tostring(v), " ", tostring(stale), " ", tostring(flags), " keys ", table.concat(c:get_keys(), " "))
+c:set("z", "now", 0)
+ngx.say("ttl 0 ", tostring(c:get("z")), " ttl 100 ", tostring((function() c:set("h", "y", 100) return c:get("h") end)()))
+c:set("f", "x", nil, 7)
+ngx.say("flags ", c:get("f"), " ", tostring(select(2, c:get("f"))), " ", select(3, c:get("f")))
+c:set("g", "x", nil, -1)
+ngx.say("neg flags ", select(3, c:get("g")))
+ngx.say("delete ", tostring(c:delete("f")), " ", tostring(c:delete("f")), " count ", c:count())
+c:set(false, "no")
+ngx.say("false key ", c:get(false), " keys ", #c:get_keys())
+c:flush_all()
+ngx.say("flushed count ", c:count(), " keys ", #c:get_keys(), " get ", tostring(c:get("g")))
+c:set("p", 1)
+ngx.say("after flush ", table.concat(c:get_keys(), " "), " ", c:count())
+local n, err = lrucache.new(0)
+ngx.say("new 0 ", tostring(n), " ", err)
+local one = lrucache.new(1.9)
+one:set("a", 1)
+one:set("b", 2)
+ngx.say("1.9 cap ", one:capacity(), " count ", one:count(), " ", tostring(one:get("a")), " ", (one:get("b")))
+ngx.say("mt ", tostring(getmetatable(c).__index == lrucache))
+"#;
+
+const LRU_CORE_WANT: &str = "\
+keys c b a count 3 cap 3
+get a 1
+evicted b nil keys d a c
+evicted a nil keys e c d
+two e c
+res true e c nil w
+expired nil old 0 keys t e c
+ttl 0 now ttl 100 y
+flags x nil 7
+neg flags 0
+delete true false count 2
+false key no keys 3
+flushed count 0 keys 0 get nil
+after flush p 1
+new 0 nil size too small
+1.9 cap 1.9 count 1 nil 2
+mt true
+";
+
+#[test]
+fn lrucache_eviction_ttl_stale_flags_and_keys() {
+    let plain = format!("local lrucache = require \"resty.lrucache\"\n{LRU_CORE}");
+    let pure = format!("local lrucache = require \"resty.lrucache.pureffi\"\n{LRU_CORE}");
+    let extra = r##"
+local lrucache = require "resty.lrucache"
+local pure = require "resty.lrucache.pureffi"
+local a, b = lrucache.new(4), pure.new(4, 0.01)
+a:set(1, "num")
+b:set(1, "num")
+ngx.say("plain 1/'1' ", tostring(a:get(1)), " ", tostring(a:get("1")))
+ngx.say("pure 1/'1' ", b:get(1), " ", b:get("1"), " ", type(b:get_keys()[1]))
+a:set("n", nil)
+b:set("n", nil)
+ngx.say("nil value ", a:count(), " ", b:count(), " ", table.concat(b:get_keys(), " "), " ", select("#", b:get("n")))
+ngx.say("bad key ", tostring(pcall(a.set, a, nil, 1)), " ", tostring(pcall(b.set, b, nil, 1)), " ", (b:get("nil")))
+"##;
+    let s = Server::start(&route(
+        "lru",
+        &spec(
+            "",
+            &[("/plain", plain.as_str()), ("/pure", pure.as_str()), ("/extra", extra)],
+        ),
+    ));
+    assert_eq!(body_of(&s, "/plain"), LRU_CORE_WANT);
+    assert_eq!(body_of(&s, "/pure"), LRU_CORE_WANT);
+    assert_eq!(
+        body_of(&s, "/extra"),
+        "plain 1/'1' num nil\npure 1/'1' num num string\nnil value 2 2 n 1 3\nbad key false true 1\n"
+    );
+}
+
+#[test]
+fn lrucache_lives_in_the_route_across_requests_and_is_per_route() {
+    let app = r#"  modules:
+    myapp: |
+      local _M = {}
+      local lrucache = require "resty.lrucache"
+      local c, err = lrucache.new(2)
+      if not c then
+        error("failed to create the cache: " .. (err or "unknown"))
+      end
+      function _M.go()
+        local n = (c:get("hits") or 0) + 1
+        c:set("hits", n)
+        lrucache.marker = ngx.var.uri
+        ngx.say("hits ", n)
+      end
+      return _M
+"#;
+    let a = format!("{app}{}", spec("", &[("/a", "require('myapp').go()")]));
+    let b = spec(
+        "",
+        &[(
+            "/b",
+            "local l = require('resty.lrucache') ngx.say('marker ', tostring(l.marker), ' ', l.new(1):count())",
+        )],
+    );
+    let s = Server::start(&format!("{}---\n{}", route("lrua", &a), route("lrub", &b)));
+    assert_eq!(body_of(&s, "/a"), "hits 1\n");
+    assert_eq!(body_of(&s, "/a"), "hits 2\n");
+    assert_eq!(
+        body_of(&s, "/b"),
+        "marker nil 0\n",
+        "each route has its own module table"
+    );
+}
