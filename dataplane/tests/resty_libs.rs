@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Server, route};
+use common::{IO_TIMEOUT, Server, route, wait_for};
 
 /// Indents a Lua block for a YAML `|` scalar under a location key.
 fn block(lua: &str) -> String {
@@ -163,5 +163,121 @@ fn lrucache_lives_in_the_route_across_requests_and_is_per_route() {
         body_of(&s, "/b"),
         "marker nil 0\n",
         "each route has its own module table"
+    );
+}
+
+const LOCK_ROUTE_HOLD: &str = r#"
+local resty_lock = require "resty.lock"
+local sync = ngx.shared.sync
+local lock = resty_lock:new("locks")
+local elapsed, err = lock:lock("k")
+sync:set("held", true)
+while not sync:get("go") do
+  ngx.sleep(0.005)
+end
+sync:set("released", true)
+local ok = lock:unlock()
+ngx.say("hold ", tostring(elapsed), " ", tostring(err), " unlock ", tostring(ok))
+"#;
+
+const LOCK_ROUTE_WAIT: &str = r#"
+local resty_lock = require "resty.lock"
+local sync = ngx.shared.sync
+local lock = resty_lock:new("locks", {timeout = 60, max_step = 0.01})
+-- No yield between this and the first try: once the test sees "waiting",
+-- this request has found the lock taken.
+sync:set("waiting", true)
+local elapsed, err = lock:lock("k")
+local released = sync:get("released")
+ngx.say("wait ", tostring(elapsed and elapsed > 0), " ", tostring(err), " released ", tostring(released))
+lock:unlock()
+"#;
+
+#[test]
+fn lock_excludes_a_second_request_until_the_first_unlocks() {
+    let s = Server::builder(&route(
+        "locks",
+        &spec(
+            "{name: locks, capacity: 1m}, {name: sync, capacity: 1m}",
+            &[
+                ("/hold", LOCK_ROUTE_HOLD),
+                ("/wait", LOCK_ROUTE_WAIT),
+                (
+                    "/state",
+                    "ngx.say(tostring(ngx.shared.sync:get('held')), ' ', tostring(ngx.shared.sync:get('waiting')))",
+                ),
+                ("/go", "ngx.shared.sync:set('go', true) ngx.say('go')"),
+            ],
+        ),
+    ))
+    .workers(2)
+    .start();
+    let hold = s.get_async("/hold");
+    wait_for(IO_TIMEOUT, || s.get("/state").text().starts_with("true").then_some(()))
+        .expect("the first request takes the lock");
+    let wait = s.get_async("/wait");
+    wait_for(IO_TIMEOUT, || (s.get("/state").text() == "true true\n").then_some(()))
+        .expect("the second request starts waiting");
+    assert!(!hold.is_finished() && !wait.is_finished());
+    assert_eq!(body_of(&s, "/go"), "go\n");
+    let hold = hold.join().unwrap();
+    let wait = wait.join().unwrap();
+    assert_eq!(hold.text(), "hold 0 nil unlock 1\n", "{}", s.logs());
+    assert_eq!(
+        wait.text(),
+        "wait true nil released true\n",
+        "the waiter got the lock only after the holder let go\n{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn lock_errors_timeouts_expire_and_release_on_gc() {
+    let lua = r#"
+local resty_lock = require "resty.lock"
+local locks = ngx.shared.locks
+local a = resty_lock:new("locks")
+ngx.say("lock ", a:lock("e"), " ", tostring(locks:get("e")))
+ngx.say("again ", tostring((a:lock("e"))), " ", select(2, a:lock("e")))
+local b = resty_lock:new("locks", {timeout = 0})
+ngx.say("timeout 0 ", tostring((b:lock("e"))), " ", select(2, b:lock("e")))
+local c = resty_lock:new("locks", {timeout = 0.02, step = 0.005})
+local e1, e2 = c:lock("e")
+ngx.say("timeout ", tostring(e1), " ", e2)
+local t = (function() a:expire(10) return locks:ttl("e") end)()
+ngx.say("expire ", tostring(t > 9 and t <= 10))
+ngx.say("unlock ", a:unlock(), " ", tostring((a:unlock())), " ", select(2, a:unlock()), " ", tostring(locks:get("e")))
+ngx.say("expire unlocked ", tostring((a:expire())), " ", select(2, a:expire()))
+ngx.say("nil key ", tostring((a:lock(nil))), " ", select(2, a:lock(nil)))
+ngx.say("no dict ", tostring((resty_lock:new("nope"))), " ", select(2, resty_lock:new("nope")))
+ngx.say("relock ", a:lock("e"), " ", b:lock("e2"), " ", a:unlock(), " ", b:unlock())
+local d = resty_lock:new("locks", {exptime = 1, timeout = 5, step = 3})
+ngx.say("opts ", d.exptime, " ", d.timeout, " ", d.step, " ", d.ratio, " ", d.max_step)
+local function leak()
+  local l = resty_lock:new("locks")
+  return l:lock("g")
+end
+ngx.say("leaked ", leak(), " ", tostring(locks:get("g")))
+collectgarbage()
+collectgarbage()
+ngx.say("after gc ", tostring(locks:get("g")))
+"#;
+    let s = Server::start(&route("lockerr", &spec("{name: locks, capacity: 1m}", &[("/t", lua)])));
+    assert_eq!(
+        body_of(&s, "/t"),
+        "lock 0 true
+again nil locked
+timeout 0 nil timeout
+timeout nil timeout
+expire true
+unlock 1 nil unlocked nil
+expire unlocked nil unlocked
+nil key nil nil key
+no dict nil dictionary not found
+relock 0 0 1 1
+opts 1 1 1 2 0.5
+leaked 0 true
+after gc nil
+"
     );
 }

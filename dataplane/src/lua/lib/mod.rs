@@ -23,6 +23,7 @@
 use mlua::{Function, Lua, Table};
 
 const LRUCACHE: &str = include_str!("lrucache.lua");
+const LOCK: &str = include_str!("lock.lua");
 
 /// Runs the library chunk `source` (named `name` in error messages) and
 /// returns what it returns.
@@ -35,5 +36,6 @@ pub fn build(lua: &Lua) -> mlua::Result<Table> {
     let (lrucache, pureffi): (Function, Function) = run(lua, "resty/lrucache.lua", LRUCACHE)?;
     libs.set("resty.lrucache", lrucache)?;
     libs.set("resty.lrucache.pureffi", pureffi)?;
+    libs.set("resty.lock", run::<Function>(lua, "resty/lock.lua", LOCK)?)?;
     Ok(libs)
 }
