@@ -281,3 +281,162 @@ after gc nil
 "
     );
 }
+
+/// The limiters, called back to back in one handler: `ngx.now()` is one
+/// instant throughout, so only upstream's millisecond truncation of the
+/// stored time can move limit.req's excess (by at most 2 milli-requests per
+/// call at 2 r/s), which one decimal hides.
+const LIMITS_LUA: &str = r#"
+local function f(v)
+  if type(v) == "number" then
+    return string.format("%.1f", v)
+  end
+  return tostring(v)
+end
+local function show(label, a, b)
+  ngx.say(label, " ", f(a), " ", f(b))
+end
+
+local limit_req = require "resty.limit.req"
+local lim = limit_req.new("store", 2, 3)
+for i = 1, 5 do
+  show("req" .. i, lim:incoming("k", true))
+end
+show("req uncommit", lim:uncommit("k"))
+show("req after uncommit", lim:incoming("k", true))
+show("req record", #ngx.shared.store:get("k"), type(ngx.shared.store:get("k")))
+show("dry1", lim:incoming("d", true))
+show("dry2", lim:incoming("d", false))
+show("dry3", lim:incoming("d", false))
+lim:set_burst(10)
+show("burst 10", lim:incoming("k", true))
+lim:set_rate(4)
+show("rate 4", lim:incoming("k", true))
+show("uncommit missing", lim:uncommit("missing"))
+ngx.shared.store:set("abused", "abc")
+show("abused", lim:incoming("abused", true))
+show("no dict", limit_req.new("nope", 1, 1))
+local ok, e = pcall(limit_req.new, "store", 0, 1)
+show("bad rate", ok, e:match("assertion failed!$"))
+
+local limit_count = require "resty.limit.count"
+local cnt = limit_count.new("store", 3, 60)
+for i = 1, 4 do
+  show("count" .. i, cnt:incoming("u", true))
+end
+local ttl = ngx.shared.store:ttl("u")
+show("count ttl", ttl > 50 and ttl <= 60)
+show("count uncommit", cnt:uncommit("u"))
+show("count again", cnt:incoming("u", true))
+show("count dry", cnt:incoming("v", false))
+show("count dry again", cnt:incoming("v", false))
+show("count uncommit none", cnt:uncommit("none"))
+show("count no dict", limit_count.new("nope", 1, 1))
+
+local limit_conn = require "resty.limit.conn"
+local conn = limit_conn.new("store", 2, 1, 0.5)
+for i = 1, 4 do
+  show("conn" .. i, conn:incoming("c", true))
+  show("committed" .. i, conn:is_committed())
+end
+show("conn dry", conn:incoming("c", false))
+show("leaving", conn:leaving("c", 0.1))
+show("conn after latency", conn:incoming("c", true))
+show("leaving2", conn:leaving("c"))
+show("uncommit", conn:uncommit("c"))
+conn:set_conn(1)
+show("set_conn 1", conn:incoming("c", true))
+conn:set_burst(0)
+show("set_burst 0", conn:incoming("c", true))
+show("leaving missing", conn:leaving("missing"))
+
+local traffic = require "resty.limit.traffic"
+local r = limit_req.new("store", 2, 2)
+local c = limit_count.new("store", 5, 60)
+local states = {}
+show("combine1", traffic.combine({c, r}, {"tc", "tr"}, states))
+show("states1", states[1], states[2])
+show("combine2", traffic.combine({c, r}, {"tc", "tr"}, states))
+show("states2", states[1], states[2])
+local fake = {
+  incoming = function(self, key, commit)
+    if commit then
+      return nil, "boom"
+    end
+    return 0, "dry"
+  end,
+  uncommit = function() error("never uncommitted: it never committed") end,
+}
+local before = ngx.shared.store:get("tc")
+show("combine rollback", traffic.combine({c, fake, conn}, {"tc", "x", "tconn"}, states))
+show("rolled back", ngx.shared.store:get("tc") == before, ngx.shared.store:get("tconn"))
+local tight = limit_count.new("store", 1, 60)
+show("combine dry reject", traffic.combine({tight, c}, {"tt", "tc2"}))
+show("combine dry reject2", traffic.combine({tight, c}, {"tt", "tc2"}))
+show("second call committed nothing", ngx.shared.store:get("tc2"), ngx.shared.store:get("tt"))
+"#;
+
+const LIMITS_WANT: &str = "\
+req1 0.0 0.0
+req2 0.5 1.0
+req3 1.0 2.0
+req4 1.5 3.0
+req5 nil rejected
+req uncommit true nil
+req after uncommit 1.5 3.0
+req record 16.0 string
+dry1 0.0 0.0
+dry2 0.5 1.0
+dry3 0.5 1.0
+burst 10 2.0 4.0
+rate 4 1.2 5.0
+uncommit missing nil not found
+abused nil shdict abused by other users
+no dict nil shared dict not found
+bad rate false assertion failed!
+count1 0.0 2.0
+count2 0.0 1.0
+count3 0.0 0.0
+count4 nil rejected
+count ttl true nil
+count uncommit 0.0 nil
+count again nil rejected
+count dry 0.0 2.0
+count dry again 0.0 2.0
+count uncommit none 3.0 nil
+count no dict nil shared dict not found
+conn1 0.0 1.0
+committed1 true nil
+conn2 0.0 2.0
+committed2 true nil
+conn3 0.5 3.0
+committed3 true nil
+conn4 nil rejected
+committed4 false nil
+conn dry nil rejected
+leaving 2.0 nil
+conn after latency 0.3 3.0
+leaving2 2.0 nil
+uncommit 1.0 nil
+set_conn 1 0.3 2.0
+set_burst 0 nil rejected
+leaving missing nil not found
+combine1 0.0 nil
+states1 4.0 0.0
+combine2 0.5 nil
+states2 3.0 1.0
+combine rollback nil boom
+rolled back true 0.0
+combine dry reject 0.0 nil
+combine dry reject2 nil rejected
+second call committed nothing 4.0 0.0
+";
+
+#[test]
+fn limit_req_count_conn_and_traffic_arithmetic() {
+    let s = Server::start(&route(
+        "limits",
+        &spec("{name: store, capacity: 1m}", &[("/t", LIMITS_LUA)]),
+    ));
+    assert_eq!(body_of(&s, "/t"), LIMITS_WANT);
+}

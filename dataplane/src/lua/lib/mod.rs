@@ -24,6 +24,24 @@ use mlua::{Function, Lua, Table};
 
 const LRUCACHE: &str = include_str!("lrucache.lua");
 const LOCK: &str = include_str!("lock.lua");
+const LIMITS: [(&str, &str, &str); 4] = [
+    ("resty.limit.req", "resty/limit/req.lua", include_str!("limit/req.lua")),
+    (
+        "resty.limit.count",
+        "resty/limit/count.lua",
+        include_str!("limit/count.lua"),
+    ),
+    (
+        "resty.limit.conn",
+        "resty/limit/conn.lua",
+        include_str!("limit/conn.lua"),
+    ),
+    (
+        "resty.limit.traffic",
+        "resty/limit/traffic.lua",
+        include_str!("limit/traffic.lua"),
+    ),
+];
 
 /// Runs the library chunk `source` (named `name` in error messages) and
 /// returns what it returns.
@@ -37,5 +55,8 @@ pub fn build(lua: &Lua) -> mlua::Result<Table> {
     libs.set("resty.lrucache", lrucache)?;
     libs.set("resty.lrucache.pureffi", pureffi)?;
     libs.set("resty.lock", run::<Function>(lua, "resty/lock.lua", LOCK)?)?;
+    for (module, file, source) in LIMITS {
+        libs.set(module, run::<Function>(lua, file, source)?)?;
+    }
     Ok(libs)
 }
