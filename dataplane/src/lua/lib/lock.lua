@@ -1,6 +1,7 @@
 -- resty.lock: lua-resty-lock's nonblocking shm lock, without the FFI. Run
--- once per VM, while the host's `newproxy` still exists; returns the
--- constructor `function(ngx, env) -> module`, called once per route.
+-- once per VM with `guard` (mod.rs: `guard(finalizer)` returns a userdata
+-- whose `__gc` is `finalizer`); returns the constructor
+-- `function(ngx, env) -> module`, called once per route.
 --
 -- A lock is a key `add`ed to an `ngx.shared` dict with the lock's exptime;
 -- `lock` retries the `add` after stepwise `ngx.sleep`s (step, then
@@ -9,7 +10,7 @@
 -- of the dict's routes, as upstream does across nginx workers.
 --
 -- Release on garbage collection: upstream hangs a `__gc` on an FFI cdata;
--- here each lock object holds (as `cdata`, the same field) a `newproxy`
+-- here each lock object holds (as `cdata`, the same field) a `guard`
 -- userdata whose `__gc` deletes the held key. The finalizer runs wherever
 -- the collector happens to run, so it never raises (a failing delete is
 -- logged, as upstream logs it) and touches only the dict.
@@ -17,7 +18,8 @@
 -- Invariants: `held[self]` is the state of lock object `self`, shared with
 -- its proxy's finalizer; `state.key` is the key it holds, nil when it holds
 -- none. A key is held by at most one object (the dict's `add` decides).
-local newproxy, getmetatable, setmetatable, pcall, error = newproxy, getmetatable, setmetatable, pcall, error
+local guard = ...
+local setmetatable, pcall, error = setmetatable, pcall, error
 local max, min, tostring = math.max, math.min, tostring
 
 return function(ngx)
@@ -69,12 +71,9 @@ return function(ngx)
         end
 
         local state = { dict = dict }
-        local proxy = newproxy(true)
-        local pmt = getmetatable(proxy)
-        pmt.__gc = function()
+        local proxy = guard(function()
             release(state)
-        end
-        pmt.__metatable = false
+        end)
 
         local self = setmetatable({
             cdata = proxy,

@@ -49,12 +49,30 @@ fn run<R: mlua::FromLuaMulti>(lua: &Lua, name: &str, source: &str) -> mlua::Resu
     lua.load(source).set_name(format!("={name}")).call(())
 }
 
+/// `guard(finalizer)`: a new userdata whose `__gc` is `finalizer` and whose
+/// metatable Lua cannot read (`__metatable = false`). The host's `newproxy`
+/// stays inside this Rust function, so nothing a route can reach (upvalues
+/// included) leads to it; the metatable of each guard is its own.
+fn gc_guard(lua: &Lua) -> mlua::Result<Function> {
+    let globals = lua.globals();
+    let newproxy: Function = globals.get("newproxy")?;
+    let getmetatable: Function = globals.get("getmetatable")?;
+    lua.create_function(move |_, finalizer: Function| {
+        let proxy: mlua::Value = newproxy.call(true)?;
+        let metatable: Table = getmetatable.call(&proxy)?;
+        metatable.raw_set("__gc", finalizer)?;
+        metatable.raw_set("__metatable", false)?;
+        Ok(proxy)
+    })
+}
+
 pub fn build(lua: &Lua) -> mlua::Result<Table> {
     let libs = lua.create_table()?;
     let (lrucache, pureffi): (Function, Function) = run(lua, "resty/lrucache.lua", LRUCACHE)?;
     libs.set("resty.lrucache", lrucache)?;
     libs.set("resty.lrucache.pureffi", pureffi)?;
-    libs.set("resty.lock", run::<Function>(lua, "resty/lock.lua", LOCK)?)?;
+    let lock: Function = lua.load(LOCK).set_name("=resty/lock.lua").call(gc_guard(lua)?)?;
+    libs.set("resty.lock", lock)?;
     for (module, file, source) in LIMITS {
         libs.set(module, run::<Function>(lua, file, source)?)?;
     }
