@@ -49,9 +49,10 @@ use crate::lua::args;
 pub const VERSION: &str = "2.1.0.11";
 
 /// Nesting actually allowed whatever the settings say: upstream stops where
-/// `lua_checkstack` fails (a few thousand levels); our recursion stops here
+/// `lua_checkstack` fails (a few thousand levels); ours stops here, below
+/// where a release build ran out of Lua stack slots (10,000 did),
 /// (or sooner, where the thread's stack guard says so) with the same error.
-pub const HARD_DEPTH: i32 = 10_000;
+pub const HARD_DEPTH: i32 = 2_000;
 
 /// Work units between two calls to the budget while encoding or decoding.
 const CHARGE_EVERY: u64 = 4096;
