@@ -12,7 +12,9 @@
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -646,12 +648,26 @@ fn send(lua: &Lua, st: &Rc<RefCell<State>>, data: &Value, marker: &Table) -> mlu
         }
         return 0.into_lua_multi(lua);
     }
+    // Most sends fit the socket buffer: written now, with no yield.
+    let len = bytes.len();
+    match write_now(&mut writer, &mut bytes) {
+        Poll::Ready(Ok(())) => {
+            if let Conn::Open { writer: w, .. } = &mut s.conn {
+                *w = Some(writer);
+            }
+            return len.into_lua_multi(lua);
+        }
+        Poll::Ready(Err(e)) => {
+            close(&mut s);
+            return (Value::Nil, os_error(&e)).into_lua_multi(lua);
+        }
+        Poll::Pending => {}
+    }
     let generation = s.generation;
     let timeout = s.send_timeout.unwrap_or(DEFAULT_TIMEOUT);
     drop(s);
     let st = st.clone();
     pending::park(async move {
-        let len = bytes.len();
         let result = tokio::time::timeout(timeout, async {
             writer.write_all(&bytes).await?;
             writer.flush().await
@@ -682,6 +698,49 @@ fn send(lua: &Lua, st: &Rc<RefCell<State>>, data: &Value, marker: &Table) -> mlu
         })
     });
     Value::Table(marker.clone()).into_lua_multi(lua)
+}
+
+/// Writes and flushes what the socket takes without waiting; `Pending`
+/// leaves the rest in `bytes`.
+fn write_now(writer: &mut WriteHalf<Stream>, bytes: &mut BytesMut) -> Poll<std::io::Result<()>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    while !bytes.is_empty() {
+        match Pin::new(&mut *writer).poll_write(&mut cx, bytes) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => bytes.advance(n),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Pin::new(writer).poll_flush(&mut cx)
+}
+
+/// Reads what has already arrived into `buf`, without waiting, until it
+/// answers `want`: `Ready(Ok)` with the answer, `Ready(Err)` at an error or
+/// an end of stream that does not answer, `Pending` when more must come.
+fn read_now(reader: &mut ReadHalf<Stream>, buf: &mut BytesMut, want: &Want) -> Poll<Result<(Vec<u8>, usize), String>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if buf.len() > MAX_BUFFERED {
+            return Poll::Ready(Err(format!("receive buffer full ({MAX_BUFFERED} bytes)")));
+        }
+        let mut chunk = [0u8; READ_CHUNK * 4];
+        let mut rb = tokio::io::ReadBuf::new(&mut chunk);
+        match Pin::new(&mut *reader).poll_read(&mut cx, &mut rb) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(os_error(&e))),
+            Poll::Ready(Ok(())) => {
+                let eof = rb.filled().is_empty();
+                buf.extend_from_slice(rb.filled());
+                if let Found::Data(data, used) = find(buf, want, eof) {
+                    return Poll::Ready(Ok((data, used)));
+                }
+                if eof {
+                    return Poll::Ready(Err("closed".into()));
+                }
+            }
+        }
+    }
 }
 
 /// What a receive waits for.
@@ -806,6 +865,23 @@ fn receive(lua: &Lua, st: &Rc<RefCell<State>>, want: Want, marker: &Table) -> ml
         return lua.create_string(&data)?.into_lua_multi(lua);
     }
     let mut buf = std::mem::take(&mut s.buf);
+    // What already arrived may answer it: no yield then.
+    match read_now(&mut reader, &mut buf, &want) {
+        Poll::Ready(Ok((data, used))) => {
+            buf.advance(used);
+            s.buf = buf;
+            if let Conn::Open { reader: r, .. } = &mut s.conn {
+                *r = Some(reader);
+            }
+            return lua.create_string(&data)?.into_lua_multi(lua);
+        }
+        Poll::Ready(Err(e)) => {
+            let partial = partial(&buf, &want);
+            close(&mut s);
+            return (Value::Nil, e, lua.create_string(partial)?).into_lua_multi(lua);
+        }
+        Poll::Pending => {}
+    }
     let generation = s.generation;
     let timeout = s.read_timeout.unwrap_or(DEFAULT_TIMEOUT);
     drop(s);
