@@ -220,6 +220,12 @@ pub fn fmt_number(n: f64) -> String {
     if n == 0.0 {
         return if n.is_sign_negative() { "-0".into() } else { "0".into() };
     }
+    // Integers below 1e14 print as themselves under %.14g; skipping the
+    // exact float formatting (Dragon4) matters where numbers are common,
+    // e.g. the lengths lua-resty-redis sends with every command.
+    if n.fract() == 0.0 && n.abs() < 1e14 {
+        return (n as i64).to_string();
+    }
     let sci = format!("{n:.13e}");
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
@@ -252,6 +258,8 @@ mod tests {
         assert_eq!(fmt_number(1.0 / 3.0), "0.33333333333333");
         assert_eq!(fmt_number(1e15), "1e+15");
         assert_eq!(fmt_number(123456789012.0), "123456789012");
+        assert_eq!(fmt_number(-99999999999999.0), "-99999999999999");
+        assert_eq!(fmt_number(1e14), "1e+14");
         assert_eq!(fmt_number(0.00001), "1e-05");
         assert_eq!(fmt_number(f64::INFINITY), "inf");
     }

@@ -456,6 +456,9 @@ pub(crate) async fn drive(run: &Run, callback: &Function, mut args: MultiValue) 
                 super::time::update_cached_time();
                 args = answer(&run.lua).map_err(|e| crate::lua::error_message(&e))?;
             }
+        } else if op == super::OP_SPAWN || op == super::OP_WAIT || op == super::OP_KILL {
+            // Light threads are scheduled by the request driver only.
+            return Err("ngx.thread.* is not supported in timer callbacks yet".to_string());
         } else if is_marker {
             // ngx.exit() and friends end a timer's coroutine.
             return Ok(());
