@@ -296,3 +296,18 @@ ngx.say("again: ", select(2, ngx.req.socket()))"#,
     let r = srv.get("/");
     assert_eq!(r.text(), "no socket: no body\n");
 }
+
+#[test]
+fn cosockets_work_in_timer_callbacks() {
+    let (port, server) = scripted(b"from timer\n", false);
+    let srv = serve(&format!(
+        "  sharedDicts: [{{name: d, capacity: 1m}}]\n  locations:\n    - path: /start\n      content: |\n        assert(ngx.timer.at(0, function()\n          local sock = ngx.socket.tcp()\n          sock:settimeout(5000)\n          assert(sock:connect(\"127.0.0.1\", {port}))\n          assert(sock:send(\"hi\\n\"))\n          ngx.shared.d:set(\"got\", sock:receive())\n          sock:close()\n        end))\n        ngx.say(\"started\")\n    - path: /got\n      content: ngx.say(ngx.shared.d:get(\"got\"))\n"
+    ));
+    assert_eq!(body(&srv, "/start"), "started\n");
+    let got = common::wait_for(IO_TIMEOUT, || {
+        let text = body(&srv, "/got");
+        (text != "nil\n").then_some(text)
+    });
+    assert_eq!(got.as_deref(), Some("from timer\n"), "{}", srv.logs());
+    assert_eq!(server.join().unwrap(), b"hi\n");
+}
