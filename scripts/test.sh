@@ -12,6 +12,9 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3)
 # Real servers the integration tests run as upstreams and peers.
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+# Format-2 conformance cases run their own redis / memcached services.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v memcached >/dev/null || need_apt+=(memcached)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   apt-get update -qq
