@@ -122,6 +122,13 @@ struct Cli {
     /// (a container runtime's, the kubelet's).
     #[arg(long, env = "MOONGATE_EGRESS_ALLOW_UNIX", value_delimiter = ',')]
     egress_allow_unix: Vec<PathBuf>,
+    /// Let routes proxy to (and open cosockets to) this dataplane's own
+    /// *listen* port; the admin port stays refused. Off by default. Meant for
+    /// standalone tests (the conformance cases proxy to their own server) and
+    /// single-tenant setups: a route that connects to its own gateway can
+    /// loop. Loopback still needs an `--egress-allow` rule (`127.0.0.1/32`).
+    #[arg(long, env = "MOONGATE_EGRESS_ALLOW_SELF")]
+    egress_allow_self: bool,
 }
 
 fn controller_settings(cli: &Cli) -> anyhow::Result<ControllerSettings> {
@@ -175,10 +182,12 @@ fn settings(cli: &Cli) -> Settings {
             unpreemptible: cli.max_unpreemptible.clamp(u64::from(HOOK_INTERVAL), budget),
         },
         memory_limit: usize::try_from(cli.lua_memory_limit).unwrap_or(usize::MAX),
-        egress: Arc::new(EgressPolicy::new(
-            cli.egress_allow.clone(),
-            std::iter::once(cli.listen).chain(cli.admin).collect(),
-        )),
+        egress: Arc::new({
+            let policy = EgressPolicy::new(cli.egress_allow.clone(), cli.admin.into_iter().collect())
+                .allowing_own_listen(cli.egress_allow_self);
+            // The listen socket as given; `server::start` adds the one bound.
+            policy.with_own(cli.listen)
+        }),
         unix_allow: cli.egress_allow_unix.clone(),
     }
 }
@@ -267,7 +276,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         let bound = admin::start(addr, admin_state.clone()).await?;
         tracing::info!("admin on http://{bound}");
         // The port actually bound (the flag may say 0) is never a proxy peer.
-        settings.egress = Arc::new(settings.egress.with_own(bound));
+        settings.egress = Arc::new(settings.egress.with_refused_own(bound));
     }
     let settings = Arc::new(settings);
     let result = match &cli.routes {

@@ -17,6 +17,10 @@
 //!   too"; `127.0.0.1/32` is a deliberate choice.
 //! - The dataplane's own sockets are refused whatever the rules: a route to
 //!   itself is a request loop, and to its admin port a privilege escalation.
+//!   The one exception is the operator's `--egress-allow-self`
+//!   ([`EgressPolicy::allowing_own_listen`]): the *listen* sockets (never the
+//!   admin socket) then stop being refused as own sockets, and are judged by
+//!   the rules like any other address (loopback still needs a rule).
 //!
 //! Not covered: other NAT64 prefixes (`64:ff9b:1::/48`, operator-chosen),
 //! 6to4 and Teredo, and the host's own non-loopback addresses — pass the
@@ -344,8 +348,12 @@ impl std::error::Error for Refusal {}
 pub struct EgressPolicy {
     /// Canonical; empty means "everything but the refusals".
     allow: Vec<AllowRule>,
-    /// Canonical.
+    /// Canonical; the own sockets that are refused (admin, and listen unless allowed).
     own: Vec<SocketAddr>,
+    /// Canonical; own listen sockets the operator allowed (`--egress-allow-self`).
+    own_allowed: Vec<SocketAddr>,
+    /// Whether listen sockets added by [`EgressPolicy::with_own`] go to `own_allowed`.
+    allow_own_listen: bool,
 }
 
 impl EgressPolicy {
@@ -365,14 +373,46 @@ impl EgressPolicy {
             .into_iter()
             .map(|s| SocketAddr::new(canonical(s.ip()), s.port()))
             .collect();
-        EgressPolicy { allow, own }
+        EgressPolicy {
+            allow,
+            own,
+            ..EgressPolicy::default()
+        }
     }
 
-    /// The policy with one more of the dataplane's own sockets refused.
+    /// The operator's `--egress-allow-self`: the listen sockets added later
+    /// with [`EgressPolicy::with_own`] are not refused as own sockets. Meant for
+    /// standalone tests and single-tenant setups only: a route that connects to
+    /// its own gateway can loop. Sockets given to `new` or
+    /// [`EgressPolicy::with_refused_own`] (the admin socket) stay refused.
+    pub fn allowing_own_listen(mut self, allow: bool) -> EgressPolicy {
+        self.allow_own_listen = allow;
+        self
+    }
+
+    /// The policy with one more of the dataplane's listen sockets: refused,
+    /// unless [`EgressPolicy::allowing_own_listen`] allowed them.
     pub fn with_own(&self, socket: SocketAddr) -> EgressPolicy {
+        let mut p = self.clone();
+        let socket = SocketAddr::new(canonical(socket.ip()), socket.port());
+        if p.allow_own_listen {
+            p.own_allowed.push(socket);
+        } else {
+            p.own.push(socket);
+        }
+        p
+    }
+
+    /// The policy with one more own socket refused whatever the settings (the admin socket).
+    pub fn with_refused_own(&self, socket: SocketAddr) -> EgressPolicy {
         let mut p = self.clone();
         p.own.push(SocketAddr::new(canonical(socket.ip()), socket.port()));
         p
+    }
+
+    /// The own listen sockets that `--egress-allow-self` lets routes connect to.
+    pub fn allowed_own(&self) -> &[SocketAddr] {
+        &self.own_allowed
     }
 
     pub fn check(&self, addr: SocketAddr) -> Result<(), Refusal> {
@@ -586,6 +626,52 @@ mod tests {
             r.ends_with("own socket 0.0.0.0:8080 (a request loop); this cannot be allowed"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn allow_self_opens_the_listen_socket_but_never_the_admin_socket() {
+        let admin: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let base = policy(&["127.0.0.1/32"], &[]);
+        // Default: both refused.
+        let off = base.with_refused_own(admin).with_own(listen);
+        assert_eq!(
+            off.check(listen),
+            Err(Refusal {
+                addr: listen,
+                reason: Reason::OwnSocket(listen)
+            })
+        );
+        assert_eq!(
+            off.check(admin),
+            Err(Refusal {
+                addr: admin,
+                reason: Reason::OwnSocket(admin)
+            })
+        );
+        assert!(off.allowed_own().is_empty());
+        // --egress-allow-self: the listen socket is judged by the rules, the admin one stays refused.
+        let on = base
+            .clone()
+            .allowing_own_listen(true)
+            .with_refused_own(admin)
+            .with_own(listen);
+        assert_eq!(on.check(listen), Ok(()));
+        assert_eq!(on.check("[::ffff:127.0.0.1]:8080".parse().unwrap()), Ok(()));
+        assert_eq!(
+            on.check(admin),
+            Err(Refusal {
+                addr: admin,
+                reason: Reason::OwnSocket(admin)
+            })
+        );
+        assert_eq!(on.allowed_own(), &[listen]);
+        // Sockets given to `new` are refused even with the flag.
+        let new_own = EgressPolicy::new(Vec::new(), vec![admin]).allowing_own_listen(true);
+        assert_eq!(reason(&new_own, "127.0.0.1:9000"), Some(Reason::OwnSocket(admin)));
+        // The flag does not open loopback by itself.
+        let no_rule = policy(&[], &[]).allowing_own_listen(true).with_own(listen);
+        assert_eq!(reason(&no_rule, "127.0.0.1:8080"), Some(Reason::Loopback));
     }
 
     #[test]

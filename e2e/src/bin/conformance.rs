@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p moongate-e2e --bin conformance -- [--verbose] [-j N] [--filter REGEX] \
-//!     [--dataplane PATH] DIR_OR_FILE…
+//!     [--dataplane PATH] [--redis-server PATH] [--memcached PATH] DIR_OR_FILE…
 //! ```
 //!
 //! Prints `PASS <id>` / `FAIL <id>: <first problem>` per case and a final
@@ -21,6 +21,7 @@ use moongate_e2e::conformance::case::load_cases;
 use moongate_e2e::conformance::compare::compile_python_regex;
 use moongate_e2e::conformance::runner::{Options, json_report, run_all};
 use moongate_e2e::conformance::server::Backend;
+use moongate_e2e::conformance::services::ServiceBinaries;
 
 #[derive(Parser, Debug)]
 #[command(about = "Run the Lua conformance cases against moongate-dataplane")]
@@ -58,6 +59,12 @@ struct Args {
     /// Seconds all requests of one case may take together.
     #[arg(long, default_value_t = 60.0)]
     case_timeout: f64,
+    /// redis-server for format-2 cases with service "redis" [default: redis-server in PATH].
+    #[arg(long)]
+    redis_server: Option<PathBuf>,
+    /// memcached for format-2 cases with service "memcached" [default: memcached in PATH].
+    #[arg(long)]
+    memcached: Option<PathBuf>,
     /// Where per-case temporary directories go.
     #[arg(long)]
     tmpdir: Option<PathBuf>,
@@ -123,6 +130,10 @@ fn run(args: Args) -> Result<(), String> {
         case_timeout: seconds("case-timeout", args.case_timeout)?,
         tmpdir: args.tmpdir.clone(),
         keep_failed: args.keep_failed,
+        services: ServiceBinaries {
+            redis_server: args.redis_server.clone(),
+            memcached: args.memcached.clone(),
+        },
     };
     let mut cases = load_cases(&args.paths).map_err(|e| format!("cannot load cases: {e}"))?;
     if cases.is_empty() {

@@ -328,6 +328,7 @@ mod tests {
             uri: Some("/t?a=%20".into()),
             headers: Some(OrderedMap(vec![("X-B".into(), "é".into()), ("x-a".into(), "1".into())])),
             body: Some("hi".into()),
+            client_timeout_s: None,
         };
         let (head, body) = encode_request(&req);
         assert_eq!(

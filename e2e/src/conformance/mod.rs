@@ -12,4 +12,5 @@ pub mod http;
 pub mod nginx;
 pub mod runner;
 pub mod server;
+pub mod services;
 pub mod translate;

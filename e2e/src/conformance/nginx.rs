@@ -31,6 +31,15 @@ pub fn gen_conf(case: &Case, prefix: &Path, port: u16, modules: &[PathBuf]) -> S
     for m in modules {
         let _ = writeln!(out, "load_module {};", m.display());
     }
+    // For `clear_headers` (more_clear_headers), as run_nginx.py loads it.
+    let clears = case
+        .locations
+        .iter()
+        .flatten()
+        .any(|l| l.clear_headers.as_ref().is_some_and(|h| !h.is_empty()));
+    if clears {
+        out.push_str("load_module /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so;\n");
+    }
     out.push_str("worker_processes 1;\nmaster_process on;\ndaemon off;\n");
     let _ = writeln!(out, "pid {prefix}/logs/nginx.pid;");
     let _ = writeln!(out, "error_log {prefix}/logs/error.log debug;");
@@ -55,6 +64,12 @@ pub fn gen_conf(case: &Case, prefix: &Path, port: u16, modules: &[PathBuf]) -> S
     out.push_str("    server {\n");
     let _ = writeln!(out, "        listen 127.0.0.1:{port};");
     out.push_str("        server_name localhost;\n        client_max_body_size 30M;\n");
+    if case.server_tokens == Some(false) {
+        out.push_str("        server_tokens off;\n");
+    }
+    for (key, value) in case.lua_socket.iter().flat_map(OrderedMap::iter) {
+        let _ = writeln!(out, "        lua_socket_{key} {value};");
+    }
     for loc in case.locations.as_deref().unwrap_or_default() {
         match loc.modifier.as_deref().unwrap_or("") {
             "" => {
@@ -74,6 +89,9 @@ pub fn gen_conf(case: &Case, prefix: &Path, port: u16, modules: &[PathBuf]) -> S
         if loc.need_request_body == Some(true) {
             let _ = writeln!(out, "{ind}lua_need_request_body on;");
         }
+        for (key, value) in loc.lua_socket.iter().flat_map(OrderedMap::iter) {
+            let _ = writeln!(out, "{ind}lua_socket_{key} {value};");
+        }
         let phases = loc.phases.as_ref();
         for (key, directive) in PHASES.iter().map(|p| (*p, format!("{p}_by_lua_block"))) {
             let code = phases
@@ -82,6 +100,12 @@ pub fn gen_conf(case: &Case, prefix: &Path, port: u16, modules: &[PathBuf]) -> S
             if let Some(code) = code {
                 lua_block(&mut out, &directive, code, ind);
             }
+        }
+        if let Some(url) = &loc.proxy_pass {
+            let _ = writeln!(out, "{ind}proxy_pass {url};");
+        }
+        if let Some(names) = loc.clear_headers.as_ref().filter(|h| !h.is_empty()) {
+            let _ = writeln!(out, "{ind}more_clear_headers {};", names.join(" "));
         }
         out.push_str("        }\n");
     }

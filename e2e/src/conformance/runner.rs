@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::case::LoadedCase;
+use super::case::{Case, LoadedCase, Ports};
 use super::compare::compare;
 use super::http::send_request;
 use super::server::{self, Backend};
+use super::services::{self, ServiceBinaries};
 
 /// How cases are run.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct Options {
     pub tmpdir: Option<PathBuf>,
     /// Keep the temporary directory of failed cases (routes.yaml, server.log).
     pub keep_failed: bool,
+    /// `redis-server` and `memcached` for format-2 services.
+    pub services: ServiceBinaries,
 }
 
 /// The outcome of one case.
@@ -73,14 +76,36 @@ fn run_case_inner(loaded: &LoadedCase, opts: &Options) -> (bool, Vec<String>) {
         let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
     }
     let mut msgs = Vec::new();
-    match server::start(&opts.backend, case, dir.path(), opts.start_timeout) {
+    // Services first (dropped last: stopped after the server), one per name.
+    let mut running: Vec<services::Service> = Vec::new();
+    let mut ports = Ports::default();
+    for name in case.services.iter().flatten() {
+        if running.iter().any(|s| s.name == name) {
+            continue;
+        }
+        match services::start(name, &opts.services, dir.path(), opts.start_timeout) {
+            Ok(svc) => {
+                match svc.name {
+                    "redis" => ports.redis = Some(svc.port),
+                    _ => ports.memcached = Some(svc.port),
+                }
+                running.push(svc);
+            }
+            Err(e) => return (false, vec![e]),
+        }
+    }
+    match server::start(&opts.backend, case, ports, dir.path(), opts.start_timeout) {
         Err(e) => msgs.push(e),
         Ok(server) => {
             let deadline = Instant::now() + opts.case_timeout;
-            let requests = case.requests.as_deref().unwrap_or_default();
-            let expect = case.expect.as_deref().unwrap_or_default();
+            let requests = server.case.requests.as_deref().unwrap_or_default();
+            let expect = server.case.expect.as_deref().unwrap_or_default();
             for (i, (req, exp)) in requests.iter().zip(expect).enumerate() {
-                let resp = match send_request(server.port, req, opts.request_timeout, deadline) {
+                let timeout = req
+                    .client_timeout_s
+                    .and_then(|t| Duration::try_from_secs_f64(t).ok())
+                    .unwrap_or(opts.request_timeout);
+                let resp = match send_request(server.port, req, timeout, deadline) {
                     Ok(resp) => resp,
                     Err(e) => {
                         msgs.push(format!("request {i}: no valid response ({})", e.0));
@@ -92,21 +117,50 @@ fn run_case_inner(loaded: &LoadedCase, opts: &Options) -> (bool, Vec<String>) {
                 }
                 match compare(i, exp, &resp) {
                     Ok(problems) => msgs.extend(problems),
-                    Err(bad) => {
-                        drop(server);
-                        return (false, vec![format!("bad case: {}", bad.0)]);
-                    }
+                    Err(bad) => return (false, vec![format!("bad case: {}", bad.0)]),
                 }
             }
             drop(server);
         }
     }
+    drop(running);
     let ok = msgs.iter().all(|m| is_note(m));
+    if !ok && matches!(opts.backend, Backend::Dataplane { .. }) {
+        msgs.extend(unsupported(case).map(|u| format!("case: note: not applied (no dataplane equivalent): {u}")));
+    }
     if !ok && opts.keep_failed {
         let kept = dir.keep();
         msgs.push(format!("directory kept: {}", kept.display()));
     }
     (ok, msgs)
+}
+
+/// The case's settings the dataplane has no equivalent for, as nginx directives.
+fn unsupported(case: &Case) -> impl Iterator<Item = String> + '_ {
+    let tokens = (case.server_tokens == Some(false)).then(|| "server_tokens off (server level)".to_string());
+    let sockets = |holder: String, settings: &crate::conformance::case::OrderedMap<String>| {
+        settings
+            .iter()
+            .map(|(k, v)| format!("lua_socket_{k} {v} ({holder})"))
+            .collect::<Vec<_>>()
+    };
+    let server_sockets = case
+        .lua_socket
+        .iter()
+        .flat_map(move |s| sockets("server level".into(), s));
+    let locations = case.locations.iter().flatten().flat_map(move |loc| {
+        let clear = loc
+            .clear_headers
+            .iter()
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("more_clear_headers {} (location {:?})", h.join(" "), loc.path));
+        let socks = loc
+            .lua_socket
+            .iter()
+            .flat_map(|s| sockets(format!("location {:?}", loc.path), s));
+        clear.chain(socks).collect::<Vec<_>>()
+    });
+    tokens.into_iter().chain(server_sockets).chain(locations)
 }
 
 fn is_note(message: &str) -> bool {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::nginx;
 use super::translate;
-use crate::conformance::case::Case;
+use crate::conformance::case::{Case, Ports};
 
 /// What the cases run against.
 #[derive(Clone, Debug)]
@@ -49,9 +49,17 @@ impl Backend {
                 let text = translate::to_routes_yaml(case)?;
                 std::fs::write(&routes, text).map_err(|e| format!("cannot write {}: {e}", routes.display()))?;
                 let mut cmd = Command::new(binary);
-                cmd.arg("--routes")
-                    .arg(&routes)
-                    .args(["--listen", &listen, "--workers", "1"]);
+                // Cases proxy (and open cosockets) to themselves and to their
+                // services, all on 127.0.0.1.
+                cmd.arg("--routes").arg(&routes).args([
+                    "--listen",
+                    &listen,
+                    "--workers",
+                    "1",
+                    "--egress-allow",
+                    "127.0.0.1/32",
+                    "--egress-allow-self",
+                ]);
                 Ok(cmd)
             }
             Backend::Nginx { binary, modules } => {
@@ -75,7 +83,7 @@ impl Backend {
 static PORTS_IN_USE: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A port that was free a moment ago (bind to port 0, then close).
-fn pick_port() -> Result<u16, String> {
+pub(crate) fn pick_port() -> Result<u16, String> {
     let mut in_use = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
     let in_use = in_use.get_or_insert_with(HashSet::new);
     for _ in 0..200 {
@@ -90,7 +98,7 @@ fn pick_port() -> Result<u16, String> {
     Err("cannot find a free port".into())
 }
 
-fn release_port(port: u16) {
+pub(crate) fn release_port(port: u16) {
     let mut in_use = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(set) = in_use.as_mut() {
         set.remove(&port);
@@ -101,6 +109,8 @@ fn release_port(port: u16) {
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// The case as run: placeholders replaced for this port and the services'.
+    pub case: Case,
     grace: Duration,
 }
 
@@ -112,7 +122,7 @@ impl Drop for Server {
 }
 
 /// SIGTERM (through kill(1): the crate forbids unsafe code), then SIGKILL after `grace`.
-fn stop(child: &mut Child, grace: Duration) {
+pub(crate) fn stop(child: &mut Child, grace: Duration) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
@@ -143,13 +153,31 @@ fn log_tail(log: &Path, n: usize) -> String {
 }
 
 /// Starts the server for `case` in `dir` and waits until its port accepts
-/// connections. The server's stdout and stderr go to `dir/server.log`.
-pub fn start(backend: &Backend, case: &Case, dir: &Path, start_timeout: Duration) -> Result<Server, String> {
+/// connections. The server's stdout and stderr go to `dir/server.log`. The
+/// port is picked first, then the case's placeholders are replaced
+/// (`services` has the services' ports) and the configuration is written.
+pub fn start(
+    backend: &Backend,
+    case: &Case,
+    services: Ports,
+    dir: &Path,
+    start_timeout: Duration,
+) -> Result<Server, String> {
     let log = dir.join("server.log");
     let name = backend.name();
     for attempt in 0..3 {
         let port = pick_port()?;
-        let spawned = backend.prepare(case, dir, port).and_then(|mut cmd| {
+        let run = match case.substituted(&Ports {
+            server: port,
+            ..services
+        }) {
+            Ok(run) => run,
+            Err(e) => {
+                release_port(port);
+                return Err(format!("bad case: {e}"));
+            }
+        };
+        let spawned = backend.prepare(&run, dir, port).and_then(|mut cmd| {
             let out = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
             let err = out.try_clone().map_err(|e| e.to_string())?;
             cmd.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -165,6 +193,7 @@ pub fn start(backend: &Backend, case: &Case, dir: &Path, start_timeout: Duration
         let mut server = Server {
             child,
             port,
+            case: run,
             grace: backend.stop_grace(),
         };
         let deadline = Instant::now() + start_timeout;

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::case::{Case, OrderedMap};
+use super::case::{Case, OrderedMap, parse_proxy_pass};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -65,6 +65,24 @@ struct Location<'a> {
     body_filter: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<Upstream<'a>>,
+}
+
+/// `proxy_pass http://127.0.0.1:PORT[/URI]` with nginx's defaults as far as
+/// the LuaRoute has them: `Host: 127.0.0.1:PORT` (`$proxy_host`) and no kept
+/// upstream connection (nginx closes after each request). The LuaRoute has no
+/// setting for HTTP/1.0 to the upstream.
+#[derive(Serialize)]
+struct Upstream<'a> {
+    url: &'a str,
+    host: &'static str,
+    keepalive: Keepalive,
+}
+
+#[derive(Serialize)]
+struct Keepalive {
+    enabled: bool,
 }
 
 /// The LuaRoute `match` value for an nginx location modifier.
@@ -109,6 +127,16 @@ pub fn to_routes_yaml(case: &Case) -> Result<String, String> {
                 other => return Err(format!("unknown phase {other:?}")),
             };
             *slot = code.as_deref();
+        }
+        if let Some(url) = &loc.proxy_pass {
+            if parse_proxy_pass(url).is_none() {
+                return Err(format!("bad proxy_pass {url:?} in location {:?}", loc.path));
+            }
+            out.upstream = Some(Upstream {
+                url,
+                host: "$proxy_host",
+                keepalive: Keepalive { enabled: false },
+            });
         }
         locations.push(out);
     }
@@ -209,6 +237,23 @@ mod tests {
     }
 
     #[test]
+    fn proxy_pass_becomes_an_upstream() {
+        let c = case(
+            r#"{"format":2,"locations":[{"path":"/p","proxy_pass":"http://127.0.0.1:8080/backend","phases":{"rewrite":"r"}},
+            {"path":"/q","proxy_pass":"http://127.0.0.1:81"}]}"#,
+        );
+        let doc: serde_json::Value = serde_json::from_str(&to_routes_yaml(&c).unwrap()).unwrap();
+        let up = serde_json::json!({"url": "http://127.0.0.1:8080/backend", "host": "$proxy_host",
+                                    "keepalive": {"enabled": false}});
+        assert_eq!(doc["spec"]["locations"][0]["upstream"], up);
+        assert_eq!(doc["spec"]["locations"][0]["rewrite"], "r");
+        assert_eq!(doc["spec"]["locations"][1]["upstream"]["url"], "http://127.0.0.1:81");
+        let c =
+            case(r#"{"format":2,"locations":[{"path":"/p","proxy_pass":"http://127.0.0.1:$TEST_NGINX_SERVER_PORT"}]}"#);
+        assert!(to_routes_yaml(&c).unwrap_err().contains("bad proxy_pass"));
+    }
+
+    #[test]
     fn escapes_characters_yaml_forbids() {
         let c = case("{\"init\":\"a\u{7f}\u{85}\u{9f}\",\"locations\":[]}");
         let text = to_routes_yaml(&c).unwrap();
@@ -224,7 +269,7 @@ mod loader_tests {
     use std::path::PathBuf;
 
     use super::to_routes_yaml;
-    use crate::conformance::case::load_cases;
+    use crate::conformance::case::{Ports, load_cases};
 
     #[test]
     fn all_cases_load_as_lua_routes() {
@@ -238,8 +283,15 @@ mod loader_tests {
         }
         let cases = load_cases(&[dir]).unwrap();
         assert!(!cases.is_empty());
+        let ports = Ports {
+            server: 40001,
+            redis: Some(40002),
+            memcached: Some(40003),
+        };
         for loaded in &cases {
             let case = loaded.case.as_ref().unwrap();
+            case.validate().unwrap_or_else(|e| panic!("{}: {e}", loaded.id));
+            let case = &case.substituted(&ports).unwrap();
             let text = to_routes_yaml(case).unwrap();
             let routes = moongate_route::source::parse_routes(&text, None)
                 .unwrap_or_else(|e| panic!("{}: {e}\n{text}", loaded.id));
