@@ -163,13 +163,14 @@ ngx.say("any [", sock:receiveany(3), "]")
 local data, err, partial = sock:receive(100)
 ngx.say("short: ", tostring(data), " ", err, " [", partial, "]")
 ngx.say("after close: ", select(2, sock:receive()))
-ngx.say("close: ", select(2, sock:close()))
+ngx.say("close: ", tostring(sock:close()))
+ngx.say("close again: ", select(2, sock:close()))
 local ok, err = pcall(sock.receive, sock, "*x")
 ngx.say(err)"#
     )));
     assert_eq!(
         body(&srv, "/"),
-        "sent 8\n[line one]\n[line two]\n[ABCDE]\n[]\nchunk [hell]\nchunk [o, w]\nchunk [orld]\nchunk [! -a]\nchunk [gent]\nchunk [zh]\ndone nil\nany [ ta]\nshort: nil closed [il]\nafter close: closed\nclose: closed\nbad argument #2 to 'receive' (bad pattern argument)\n"
+        "sent 8\n[line one]\n[line two]\n[ABCDE]\n[]\nchunk [hell]\nchunk [o, w]\nchunk [orld]\nchunk [! -a]\nchunk [gent]\nchunk [zh]\ndone nil\nany [ ta]\nshort: nil closed [il]\nafter close: closed\nclose: 1\nclose again: closed\nbad argument #2 to 'receive' (bad pattern argument)\n"
     );
     assert_eq!(server.join().unwrap(), b"GET /1\r\n");
 }

@@ -57,6 +57,9 @@ struct State {
     pool_size: usize,
     reused: u32,
     peer_ip: Option<IpAddr>,
+    /// An I/O error closed the connection: `close` still answers 1 once, as
+    /// lua-nginx-module's does for a socket the user has not closed.
+    failed: bool,
     /// The request or timer run that created the socket.
     owner: u64,
 }
@@ -99,6 +102,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
                 pool_size: DEFAULT_POOL_SIZE,
                 reused: 0,
                 peer_ip: None,
+                failed: false,
                 owner: crate::lua::budget::execution(),
             }))))
         })?,
@@ -146,7 +150,8 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
             let max = match max {
                 Value::Integer(n) if n > 0 => n as usize,
                 Value::Number(n) if n >= 1.0 => n as usize,
-                _ => return Err(mlua::Error::runtime(bad_argument(2, "receiveany", "bad max argument"))),
+                // lua-nginx-module's method errors name the function '?'.
+                _ => return Err(mlua::Error::runtime(bad_argument(2, "?", "bad max argument"))),
             };
             receive(lua, &st, Want::Any(max), &m)
         })?,
@@ -179,6 +184,9 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
             let st = state(&ud, "close")?;
             let mut s = st.borrow_mut();
             if matches!(s.conn, Conn::Closed) {
+                if std::mem::take(&mut s.failed) {
+                    return 1.into_lua_multi(lua);
+                }
                 return (Value::Nil, "closed").into_lua_multi(lua);
             }
             close(&mut s);
@@ -337,6 +345,7 @@ fn state(ud: &AnyUserData, method: &str) -> mlua::Result<Rc<RefCell<State>>> {
 }
 
 fn close(s: &mut State) {
+    s.failed = false;
     s.conn = Conn::Closed;
     s.generation += 1;
     s.buf.clear();
@@ -378,6 +387,9 @@ fn connect(
             };
             if !(0.0..=65535.0).contains(&n) {
                 return (Value::Nil, format!("bad port number: {}", n as i64)).into_lua_multi(lua);
+            }
+            if host.is_empty() {
+                return (Value::Nil, "failed to parse host name \"\": no host").into_lua_multi(lua);
             }
             (
                 Target::Host {
@@ -688,6 +700,7 @@ fn send(lua: &Lua, st: &Rc<RefCell<State>>, data: &Value, marker: &Table) -> mlu
                 // Send errors, timeouts included, close the connection.
                 Ok(Err(e)) => {
                     close(&mut s);
+                    s.failed = true;
                     (Value::Nil, os_error(&e)).into_lua_multi(lua)
                 }
                 Err(_) => {
@@ -878,6 +891,7 @@ fn receive(lua: &Lua, st: &Rc<RefCell<State>>, want: Want, marker: &Table) -> ml
         Poll::Ready(Err(e)) => {
             let partial = partial(&buf, &want);
             close(&mut s);
+            s.failed = true;
             return (Value::Nil, e, lua.create_string(partial)?).into_lua_multi(lua);
         }
         Poll::Pending => {}
@@ -912,6 +926,7 @@ fn receive(lua: &Lua, st: &Rc<RefCell<State>>, want: Want, marker: &Table) -> ml
                 }
                 Ok(Err(e)) => {
                     close(&mut s);
+                    s.failed = true;
                     (Value::Nil, e, lua.create_string(partial(&buf, &want))?).into_lua_multi(lua)
                 }
             }
@@ -968,7 +983,7 @@ fn setkeepalive(lua: &Lua, st: &Rc<RefCell<State>>, timeout: Option<f64>, size: 
                 .unwrap_or_default();
             return Err(mlua::Error::runtime(bad_argument(
                 3,
-                "setkeepalive",
+                "?",
                 &format!("bad \"pool_size\" option value: {shown}"),
             )));
         }
