@@ -49,9 +49,9 @@ if [ -d "$cases" ]; then
   failed=${summary#*, }; failed=${failed%% failed*}
   total=$((passed + failed))
   pct=$((passed * 100 / total))
-  echo "conformance: ${passed}/${total} cases pass (${pct}%), floor 75%"
-  if [ "$pct" -lt 75 ]; then
-    echo "conformance fell below 75%" >&2
+  echo "conformance: ${passed}/${total} cases pass (${pct}%), floor 85%"
+  if [ "$pct" -lt 85 ]; then
+    echo "conformance fell below 85%" >&2
     exit 1
   fi
 else
