@@ -22,6 +22,7 @@ mod resolve;
 pub(crate) mod tcp;
 mod udp;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -78,9 +79,38 @@ impl Sockets {
         })
     }
 
-    /// Idle pooled connections of every route of this VM.
-    pub fn idle_connections(&self) -> usize {
-        self.pools.borrow().len()
+    /// The addresses of `host` the egress policy allows, in the resolver's
+    /// order; each refusal is logged and counted. `Err`: resolution failed,
+    /// or every address was refused (the last refusal says why).
+    async fn allowed(&self, host: &str, port: u16, timeout: Duration, site: &str) -> Result<Vec<SocketAddr>, String> {
+        let mut last = String::from("no address");
+        let mut allowed = Vec::new();
+        for ip in self.resolver.resolve(host, timeout).await? {
+            let addr = SocketAddr::new(ip, port);
+            match self.policy.egress.check(addr) {
+                Ok(()) => allowed.push(addr),
+                Err(refusal) => {
+                    crate::metrics::cosocket_refused();
+                    tracing::error!("{site}cosocket connect to {host}:{port}: {refusal}");
+                    last = refusal.to_string();
+                }
+            }
+        }
+        if allowed.is_empty() { Err(last) } else { Ok(allowed) }
+    }
+
+    /// Whether a `unix:` peer is allowed; a refusal is logged and counted.
+    fn check_unix(&self, path: &str, site: &str) -> Result<(), String> {
+        if self.policy.unix_allowed(path) {
+            return Ok(());
+        }
+        crate::metrics::cosocket_refused();
+        tracing::error!(
+            "{site}cosocket connect to unix:{path} refused: unix sockets are not allowed (allow a directory with --egress-allow-unix)"
+        );
+        Err(format!(
+            "connect to unix:{path} refused: unix sockets are not allowed by the egress policy"
+        ))
     }
 }
 

@@ -72,6 +72,7 @@ impl Pools {
     }
 
     /// Idle connections held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pools.values().map(VecDeque::len).sum()
     }

@@ -11,7 +11,7 @@
 //! (`generation`), so a `close` or a reconnect meanwhile wins.
 
 use std::cell::RefCell;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -498,15 +498,7 @@ async fn open(
     let deadline = Instant::now() + timeout;
     match target {
         Target::Unix(path) => {
-            if !sockets.policy.unix_allowed(path) {
-                crate::metrics::cosocket_refused();
-                tracing::error!(
-                    "{site}cosocket connect to unix:{path} refused: unix sockets are not allowed (allow a directory with --egress-allow-unix)"
-                );
-                return Err(format!(
-                    "connect to unix:{path} refused: unix sockets are not allowed by the egress policy"
-                ));
-            }
+            sockets.check_unix(path, site)?;
             match tokio::time::timeout_at(deadline.into(), tokio::net::UnixStream::connect(path)).await {
                 Err(_) => Err("timeout".into()),
                 Ok(Err(e)) => Err(os_error(&e)),
@@ -514,22 +506,14 @@ async fn open(
             }
         }
         Target::Host { host, port } => {
-            let ips = sockets.resolver.resolve(host, timeout).await?;
-            let mut last = String::from("no address");
-            for ip in ips {
-                let addr = SocketAddr::new(ip, *port);
-                if let Err(refusal) = sockets.policy.egress.check(addr) {
-                    crate::metrics::cosocket_refused();
-                    tracing::error!("{site}cosocket connect to {host}:{port}: {refusal}");
-                    last = refusal.to_string();
-                    continue;
-                }
+            let mut last = String::new();
+            for addr in sockets.allowed(host, *port, timeout, site).await? {
                 match tokio::time::timeout_at(deadline.into(), tokio::net::TcpStream::connect(addr)).await {
                     Err(_) => return Err("timeout".into()),
                     Ok(Err(e)) => last = os_error(&e),
                     Ok(Ok(s)) => {
                         let _ = s.set_nodelay(true);
-                        return Ok((Box::new(s), Some(ip)));
+                        return Ok((Box::new(s), Some(addr.ip())));
                     }
                 }
             }

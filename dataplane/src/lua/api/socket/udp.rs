@@ -178,10 +178,7 @@ fn setpeername(
     let site = crate::context::log_prefix();
     let st = st.clone();
     if let Some(path) = host.strip_prefix("unix:") {
-        if !sockets.policy.unix_allowed(path) {
-            crate::metrics::cosocket_refused();
-            tracing::error!("{site}cosocket setpeername to unix:{path} refused: unix sockets are not allowed");
-            let e = format!("connect to unix:{path} refused: unix sockets are not allowed by the egress policy");
+        if let Err(e) = sockets.check_unix(path, &site) {
             return (Value::Nil, e).into_lua_multi(lua);
         }
         let peer = tokio::net::UnixDatagram::unbound().and_then(|d| d.connect(path).map(|()| d));
@@ -210,17 +207,9 @@ fn setpeername(
     };
     pending::park(async move {
         let result = async {
-            let ips = sockets.resolver.resolve(&host, DEFAULT_TIMEOUT).await?;
-            let mut last = String::from("no address");
-            for ip in ips {
-                let addr = SocketAddr::new(ip, port);
-                if let Err(refusal) = sockets.policy.egress.check(addr) {
-                    crate::metrics::cosocket_refused();
-                    tracing::error!("{site}cosocket setpeername {host}:{port}: {refusal}");
-                    last = refusal.to_string();
-                    continue;
-                }
-                let local: SocketAddr = if ip.is_ipv4() {
+            let mut last = String::new();
+            for addr in sockets.allowed(&host, port, DEFAULT_TIMEOUT, &site).await? {
+                let local: SocketAddr = if addr.is_ipv4() {
                     ([0, 0, 0, 0], 0).into()
                 } else {
                     (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
