@@ -57,6 +57,12 @@ fn server() -> Server {
       ngx.header["X-Added"] = ngx.get_phase()
       ngx.header.content_length = nil
     bodyFilter: ngx.arg[1] = string.upper(ngx.arg[1])
+  - path: /filter-exit
+    content: |
+      ngx.status = 201
+      ngx.say("dropped by the filter")
+    headerFilter: |
+      if ngx.var.arg_code then return ngx.exit(tonumber(ngx.var.arg_code)) end
   - path: /filter-error
     content: ngx.say("secret-token")
     bodyFilter: |
@@ -188,6 +194,21 @@ fn header_and_body_filters_rewrite_the_response() {
     assert_eq!(r.header("x-orig"), Some("changed by filter"));
     assert_eq!(r.header("x-added"), Some("header_filter"));
     assert_eq!(r.text(), "HELLO WORLD\n");
+}
+
+/// `ngx.exit(status)` in header_filter finalizes the response with that
+/// status and no body (nginx's filter_finalize).
+#[test]
+fn exit_in_header_filter_sends_the_status_without_the_body() {
+    let s = server();
+    let r = s.get("/filter-exit?code=201");
+    assert_eq!(r.status, 201, "{}", s.logs());
+    assert_eq!(r.text(), "");
+    let r = s.get("/filter-exit?code=403");
+    assert_eq!(r.status, 403);
+    assert!(!r.text().contains("dropped"), "{}", r.text());
+    let r = s.get("/filter-exit");
+    assert_eq!((r.status, r.text().as_str()), (201, "dropped by the filter\n"));
 }
 
 #[test]

@@ -35,7 +35,19 @@ pub fn send_header(req: &SharedRequest) {
                 r.close = true;
             }
             Ok(()) if r.exit == Some(Exit::Status(444)) => r.close = true,
-            Ok(()) => {}
+            // `ngx.exit(status)` here finalizes the response as nginx's
+            // filter_finalize does: the head goes out with that status and
+            // whatever body the content phase produced, or will, is dropped.
+            Ok(()) => {
+                if let Some(Exit::Status(status)) = r.exit
+                    && (200..1000).contains(&status)
+                {
+                    r.status = status as u16;
+                    r.output.clear();
+                    r.eof = true;
+                    r.exit = None;
+                }
+            }
         }
     }
     not_modified(&mut req.borrow_mut());
