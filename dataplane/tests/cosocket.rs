@@ -312,3 +312,68 @@ fn cosockets_work_in_timer_callbacks() {
     assert_eq!(got.as_deref(), Some("from timer\n"), "{}", srv.logs());
     assert_eq!(server.join().unwrap(), b"hi\n");
 }
+
+/// The `backlog` connect option: a pool opens at most `pool_size`
+/// connections; further connects queue (at most `backlog` of them), get the
+/// next pooled connection or freed slot, or time out at the connect timeout.
+#[test]
+fn a_pool_with_a_backlog_queues_refuses_and_times_out_connects() {
+    let memcached = Daemon::memcached();
+    let srv = serve(&content(&format!(
+        r#"local opts = {{pool_size = 1, backlog = 1}}
+local first = assert(ngx.socket.connect("127.0.0.1", {port}, opts))
+local queued = ngx.thread.spawn(function()
+  local sock, err = ngx.socket.connect("127.0.0.1", {port}, opts)
+  if not sock then return "queued: " .. err end
+  local reused = sock:getreusedtimes()
+  sock:close()
+  return "queued got the pooled connection, reused " .. reused
+end)
+local refused, err = ngx.socket.connect("127.0.0.1", {port}, opts)
+ngx.say("third: ", tostring(refused), " ", err)
+assert(first:setkeepalive())
+ngx.say(select(2, ngx.thread.wait(queued)))
+-- The queued one closed its connection: the slot is free again.
+local again = assert(ngx.socket.connect("127.0.0.1", {port}, opts))
+ngx.say("after close: reused ", again:getreusedtimes())
+local late = ngx.socket.tcp()
+late:settimeouts(20, 1000, 1000)
+ngx.say("while held: ", select(2, late:connect("127.0.0.1", {port}, opts)))
+again:close()
+local bad = pcall(ngx.socket.connect, "127.0.0.1", {port}, {{backlog = -1}})
+ngx.say("negative backlog raises: ", not bad)"#,
+        port = memcached.addr().port()
+    )));
+    assert_eq!(
+        body(&srv, "/"),
+        "third: nil too many waiting connect operations\n\
+         queued got the pooled connection, reused 1\n\
+         after close: reused 0\n\
+         while held: timeout\n\
+         negative backlog raises: true\n"
+    );
+}
+
+/// `ngx.socket.udp` against memcached's UDP protocol (an 8-byte frame
+/// header, then the command): the first datagram on a fresh socket goes out
+/// at once, and the answer carries the request id back.
+#[test]
+fn udp_talks_to_memcached_and_reports_bad_peers() {
+    let memcached = Daemon::memcached();
+    let srv = serve(&content(&format!(
+        r#"local udp = ngx.socket.udp()
+udp:settimeout(2000)
+assert(udp:setpeername("127.0.0.1", "{port}"))
+assert(udp:send("\0\7\0\0\0\1\0\0version\r\n"))
+local data = assert(udp:receive())
+ngx.say("id ", data:byte(2), " seq ", data:byte(4), " total ", data:byte(6), " ", data:sub(9, 16))
+ngx.say("close: ", udp:close())
+ngx.say("send closed: ", select(2, udp:send("x")))
+ngx.say("bad port: ", select(2, ngx.socket.udp():setpeername("127.0.0.1", 65536)))"#,
+        port = memcached.addr().port()
+    )));
+    assert_eq!(
+        body(&srv, "/"),
+        "id 7 seq 0 total 1 VERSION \nclose: 1\nsend closed: closed\nbad port: bad port number: 65536\n"
+    );
+}

@@ -70,7 +70,7 @@ impl Daemon {
         })
     }
 
-    /// memcached with 64 MiB.
+    /// memcached with 64 MiB, on TCP and UDP.
     pub fn memcached() -> Daemon {
         Daemon::start("memcached", |_, port| {
             let mut cmd = Command::new(find("memcached"));
@@ -79,8 +79,9 @@ impl Daemon {
                 "127.0.0.1",
                 "-p",
                 &port.to_string(),
+                // UDP on the same port, for the UDP cosocket tests.
                 "-U",
-                "0",
+                &port.to_string(),
                 "-m",
                 "64",
                 "-u",

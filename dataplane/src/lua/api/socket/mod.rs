@@ -148,23 +148,63 @@ fn os_error(e: &std::io::Error) -> String {
     }
 }
 
-/// Milliseconds as a timeout: 0 is "the default", as in lua-nginx-module.
-fn timeout_ms(v: Option<f64>, func: &str, narg: usize) -> mlua::Result<Option<Duration>> {
-    match v {
-        None => Ok(None),
-        Some(ms) if ms.is_nan() || ms < 0.0 => Err(mlua::Error::runtime(crate::lua::args::bad_argument(
-            narg,
-            func,
-            "bad timeout value",
-        ))),
-        Some(0.0) => Ok(None),
-        Some(ms) => Ok(Some(Duration::from_secs_f64((ms / 1000.0).min(1e9)))),
+/// A port argument read as `luaL_checkinteger` reads it (a number or a
+/// numeric string; anything else raises). `Ok(Err(msg))` is a number out of
+/// range, which lua-nginx-module answers with `nil, "bad port number: N"`.
+fn port_arg(v: &mlua::Value, narg: usize, func: &str) -> mlua::Result<Result<u16, String>> {
+    use mlua::Value;
+    let n = match v {
+        Value::Integer(n) => *n,
+        Value::Number(n) => *n as i64,
+        Value::String(s) => match s.to_str()?.trim().parse::<f64>() {
+            Ok(n) => n as i64,
+            Err(_) => {
+                return Err(mlua::Error::runtime(crate::lua::args::bad_type(
+                    narg, func, "number", "string",
+                )));
+            }
+        },
+        other => {
+            let got = crate::lua::args::type_name(other);
+            return Err(mlua::Error::runtime(crate::lua::args::bad_type(
+                narg, func, "number", got,
+            )));
+        }
+    };
+    Ok(u16::try_from(n).map_err(|_| format!("bad port number: {n}")))
+}
+
+/// Milliseconds as a timeout: 0 (or nil) is "the default", as in
+/// lua-nginx-module, which truncates the number to an integer and refuses one
+/// that does not fit in 31 bits (negative, or 2^31 and up) with a plain
+/// "bad timeout value".
+fn timeout_ms(v: Option<f64>) -> mlua::Result<Option<Duration>> {
+    let ms = v.unwrap_or(0.0) as i64;
+    if ms >> 31 != 0 {
+        return Err(mlua::Error::runtime("bad timeout value"));
     }
+    Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_are_31_bit_milliseconds_and_zero_is_the_default() {
+        assert_eq!(timeout_ms(None).unwrap(), None);
+        assert_eq!(timeout_ms(Some(0.9)).unwrap(), None);
+        assert_eq!(timeout_ms(Some(150.7)).unwrap(), Some(Duration::from_millis(150)));
+        let max = f64::from(i32::MAX);
+        assert_eq!(
+            timeout_ms(Some(max)).unwrap(),
+            Some(Duration::from_millis(i32::MAX as u64))
+        );
+        for bad in [max + 1.0, -1.0, 1e300] {
+            let err = timeout_ms(Some(bad)).unwrap_err().to_string();
+            assert_eq!(err, "runtime error: bad timeout value", "{bad}");
+        }
+    }
 
     #[test]
     fn os_errors_read_as_nginx_words_them() {

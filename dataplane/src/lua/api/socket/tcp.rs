@@ -21,9 +21,9 @@ use bytes::{Buf, BytesMut};
 use mlua::{AnyUserData, IntoLuaMulti, Lua, MultiValue, Table, UserData, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use super::pool::PoolKey;
+use super::pool::{PoolKey, Pooled, Slot, Slots};
 use super::{DEFAULT_KEEPALIVE, DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, MAX_BUFFERED, READ_CHUNK, Sockets};
-use super::{os_error, timeout_ms};
+use super::{os_error, port_arg, timeout_ms};
 use crate::lua::api::pending::{self, answer};
 use crate::lua::args::{bad_argument, bad_type, type_name};
 
@@ -42,6 +42,20 @@ enum Conn {
     },
 }
 
+impl Conn {
+    /// Why an operation that needs the whole socket (connect, close,
+    /// setkeepalive, sslhandshake) must wait: another light thread is in
+    /// the middle of using it. lua-nginx-module's words and order.
+    fn busy(&self) -> Option<&'static str> {
+        match self {
+            Conn::Connecting => Some("socket busy connecting"),
+            Conn::Open { reader: None, .. } => Some("socket busy reading"),
+            Conn::Open { writer: None, .. } => Some("socket busy writing"),
+            _ => None,
+        }
+    }
+}
+
 struct State {
     route: Rc<str>,
     sockets: Rc<Sockets>,
@@ -55,6 +69,8 @@ struct State {
     read_timeout: Option<Duration>,
     pool: Option<PoolKey>,
     pool_size: usize,
+    /// This connection's place in a pool that counts them (`backlog`).
+    slot: Option<Slot>,
     reused: u32,
     peer_ip: Option<IpAddr>,
     /// An I/O error closed the connection: `close` still answers 1 once, as
@@ -100,6 +116,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
                 read_timeout: None,
                 pool: None,
                 pool_size: DEFAULT_POOL_SIZE,
+                slot: None,
                 reused: 0,
                 peer_ip: None,
                 failed: false,
@@ -183,6 +200,9 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
         lua.create_function(|lua, ud: AnyUserData| {
             let st = state(&ud, "close")?;
             let mut s = st.borrow_mut();
+            if let Some(busy) = s.conn.busy() {
+                return (Value::Nil, busy).into_lua_multi(lua);
+            }
             if matches!(s.conn, Conn::Closed) {
                 if std::mem::take(&mut s.failed) {
                     return 1.into_lua_multi(lua);
@@ -215,7 +235,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
         "tcp_settimeout",
         lua.create_function(|_, (ud, ms): (AnyUserData, Option<f64>)| {
             let st = state(&ud, "settimeout")?;
-            let t = timeout_ms(ms, "settimeout", 2)?;
+            let t = timeout_ms(ms)?;
             let mut s = st.borrow_mut();
             (s.connect_timeout, s.send_timeout, s.read_timeout) = (t, t, t);
             Ok(())
@@ -227,9 +247,9 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
             |_, (ud, c, snd, r): (AnyUserData, Option<f64>, Option<f64>, Option<f64>)| {
                 let st = state(&ud, "settimeouts")?;
                 let mut s = st.borrow_mut();
-                s.connect_timeout = timeout_ms(c, "settimeouts", 2)?;
-                s.send_timeout = timeout_ms(snd, "settimeouts", 3)?;
-                s.read_timeout = timeout_ms(r, "settimeouts", 4)?;
+                s.connect_timeout = timeout_ms(c)?;
+                s.send_timeout = timeout_ms(snd)?;
+                s.read_timeout = timeout_ms(r)?;
                 Ok(())
             },
         )?,
@@ -347,6 +367,7 @@ fn state(ud: &AnyUserData, method: &str) -> mlua::Result<Rc<RefCell<State>>> {
 fn close(s: &mut State) {
     s.failed = false;
     s.conn = Conn::Closed;
+    s.slot = None;
     s.generation += 1;
     s.buf.clear();
 }
@@ -379,22 +400,23 @@ fn connect(
     let (target, opts) = match host.strip_prefix("unix:") {
         Some(path) => (Target::Unix(path.to_string()), port),
         None => {
-            let n = match &port {
-                Value::Integer(n) => *n as f64,
-                Value::Number(n) => *n,
-                Value::String(s) => s.to_str()?.trim().parse::<f64>().unwrap_or(f64::NAN),
-                other => return Err(mlua::Error::runtime(bad_type(3, "connect", "number", type_name(other)))),
+            let port = match &port {
+                // `connect(host)` or `connect(host, opts)`: a name with no port.
+                Value::Nil | Value::Table(_) => {
+                    return (Value::Nil, "missing the port number").into_lua_multi(lua);
+                }
+                other => match port_arg(other, 3, "connect")? {
+                    Ok(port) => port,
+                    Err(bad) => return (Value::Nil, bad).into_lua_multi(lua),
+                },
             };
-            if !(0.0..=65535.0).contains(&n) {
-                return (Value::Nil, format!("bad port number: {}", n as i64)).into_lua_multi(lua);
-            }
             if host.is_empty() {
                 return (Value::Nil, "failed to parse host name \"\": no host").into_lua_multi(lua);
             }
             (
                 Target::Host {
                     host: host.clone(),
-                    port: n as u16,
+                    port,
                 },
                 opts,
             )
@@ -405,6 +427,7 @@ fn connect(
         Target::Unix(path) => format!("unix:{path}"),
     };
     let mut pool_size = DEFAULT_POOL_SIZE;
+    let mut backlog = None;
     match opts {
         Value::Nil => {}
         Value::Table(t) => {
@@ -430,11 +453,29 @@ fn connect(
                     return Err(mlua::Error::runtime(format!("bad \"pool_size\" option value: {shown}")));
                 }
             }
+            backlog = match t.get::<Value>("backlog")? {
+                Value::Nil => None,
+                Value::Integer(n) if n >= 0 => Some(n as usize),
+                Value::Number(n) if n >= 0.0 => Some(n as usize),
+                Value::Integer(_) | Value::Number(_) => {
+                    let n = t.get::<i64>("backlog")?;
+                    return Err(mlua::Error::runtime(format!("bad \"backlog\" option value: {n}")));
+                }
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "bad \"backlog\" option type: {}",
+                        type_name(&other)
+                    )));
+                }
+            };
         }
         other => return Err(mlua::Error::runtime(bad_type(4, "connect", "table", type_name(&other)))),
     }
 
     let mut s = st.borrow_mut();
+    if let Some(busy) = s.conn.busy() {
+        return (Value::Nil, busy).into_lua_multi(lua);
+    }
     // A connected socket reconnects: the old connection is closed first.
     close(&mut s);
     let key = PoolKey {
@@ -444,14 +485,29 @@ fn connect(
     s.pool = Some(key.clone());
     s.pool_size = pool_size;
     let pooled = s.sockets.pools.borrow_mut().take(&key);
-    if let Some((stream, reused)) = pooled {
+    if let Some((stream, reused, slot)) = pooled {
         let (reader, writer) = tokio::io::split(stream);
         s.conn = Conn::Open {
             reader: Some(reader),
             writer: Some(writer),
         };
+        s.slot = slot;
         s.reused = reused + 1;
         return 1.into_lua_multi(lua);
+    }
+    // A pool with a backlog opens at most its size: take a free slot, or
+    // queue for one, or refuse when the queue is full.
+    let mut queued = None;
+    let mut slot = None;
+    if let Some(backlog) = backlog {
+        let slots = s.sockets.pools.borrow_mut().slots(&key, pool_size, backlog);
+        match slots.try_acquire() {
+            Some(free) => slot = Some(free),
+            None => match slots.wait() {
+                Ok(woken) => queued = Some((slots, woken)),
+                Err(full) => return (Value::Nil, full).into_lua_multi(lua),
+            },
+        }
     }
     s.conn = Conn::Connecting;
     s.reused = 0;
@@ -462,30 +518,86 @@ fn connect(
     let site = crate::context::log_prefix();
     let st = st.clone();
     pending::park(async move {
-        let result = open(&sockets, &target, timeout, &site).await;
+        let result: Result<Opened, String> = async {
+            if let Some((slots, woken)) = queued {
+                match wait_for_slot(&sockets, &key, &slots, woken, timeout).await? {
+                    Turn::Pooled(stream, reused, pooled_slot) => {
+                        return Ok(Opened::Pooled(stream, reused, pooled_slot));
+                    }
+                    Turn::Slot(free) => slot = Some(free),
+                }
+            }
+            let (stream, peer_ip) = open(&sockets, &target, timeout, &site).await?;
+            Ok(Opened::New(stream, peer_ip, slot))
+        }
+        .await;
         answer(move |lua| {
             let mut s = st.borrow_mut();
             if s.generation != generation {
                 return (Value::Nil, "closed").into_lua_multi(lua);
             }
-            match result {
-                Ok((stream, peer_ip)) => {
-                    let (reader, writer) = tokio::io::split(stream);
-                    s.conn = Conn::Open {
-                        reader: Some(reader),
-                        writer: Some(writer),
-                    };
+            let (stream, slot) = match result {
+                Ok(Opened::New(stream, peer_ip, slot)) => {
                     s.peer_ip = peer_ip;
-                    1.into_lua_multi(lua)
+                    (stream, slot)
+                }
+                Ok(Opened::Pooled(stream, reused, slot)) => {
+                    s.reused = reused + 1;
+                    (stream, slot)
                 }
                 Err(e) => {
                     s.conn = Conn::Closed;
-                    (Value::Nil, e).into_lua_multi(lua)
+                    return (Value::Nil, e).into_lua_multi(lua);
                 }
-            }
+            };
+            let (reader, writer) = tokio::io::split(stream);
+            s.conn = Conn::Open {
+                reader: Some(reader),
+                writer: Some(writer),
+            };
+            s.slot = slot;
+            1.into_lua_multi(lua)
         })
     });
     Value::Table(marker.clone()).into_lua_multi(lua)
+}
+
+/// What a connect ends with: a new connection, or one a queued connect
+/// found pooled when it was woken.
+enum Opened {
+    New(Stream, Option<IpAddr>, Option<Slot>),
+    Pooled(Stream, u32, Option<Slot>),
+}
+
+/// What a queued connect's wait gives it.
+enum Turn {
+    Slot(Slot),
+    Pooled(Stream, u32, Option<Slot>),
+}
+
+/// Waits in pool `key`'s queue until a connection is pooled (taken) or a
+/// slot frees (acquired), for at most the connect timeout.
+async fn wait_for_slot(
+    sockets: &Sockets,
+    key: &PoolKey,
+    slots: &Rc<Slots>,
+    mut woken: tokio::sync::oneshot::Receiver<()>,
+    timeout: Duration,
+) -> Result<Turn, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // A closed sender is a wake too: the queue dropped it.
+        if tokio::time::timeout_at(deadline, &mut woken).await.is_err() {
+            return Err("timeout".into());
+        }
+        if let Some((stream, reused, slot)) = sockets.pools.borrow_mut().take(key) {
+            return Ok(Turn::Pooled(stream, reused, slot));
+        }
+        if let Some(slot) = slots.try_acquire() {
+            return Ok(Turn::Slot(slot));
+        }
+        woken = slots.wait_again();
+    }
 }
 
 /// Resolves, checks the egress policy, and connects within `timeout`.
@@ -560,9 +672,9 @@ fn sslhandshake(
             writer: Some(w),
         } => r.unsplit(w),
         other => {
-            let busy = !matches!(other, Conn::Closed);
+            let why = other.busy().unwrap_or("closed");
             s.conn = other;
-            return (Value::Nil, if busy { "socket busy" } else { "closed" }).into_lua_multi(lua);
+            return (Value::Nil, why).into_lua_multi(lua);
         }
     };
     let server_name = match (&name, s.peer_ip) {
@@ -997,8 +1109,9 @@ fn setkeepalive(lua: &Lua, st: &Rc<RefCell<State>>, timeout: Option<f64>, size: 
         }
         Conn::Closed => return (Value::Nil, "closed").into_lua_multi(lua),
         busy => {
+            let why = busy.busy().unwrap_or("socket busy");
             s.conn = busy;
-            return (Value::Nil, "socket busy").into_lua_multi(lua);
+            return (Value::Nil, why).into_lua_multi(lua);
         }
     };
     s.generation += 1;
@@ -1008,9 +1121,14 @@ fn setkeepalive(lua: &Lua, st: &Rc<RefCell<State>>, timeout: Option<f64>, size: 
         Some(t) => Some(Duration::from_secs_f64((t / 1000.0).min(1e9))),
     };
     let size = size.unwrap_or(s.pool_size);
+    let slot = s.slot.take();
     if let Some(key) = s.pool.clone() {
-        let reused = s.reused;
-        s.sockets.pools.borrow_mut().put(key, stream, idle, size, reused);
+        let pooled = Pooled {
+            stream,
+            reused: s.reused,
+            slot,
+        };
+        s.sockets.pools.borrow_mut().put(key, pooled, idle, size);
     }
     1.into_lua_multi(lua)
 }

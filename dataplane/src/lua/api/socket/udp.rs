@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mlua::{AnyUserData, IntoLuaMulti, Lua, MultiValue, Table, UserData, Value};
 
-use super::{DEFAULT_TIMEOUT, Sockets, os_error, timeout_ms};
+use super::{DEFAULT_TIMEOUT, Sockets, os_error, port_arg, timeout_ms};
 use crate::lua::api::pending::{self, answer};
 use crate::lua::args::{bad_type, type_name};
 
@@ -30,10 +30,14 @@ impl Peer {
         }
     }
 
-    fn try_send(&self, data: &[u8]) -> std::io::Result<usize> {
+    /// One non-blocking `send(2)`. Not tokio's `try_send`: that answers
+    /// WouldBlock until the reactor has seen the socket writable, which a
+    /// fresh socket never has; the kernel itself only refuses when its
+    /// buffer is full.
+    fn send_now(&self, data: &[u8]) -> std::io::Result<usize> {
         match self {
-            Peer::Inet(s) => s.try_send(data),
-            Peer::Unix(s) => s.try_send(data),
+            Peer::Inet(s) => socket2::SockRef::from(s).send(data),
+            Peer::Unix(s) => socket2::SockRef::from(s).send(data),
         }
     }
 }
@@ -85,7 +89,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
             };
             // A datagram goes out whole or not at all; a full socket buffer
             // is an error, as nginx's non-blocking send reports it.
-            match peer.try_send(&bytes) {
+            match peer.send_now(&bytes) {
                 Ok(_) => 1.into_lua_multi(lua),
                 Err(e) => (Value::Nil, os_error(&e)).into_lua_multi(lua),
             }
@@ -119,7 +123,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
         "udp_settimeout",
         lua.create_function(|_, (ud, ms): (AnyUserData, Option<f64>)| {
             let st = state(&ud, "settimeout")?;
-            st.borrow_mut().read_timeout = timeout_ms(ms, "settimeout", 2)?;
+            st.borrow_mut().read_timeout = timeout_ms(ms)?;
             Ok(())
         })?,
     )?;
@@ -190,20 +194,9 @@ fn setpeername(
             Err(e) => (Value::Nil, os_error(&e)).into_lua_multi(lua),
         };
     }
-    let port = match port {
-        Value::Integer(n) if (0..=65535).contains(&n) => n as u16,
-        Value::Number(n) if (0.0..=65535.0).contains(&n) => n as u16,
-        Value::Integer(_) | Value::Number(_) => {
-            return (Value::Nil, "bad port number").into_lua_multi(lua);
-        }
-        other => {
-            return Err(mlua::Error::runtime(bad_type(
-                3,
-                "setpeername",
-                "number",
-                type_name(&other),
-            )));
-        }
+    let port = match port_arg(&port, 3, "setpeername")? {
+        Ok(port) => port,
+        Err(bad) => return (Value::Nil, bad).into_lua_multi(lua),
     };
     pending::park(async move {
         let result = async {
