@@ -17,6 +17,7 @@ command -v memcached >/dev/null || need_apt+=(memcached)
 # OpenResty libraries the cosocket tests run unmodified (Debian's names).
 [ -f /usr/share/lua/5.1/nginx/redis.lua ] || need_apt+=(lua-nginx-redis)
 [ -f /usr/share/lua/5.1/nginx/memcached.lua ] || need_apt+=(lua-nginx-memcached)
+[ -f /usr/share/lua/5.1/nginx/websocket/server.lua ] || need_apt+=(lua-nginx-websocket)
 # The reference the cjson differential test (dataplane/tests/cjson.rs) runs:
 # a LuaJIT with Debian's lua-cjson. luajit2 (OpenResty's branch, installed as
 # /usr/bin/luajit), not the luajit package: that one conflicts with

@@ -91,6 +91,8 @@ pub struct RequestState {
     pub hook: HookHandle,
     /// Close the connection without a response (`ngx.exit(444)`).
     pub close: bool,
+    /// `ngx.req.socket(true)` was called (once per request).
+    pub raw_socket_taken: bool,
     /// How deep this subrequest is (0 for a main request).
     pub subrequest_depth: u8,
     /// Subrequests this request's tree has started so far, shared with its
@@ -151,6 +153,7 @@ impl RequestState {
             ctx: None,
             filter_arg: (Bytes::new(), false),
             close: false,
+            raw_socket_taken: false,
             account: None,
             hook: HookHandle::NONE,
             subrequest_depth: 0,

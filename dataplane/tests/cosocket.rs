@@ -377,3 +377,69 @@ ngx.say("bad port: ", select(2, ngx.socket.udp():setpeername("127.0.0.1", 65536)
         "id 7 seq 0 total 1 VERSION \nclose: 1\nsend closed: closed\nbad port: bad port number: 65536\n"
     );
 }
+
+/// lua-resty-websocket (Debian's lua-nginx-websocket, unmodified) on both
+/// ends: its server on the raw request socket (`ngx.req.socket(true)` after
+/// the 101), its client on a cosocket to the gateway's own port, with the
+/// frame protocol from Moongate's built-in.
+#[test]
+fn lua_resty_websocket_server_and_client_run_unmodified() {
+    let dir = "/usr/share/lua/5.1/nginx/websocket";
+    let modules = format!(
+        "{}{}",
+        module("nginx.websocket.server", &debian_lua(&format!("{dir}/server.lua"))),
+        module("nginx.websocket.client", &debian_lua(&format!("{dir}/client.lua")))
+    );
+    let server = r#"local server = require "nginx.websocket.server"
+local wb, err = server:new{timeout = 5000, max_payload_len = 65535}
+if not wb then
+  ngx.log(ngx.ERR, "failed to new websocket: ", err)
+  return ngx.exit(444)
+end
+while true do
+  local data, typ, err = wb:recv_frame()
+  if not data then
+    ngx.log(ngx.ERR, "failed to receive a frame: ", err)
+    return ngx.exit(444)
+  end
+  if typ == "close" then
+    wb:send_close(1000, "bye " .. tostring(err))
+    return
+  elseif typ == "ping" then
+    wb:send_pong(data)
+  elseif typ == "text" then
+    wb:send_text("echo: " .. data)
+  end
+end"#;
+    let client = r#"local client = require "nginx.websocket.client"
+local wb = client:new{timeout = 5000}
+local ok, err = wb:connect("ws://127.0.0.1:" .. ngx.var.server_port .. "/ws")
+if not ok then ngx.say("connect: ", err) return end
+assert(wb:send_text(string.rep("x", 200)))
+local data, typ = wb:recv_frame()
+ngx.say(typ, " ", #data, " ", data:sub(1, 8))
+assert(wb:send_ping("are you there"))
+data, typ = wb:recv_frame()
+ngx.say(typ, " ", data)
+assert(wb:send_close(1000, "done"))
+local msg, typ, code = wb:recv_frame()
+ngx.say(typ, " ", code, " ", msg)
+ngx.say("raw socket without an upgrade: ", select(2, ngx.req.socket(true)))"#;
+    let mut spec = format!("  modules:\n{modules}  locations:\n");
+    for (path, lua) in [("/ws", server), ("/client", client)] {
+        spec.push_str(&format!("    - path: {path}\n      content: |\n"));
+        for line in lua.lines() {
+            spec.push_str(&format!("        {line}\n"));
+        }
+    }
+    let srv = Server::builder(&route("c", &spec))
+        .arg("--egress-allow")
+        .arg("127.0.0.1/32")
+        .arg("--egress-allow-self")
+        .start();
+    assert_eq!(
+        body(&srv, "/client"),
+        "text 206 echo: xx\npong are you there\nclose 1000 bye 1000\n\
+         raw socket without an upgrade: raw request socket needs a request asking for an Upgrade\n"
+    );
+}

@@ -368,5 +368,15 @@ ngx.req.socket = function(raw_mode)
     if not ok then
         return nil, err
     end
+    if raw_mode then
+        -- The driver sends the 101 head and attaches the switched
+        -- connection to a tcp socket object (phase/req_socket.rs).
+        local s = setmetatable({ tcp_new("") }, tcp_mt)
+        ok, err = driver_yield(OP_REQ_SOCKET, "raw", s[1])
+        if not ok then
+            return nil, err
+        end
+        return s
+    end
     return setmetatable({}, req_sock_mt)
 end

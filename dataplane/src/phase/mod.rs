@@ -108,6 +108,17 @@ pub struct Lifecycle {
     body_streamed: bool,
     /// `ngx.req.socket()`'s read-ahead.
     req_sock: req_socket::ReqSocket,
+    /// `ngx.req.socket(true)`: closed when the request ends, not when the
+    /// collector gets to it.
+    raw_socket: Option<crate::lua::api::socket::tcp::TcpSocket>,
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        if let Some(sock) = self.raw_socket.take() {
+            sock.close();
+        }
+    }
 }
 
 /// Where a lifecycle puts its response head for the connection to send.
@@ -163,6 +174,7 @@ pub async fn run(worker: Rc<Worker>, mut request: http::Request<Incoming>, conn:
         upgrade,
         body_streamed: false,
         req_sock: Default::default(),
+        raw_socket: None,
     };
     let finish = if uri.is_none() || server.is_none() {
         Finish::Status(400)

@@ -4,8 +4,11 @@
 //! from the client's body stream, frame by frame, so a large upload is never
 //! held whole; the body limit still applies to what is read.
 //!
-//! Not supported: the raw form (`ngx.req.socket(true)`), which also writes
-//! the response on the client's connection.
+//!
+//! The raw form (`ngx.req.socket(true)`) is the client's connection itself,
+//! after a protocol switch: the driver sends the 101 head, waits for hyper
+//! to hand the connection over, and attaches it to a tcp cosocket object,
+//! which the request closes when it ends.
 
 use std::time::Duration;
 
@@ -13,8 +16,12 @@ use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
 use mlua::{AnyUserData, IntoLuaMulti, Lua, MultiValue, Value};
 
+use hyper_util::rt::TokioIo;
+
 use super::Lifecycle;
 use crate::lua::api::socket::tcp::{self, Found, Want};
+use crate::response::body::{Piece, ResponseBody};
+use crate::response::head::send_header;
 
 /// lua-nginx-module's `lua_socket_read_timeout` default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +36,33 @@ pub(super) struct ReqSocket {
 }
 
 impl Lifecycle {
+    /// Sends the 101 head, then attaches the switched connection to `ud`.
+    async fn raw_req_socket(&mut self, lua: &Lua, ud: &AnyUserData) -> mlua::Result<MultiValue> {
+        let Some(upgrade) = self.upgrade.take() else {
+            return (Value::Nil, "duplicate call").into_lua_multi(lua);
+        };
+        send_header(&self.req);
+        self.req.borrow_mut().eof = true;
+        if self.head_pending {
+            self.head_pending = false;
+            let head = self.response(ResponseBody::empty());
+            self.put_head(head);
+        } else if let Some(stx) = self.stream_tx.take() {
+            // The head went out with ngx.send_headers/ngx.flush; a 101 has no body.
+            let _ = stx.send(Piece::End).await;
+        }
+        let timeout = self.req_sock.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        match tokio::time::timeout(timeout, upgrade).await {
+            Ok(Ok(upgraded)) => {
+                let sock = tcp::TcpSocket::attach_downstream(ud, Box::new(TokioIo::new(upgraded)))?;
+                self.raw_socket = Some(sock);
+                true.into_lua_multi(lua)
+            }
+            Ok(Err(e)) => (Value::Nil, format!("protocol switch failed: {e}")).into_lua_multi(lua),
+            Err(_) => (Value::Nil, "timeout").into_lua_multi(lua),
+        }
+    }
+
     /// Serves one request-socket call: `(method, args...)`.
     pub(super) async fn req_socket(
         &mut self,
@@ -48,6 +82,12 @@ impl Lifecycle {
                 };
                 self.req_sock.timeout = (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
                 return Ok(MultiValue::new());
+            }
+            "raw" => {
+                let Some(Value::UserData(ud)) = values.next() else {
+                    return Err(mlua::Error::runtime("bad request socket call"));
+                };
+                return self.raw_req_socket(lua, &ud).await;
             }
             "receive" => tcp::receive_pattern(&values.next().unwrap_or(Value::Nil))?,
             "until" => {

@@ -103,6 +103,7 @@ impl Lifecycle {
             upgrade: None,
             body_streamed: false,
             req_sock: Default::default(),
+            raw_socket: None,
         };
         // Boxed: a subrequest's handlers may capture again (async recursion).
         let finish: std::pin::Pin<Box<dyn std::future::Future<Output = Finish> + '_>> = Box::pin(sub.main());

@@ -212,7 +212,24 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
             context::with("ngx.req.socket", |r| {
                 context::check_phase(r, "ngx.req.socket", &[Phase::Rewrite, Phase::Access, Phase::Content])?;
                 if raw_mode == Some(true) {
-                    return (Value::Nil, "raw request socket is not supported").into_lua_multi(lua);
+                    // The client's connection is handed over only by a
+                    // protocol switch: hyper owns it until it has sent a 101
+                    // (what lua-resty-websocket's server does first), so the
+                    // raw socket cannot write a response head of its own.
+                    if r.raw_socket_taken {
+                        return (Value::Nil, "duplicate call").into_lua_multi(lua);
+                    }
+                    if !r.headers.contains_key(http::header::UPGRADE) {
+                        let why = "raw request socket needs a request asking for an Upgrade";
+                        return (Value::Nil, why).into_lua_multi(lua);
+                    }
+                    if r.effective_status() != 101 {
+                        let why = "raw request socket needs ngx.status = 101 (Switching Protocols)";
+                        return (Value::Nil, why).into_lua_multi(lua);
+                    }
+                    r.raw_socket_taken = true;
+                    r.body = Body::Discarded;
+                    return true.into_lua_multi(lua);
                 }
                 if !matches!(r.body, Body::Unread) {
                     return (Value::Nil, "request body already exists").into_lua_multi(lua);

@@ -13,7 +13,8 @@
 //! The set: `cjson` and `cjson.safe` (`cjson`), `table.new`/`clear`/`nkeys`/`isempty`/`isarray`/`clone` (`table`),
 //! lua-resty-string's `resty.string`, `resty.md5`, `resty.sha1` … `resty.sha512`,
 //! `resty.random`, `resty.aes` (`resty_string`), and resty.core's `ngx.base64`,
-//! `ngx.resp`, `ngx.process`, `ngx.errlog` (`ngx_modules`). `io` is not a module
+//! `ngx.resp`, `ngx.process`, `ngx.errlog` (`ngx_modules`), and lua-resty-websocket's
+//! `resty.websocket.protocol` (`websocket`). `io` is not a module
 //! here: it is a global of every route (`sandbox.lua`).
 //!
 //! Invariant: what a constructor returns is either a function (shared C
@@ -34,6 +35,7 @@ mod cjson;
 mod ngx_modules;
 mod resty_string;
 mod table;
+mod websocket;
 
 use mlua::{Function, Lua, Table, Value};
 
@@ -97,6 +99,7 @@ pub fn build(lua: &Lua) -> mlua::Result<Table> {
     }
     resty_string::register(lua, &libs)?;
     ngx_modules::register(lua, &libs)?;
+    websocket::register(lua, &libs)?;
     let (lrucache, pureffi): (Function, Function) = run(lua, "resty/lrucache.lua", LRUCACHE)?;
     libs.set("resty.lrucache", lrucache)?;
     libs.set("resty.lrucache.pureffi", pureffi)?;

@@ -78,10 +78,48 @@ struct State {
     failed: bool,
     /// The request or timer run that created the socket.
     owner: u64,
+    /// The raw request socket (`ngx.req.socket(true)`): the client's own
+    /// connection, which is never connected elsewhere, pooled or handshaken.
+    downstream: bool,
 }
 
 #[derive(Clone)]
 pub struct TcpSocket(Rc<RefCell<State>>);
+
+impl TcpSocket {
+    /// Makes `ud`, a new `ngx.socket.tcp()` object, the raw request socket
+    /// over the client's upgraded connection.
+    pub fn attach_downstream(ud: &AnyUserData, stream: Stream) -> mlua::Result<TcpSocket> {
+        let sock = ud.borrow::<TcpSocket>()?.clone();
+        {
+            let mut s = sock.0.borrow_mut();
+            let (reader, writer) = tokio::io::split(stream);
+            s.conn = Conn::Open {
+                reader: Some(reader),
+                writer: Some(writer),
+            };
+            s.downstream = true;
+            s.pool = None;
+        }
+        Ok(sock)
+    }
+
+    /// Closes the connection (the raw request socket, when its request ends).
+    pub fn close(&self) {
+        close(&mut self.0.borrow_mut());
+    }
+}
+
+/// What the raw request socket refuses, as lua-nginx-module's lacks these
+/// methods.
+fn refuse_downstream(s: &State, method: &str) -> mlua::Result<()> {
+    if s.downstream {
+        return Err(mlua::Error::runtime(format!(
+            "attempt to call {method} on the raw request socket"
+        )));
+    }
+    Ok(())
+}
 
 impl UserData for TcpSocket {}
 
@@ -121,6 +159,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
                 peer_ip: None,
                 failed: false,
                 owner: crate::lua::budget::execution(),
+                downstream: false,
             }))))
         })?,
     )?;
@@ -473,6 +512,7 @@ fn connect(
     }
 
     let mut s = st.borrow_mut();
+    refuse_downstream(&s, "connect")?;
     if let Some(busy) = s.conn.busy() {
         return (Value::Nil, busy).into_lua_multi(lua);
     }
@@ -666,6 +706,7 @@ fn sslhandshake(
         }
     };
     let mut s = st.borrow_mut();
+    refuse_downstream(&s, "sslhandshake")?;
     let stream = match std::mem::replace(&mut s.conn, Conn::Connecting) {
         Conn::Open {
             reader: Some(r),
@@ -1092,6 +1133,7 @@ fn setkeepalive(lua: &Lua, st: &Rc<RefCell<State>>, timeout: Option<f64>, size: 
         )));
     }
     let mut s = st.borrow_mut();
+    refuse_downstream(&s, "setkeepalive")?;
     let stream = match std::mem::replace(&mut s.conn, Conn::Closed) {
         Conn::Open {
             reader: Some(r),
