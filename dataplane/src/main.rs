@@ -122,6 +122,12 @@ struct Cli {
     /// (a container runtime's, the kubelet's).
     #[arg(long, env = "MOONGATE_EGRESS_ALLOW_UNIX", value_delimiter = ',')]
     egress_allow_unix: Vec<PathBuf>,
+    /// Cosocket connections (TCP, unix and UDP; in use, connecting or idle
+    /// in a keep-alive pool) one tenant namespace may hold open per worker.
+    /// Past it `connect`/`setpeername` answer `nil, err`, so that no tenant
+    /// can take the worker's file descriptors from the others.
+    #[arg(long, env = "MOONGATE_COSOCKET_MAX_OPEN", default_value_t = moongate_dataplane::lua::api::socket::DEFAULT_MAX_OPEN)]
+    cosocket_max_open: usize,
     /// Let routes proxy to (and open cosockets to) this dataplane's own
     /// *listen* port; the admin port stays refused. Off by default. Meant for
     /// standalone tests (the conformance cases proxy to their own server) and
@@ -189,6 +195,7 @@ fn settings(cli: &Cli) -> Settings {
             policy.with_own(cli.listen)
         }),
         unix_allow: cli.egress_allow_unix.clone(),
+        cosocket_max_open: cli.cosocket_max_open,
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Settings {
     pub egress: Arc<EgressPolicy>,
     /// Directories whose unix sockets cosockets may connect to.
     pub unix_allow: Vec<std::path::PathBuf>,
+    /// Open cosockets one tenant VM may hold.
+    pub cosocket_max_open: usize,
 }
 
 impl Settings {
@@ -208,6 +210,7 @@ impl Worker {
             sockets: crate::lua::api::socket::SocketPolicy {
                 egress: self.settings.egress.clone(),
                 unix_allow: self.settings.unix_allow.clone(),
+                max_open: self.settings.cosocket_max_open,
             },
         };
         let vm = Rc::new(Vm::new(

@@ -31,6 +31,7 @@ fn settings(workers: usize) -> Arc<Settings> {
         memory_limit: super::DEFAULT_MEMORY_LIMIT,
         egress: Arc::new(crate::proxy::egress::EgressPolicy::new(Vec::new(), Vec::new())),
         unix_allow: Vec::new(),
+        cosocket_max_open: crate::lua::api::socket::DEFAULT_MAX_OPEN,
     })
 }
 

@@ -443,3 +443,35 @@ ngx.say("raw socket without an upgrade: ", select(2, ngx.req.socket(true)))"#;
          raw socket without an upgrade: raw request socket needs a request asking for an Upgrade\n"
     );
 }
+
+/// `--cosocket-max-open`: a tenant's open connections (in use, pooled or
+/// UDP) are capped, so one tenant cannot take the worker's descriptors.
+#[test]
+fn a_tenant_holds_at_most_max_open_cosockets() {
+    let memcached = Daemon::memcached();
+    let spec = content(&format!(
+        r#"local a = assert(ngx.socket.connect("127.0.0.1", {port}))
+local udp = ngx.socket.udp()
+assert(udp:setpeername("127.0.0.1", {port}))
+ngx.say("third: ", select(2, ngx.socket.connect("127.0.0.1", {port})))
+ngx.say("udp: ", select(2, ngx.socket.udp():setpeername("127.0.0.1", {port})))
+assert(a:setkeepalive())
+ngx.say("while pooled: ", select(2, ngx.socket.connect("127.0.0.1", {port}, {{pool = "other"}})))
+udp:close()
+local b = assert(ngx.socket.connect("127.0.0.1", {port}, {{pool = "other"}}))
+ngx.say("after close: ", b:getreusedtimes())
+b:close()"#,
+        port = memcached.addr().port()
+    ));
+    let srv = Server::builder(&route("c", &spec))
+        .arg("--egress-allow")
+        .arg("127.0.0.1/32")
+        .arg("--cosocket-max-open")
+        .arg("2")
+        .start();
+    let refused = "too many open sockets: this tenant holds 2 (the operator's limit, --cosocket-max-open)";
+    assert_eq!(
+        body(&srv, "/"),
+        format!("third: {refused}\nudp: {refused}\nwhile pooled: {refused}\nafter close: 0\n")
+    );
+}

@@ -22,13 +22,17 @@ mod resolve;
 pub(crate) mod tcp;
 mod udp;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mlua::{Lua, Table};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::proxy::egress::EgressPolicy;
 
@@ -42,12 +46,85 @@ const READ_CHUNK: usize = 4096;
 /// reads `*a`; past it the receive fails instead of exhausting the worker.
 const MAX_BUFFERED: usize = 64 << 20;
 
+/// Open cosockets one tenant VM may hold by default (`--cosocket-max-open`).
+pub const DEFAULT_MAX_OPEN: usize = 1024;
+
 /// Where cosockets may connect: the proxy's egress policy plus the `unix:`
-/// paths the operator allowed.
-#[derive(Clone, Debug, Default)]
+/// paths the operator allowed; and how many one tenant may hold open.
+#[derive(Clone, Debug)]
 pub struct SocketPolicy {
     pub egress: Arc<EgressPolicy>,
     pub unix_allow: Vec<PathBuf>,
+    /// Connections (TCP, unix, UDP; in use, connecting or pooled) one
+    /// tenant VM holds at most, so that no tenant can take all of the
+    /// worker's file descriptors from the others.
+    pub max_open: usize,
+}
+
+impl Default for SocketPolicy {
+    fn default() -> Self {
+        SocketPolicy {
+            egress: Arc::default(),
+            unix_allow: Vec::new(),
+            max_open: DEFAULT_MAX_OPEN,
+        }
+    }
+}
+
+/// One open cosocket counted against its tenant's `max_open`; released on
+/// drop, wherever the connection went (a pool, a TLS stream, the collector).
+pub struct Permit(Rc<Cell<usize>>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// A stream that holds its permit for as long as it lives.
+struct Counted<S> {
+    inner: S,
+    _permit: Permit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// `stream`, counted by `permit` until it is dropped.
+fn counted(stream: tcp::Stream, permit: Permit) -> tcp::Stream {
+    Box::new(Counted {
+        inner: stream,
+        _permit: permit,
+    })
 }
 
 impl SocketPolicy {
@@ -66,6 +143,8 @@ impl SocketPolicy {
 /// A tenant VM's cosocket state.
 pub struct Sockets {
     policy: SocketPolicy,
+    /// Open connections, against `policy.max_open`.
+    open: Rc<Cell<usize>>,
     pools: std::cell::RefCell<pool::Pools>,
     resolver: resolve::Resolver,
 }
@@ -74,6 +153,7 @@ impl Sockets {
     pub fn new(policy: SocketPolicy) -> Rc<Sockets> {
         Rc::new(Sockets {
             policy,
+            open: Rc::default(),
             pools: Default::default(),
             resolver: resolve::Resolver::default(),
         })
@@ -97,6 +177,20 @@ impl Sockets {
             }
         }
         if allowed.is_empty() { Err(last) } else { Ok(allowed) }
+    }
+
+    /// A permit for one more open connection, or the refusal (logged) when
+    /// the tenant holds `max_open` already.
+    fn permit(&self, site: &str) -> Result<Permit, String> {
+        let open = self.open.get();
+        if open >= self.policy.max_open {
+            let why =
+                format!("too many open sockets: this tenant holds {open} (the operator's limit, --cosocket-max-open)");
+            tracing::error!("{site}cosocket refused: {why}");
+            return Err(why);
+        }
+        self.open.set(open + 1);
+        Ok(Permit(self.open.clone()))
     }
 
     /// Whether a `unix:` peer is allowed; a refusal is logged and counted.
@@ -218,8 +312,8 @@ mod tests {
     fn a_unix_path_is_allowed_only_under_an_allowed_one() {
         let dir = std::env::temp_dir();
         let policy = SocketPolicy {
-            egress: Arc::default(),
             unix_allow: vec![dir.clone()],
+            ..SocketPolicy::default()
         };
         assert!(policy.unix_allowed(dir.join("redis.sock").to_str().unwrap()));
         assert!(!policy.unix_allowed("/var/run/docker.sock"));

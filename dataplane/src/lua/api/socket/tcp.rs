@@ -567,8 +567,11 @@ fn connect(
                     Turn::Slot(free) => slot = Some(free),
                 }
             }
+            // Counted from the connect on: a connection still connecting
+            // holds a descriptor too.
+            let permit = sockets.permit(&site)?;
             let (stream, peer_ip) = open(&sockets, &target, timeout, &site).await?;
-            Ok(Opened::New(stream, peer_ip, slot))
+            Ok(Opened::New(super::counted(stream, permit), peer_ip, slot))
         }
         .await;
         answer(move |lua| {

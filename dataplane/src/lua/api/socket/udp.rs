@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mlua::{AnyUserData, IntoLuaMulti, Lua, MultiValue, Table, UserData, Value};
 
-use super::{DEFAULT_TIMEOUT, Sockets, os_error, port_arg, timeout_ms};
+use super::{DEFAULT_TIMEOUT, Permit, Sockets, os_error, port_arg, timeout_ms};
 use crate::lua::api::pending::{self, answer};
 use crate::lua::args::{bad_type, type_name};
 
@@ -45,6 +45,8 @@ impl Peer {
 struct State {
     sockets: Rc<Sockets>,
     peer: Option<Rc<Peer>>,
+    /// The peer's place in the tenant's open sockets; dropped with it.
+    permit: Option<Permit>,
     generation: u64,
     read_timeout: Option<Duration>,
     owner: u64,
@@ -64,6 +66,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
             Ok(UdpSocket(Rc::new(RefCell::new(State {
                 sockets: s.clone(),
                 peer: None,
+                permit: None,
                 generation: 0,
                 read_timeout: None,
                 owner: crate::lua::budget::execution(),
@@ -133,6 +136,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
             let st = state(&ud, "close")?;
             let mut s = st.borrow_mut();
             s.generation += 1;
+            s.permit = None;
             match s.peer.take() {
                 Some(_) => 1.into_lua_multi(lua),
                 None => (Value::Nil, "closed").into_lua_multi(lua),
@@ -175,11 +179,16 @@ fn setpeername(
     };
     let mut s = st.borrow_mut();
     s.peer = None;
+    s.permit = None;
     s.generation += 1;
     let generation = s.generation;
     let sockets = s.sockets.clone();
     drop(s);
     let site = crate::context::log_prefix();
+    let permit = match sockets.permit(&site) {
+        Ok(permit) => permit,
+        Err(e) => return (Value::Nil, e).into_lua_multi(lua),
+    };
     let st = st.clone();
     if let Some(path) = host.strip_prefix("unix:") {
         if let Err(e) = sockets.check_unix(path, &site) {
@@ -188,7 +197,9 @@ fn setpeername(
         let peer = tokio::net::UnixDatagram::unbound().and_then(|d| d.connect(path).map(|()| d));
         return match peer {
             Ok(d) => {
-                st.borrow_mut().peer = Some(Rc::new(Peer::Unix(d)));
+                let mut s = st.borrow_mut();
+                s.peer = Some(Rc::new(Peer::Unix(d)));
+                s.permit = Some(permit);
                 1.into_lua_multi(lua)
             }
             Err(e) => (Value::Nil, os_error(&e)).into_lua_multi(lua),
@@ -224,6 +235,7 @@ fn setpeername(
             match result {
                 Ok(socket) => {
                     s.peer = Some(Rc::new(Peer::Inet(socket)));
+                    s.permit = Some(permit);
                     1.into_lua_multi(lua)
                 }
                 Err(e) => (Value::Nil, e).into_lua_multi(lua),
