@@ -152,7 +152,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         "set_uri_args",
         lua.create_function(|lua, args: Value| {
             let encoded = match args {
-                Value::String(s) => s.as_bytes().to_vec(),
+                Value::String(s) => escape_controls(&s.as_bytes()),
                 Value::Integer(i) => super::fmt_number(i as f64).into_bytes(),
                 Value::Number(n) => super::fmt_number(n).into_bytes(),
                 Value::Table(t) => super::codec::encode_args(lua, &t)?,
@@ -357,4 +357,32 @@ fn raw_header(r: &RequestState, no_request_line: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Query arguments given as a string, with control bytes percent-encoded
+/// (`a\rb` is `a%0Db`, as lua-nginx-module 0.10.23 sends it): a CR or LF
+/// must never reach an upstream's request line. Everything else, UTF-8
+/// included, is kept as given.
+fn escape_controls(args: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(args.len());
+    for &b in args {
+        if b < 0x20 || b == 0x7f {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn string_args_keep_everything_but_control_bytes() {
+        assert_eq!(super::escape_controls(b"a\rb\nc\0d\x7f"), b"a%0Db%0Ac%00d%7F");
+        assert_eq!(
+            super::escape_controls("lang=中文&x=%20 y".as_bytes()),
+            "lang=中文&x=%20 y".as_bytes()
+        );
+    }
 }
