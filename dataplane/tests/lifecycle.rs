@@ -63,6 +63,13 @@ fn server() -> Server {
       ngx.say("dropped by the filter")
     headerFilter: |
       if ngx.var.arg_code then return ngx.exit(tonumber(ngx.var.arg_code)) end
+  - path: /unsafe-uri
+    content: |
+      local ok, err = pcall(ngx.req.set_uri, "/a\r\nb")
+      ngx.say(err)
+      ngx.req.set_uri("/a\rb", false, true)
+      ngx.req.set_uri_args("x=1\r\nHost: evil")
+      ngx.say(#ngx.var.uri, " ", ngx.var.args)
   - path: /filter-error
     content: ngx.say("secret-token")
     bodyFilter: |
@@ -209,6 +216,19 @@ fn exit_in_header_filter_sends_the_status_without_the_body() {
     assert!(!r.text().contains("dropped"), "{}", r.text());
     let r = s.get("/filter-exit");
     assert_eq!((r.status, r.text().as_str()), (201, "dropped by the filter\n"));
+}
+
+/// A CR or LF must not reach an upstream's request line: `set_uri` refuses
+/// it unless `binary` is true, `set_uri_args` percent-encodes it.
+#[test]
+fn unsafe_uri_bytes_are_refused_or_escaped() {
+    let s = server();
+    let r = s.get("/unsafe-uri");
+    assert_eq!(r.status, 200, "{}", s.logs());
+    assert_eq!(
+        r.text(),
+        "unsafe byte \"0x0d\" in uri \"/a\r\nb\"\n4 x=1%0D%0AHost: evil\n"
+    );
 }
 
 #[test]

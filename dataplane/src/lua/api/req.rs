@@ -115,7 +115,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
 
     raw.set(
         "set_uri",
-        lua.create_function(|_, (uri, jump, _binary): (Value, Option<bool>, Option<bool>)| {
+        lua.create_function(|_, (uri, jump, binary): (Value, Option<bool>, Option<bool>)| {
             let uri = match uri {
                 Value::String(s) => s.as_bytes().to_vec(),
                 other => {
@@ -129,6 +129,16 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
             };
             if uri.is_empty() {
                 return Err(mlua::Error::runtime("attempt to use zero-length uri"));
+            }
+            // Control bytes (TAB aside) could split the request line of a
+            // proxied request; only `binary = true` lets them through.
+            if binary != Some(true)
+                && let Some(&b) = uri.iter().find(|&&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+            {
+                return Err(mlua::Error::runtime(format!(
+                    "unsafe byte \"0x{b:02x}\" in uri \"{}\"",
+                    String::from_utf8_lossy(&uri)
+                )));
             }
             context::with("ngx.req.set_uri", |r| {
                 context::check_phase(r, "ngx.req.set_uri", EARLY_PHASES)?;
