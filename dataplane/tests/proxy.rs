@@ -578,3 +578,30 @@ fn nginx_serving_static_files_is_a_real_upstream() {
     assert_eq!(connections.len(), 1, "{log:?}");
     assert!(log.last().unwrap().ends_with(" 7"), "{log:?}");
 }
+
+/// The response head of a proxied request is the upstream's plus what Lua
+/// set before proxying (nginx keeps headers_out), and never a Content-Type
+/// the upstream did not send; `default_type` is for responses Lua makes,
+/// and a header filter can still remove it.
+#[test]
+fn proxied_heads_keep_lua_headers_and_get_no_default_type() {
+    let bare = Upstream::raw_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Up: 1\r\n\r\nabc");
+    let srv = serve(&format!(
+        "    - path: /bare/\n      defaultType: text/html\n      upstream: {{url: \"http://{b}\"}}\n      rewrite: |\n        ngx.header.blah = \"foo\"\n        ngx.header[\"X-Up\"] = \"lua\"\n    - path: /local\n      content: ngx.say(\"hi\")\n      headerFilter: ngx.header.content_type = nil\n    - path: /typed\n      defaultType: text/html\n      content: ngx.say(\"hi\")\n",
+        b = bare.addr()
+    ));
+    let r = get(&srv, "/bare/", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "abc"), "{}", srv.logs());
+    assert_eq!(r.header("content-type"), None);
+    assert_eq!(r.header("blah"), Some("foo"));
+    let x_up: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "x-up")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(x_up, ["1", "lua"]);
+    let r = get(&srv, "/local", "");
+    assert_eq!((r.text().as_str(), r.header("content-type")), ("hi\n", None));
+    assert_eq!(get(&srv, "/typed", "").header("content-type"), Some("text/html"));
+}

@@ -544,7 +544,25 @@ async fn deliver(
     {
         let mut r = lc.req.borrow_mut();
         r.status = parts.status.as_u16();
-        r.resp_headers = upstream_request::response_headers(parts.headers, switching);
+        // Headers Lua set before proxying (`ngx.header` in rewrite or
+        // access) stay, after the upstream's, as nginx keeps headers_out;
+        // for the single-valued entity headers the upstream's win.
+        let earlier = std::mem::take(&mut r.resp_headers);
+        let mut headers = upstream_request::response_headers(parts.headers, switching);
+        let single = [
+            http::header::CONTENT_TYPE,
+            http::header::CONTENT_LENGTH,
+            http::header::LOCATION,
+        ];
+        for name in earlier.keys() {
+            if single.contains(name) && headers.contains_key(name) {
+                continue;
+            }
+            for value in earlier.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        r.resp_headers = headers;
     }
     if let Some(upstream_upgrade) = upstream_upgrade {
         return super::upgrade::splice(lc, upstream_upgrade, conn.key.addr);

@@ -153,20 +153,13 @@ impl Lifecycle {
         let mut resp = http::Response::new(body);
         *resp.status_mut() = http::StatusCode::from_u16(r.effective_status()).unwrap_or(http::StatusCode::OK);
         // The log phase may still read ngx.header; otherwise the headers move out.
-        let mut headers = if self.loaded.handler(r.location, Phase::Log).is_some() {
+        let headers = if self.loaded.handler(r.location, Phase::Log).is_some() {
             r.resp_headers.clone()
         } else {
             drop(r);
             let mut r = self.req.borrow_mut();
             std::mem::take(&mut r.resp_headers)
         };
-        let r = self.req.borrow();
-        if !headers.contains_key(http::header::CONTENT_TYPE) && !matches!(r.effective_status(), 101 | 304) {
-            let ty = r.default_type.as_deref().unwrap_or("text/plain");
-            if let Ok(v) = http::HeaderValue::from_str(ty) {
-                headers.insert(http::header::CONTENT_TYPE, v);
-            }
-        }
         *resp.headers_mut() = headers;
         resp
     }

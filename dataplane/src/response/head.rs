@@ -22,6 +22,7 @@ pub fn send_header(req: &SharedRequest) {
             return;
         }
         r.headers_sent = true;
+        default_type(&mut r);
         r.header_filter.take()
     };
     if let Some(filter) = filter {
@@ -51,6 +52,23 @@ pub fn send_header(req: &SharedRequest) {
         }
     }
     not_modified(&mut req.borrow_mut());
+}
+
+/// The location's `default_type` for a response Lua produced without a
+/// Content-Type, as nginx's `ngx_http_set_content_type` gives it before the
+/// header filters run (so `header_filter` may still remove it). A proxied
+/// response keeps the upstream's headers as they are: none is added.
+fn default_type(r: &mut RequestState) {
+    if !r.upstream_tries.is_empty()
+        || r.resp_headers.contains_key(http::header::CONTENT_TYPE)
+        || matches!(r.effective_status(), 101 | 304)
+    {
+        return;
+    }
+    let ty = r.default_type.as_deref().unwrap_or("text/plain");
+    if let Ok(v) = http::HeaderValue::from_str(ty) {
+        r.resp_headers.insert(http::header::CONTENT_TYPE, v);
+    }
 }
 
 /// nginx's not_modified filter, for 200 responses that carry validators.
