@@ -369,9 +369,21 @@ pub(super) fn charge_allocation(bytes: usize) {
     })
 }
 
-/// Charges C work that took `elapsed`.
-pub fn charge_elapsed(elapsed: std::time::Duration) -> mlua::Result<()> {
-    charge(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / NS_PER_UNIT)
+/// A point on the calling thread's CPU clock, where some C work starts.
+pub struct CpuStart(u64);
+
+impl CpuStart {
+    pub fn now() -> CpuStart {
+        CpuStart(super::watchdog::thread_cpu_ns())
+    }
+}
+
+/// Charges the C work done since `start` by the CPU it took on this thread.
+/// Never by wall time: a thread kept off the CPU by a loaded machine did no
+/// work meanwhile, and charging it would abort innocent handlers.
+pub fn charge_cpu_since(start: CpuStart) -> mlua::Result<()> {
+    let ns = super::watchdog::thread_cpu_ns().saturating_sub(start.0);
+    charge(ns / NS_PER_UNIT)
 }
 
 /// The largest string the running code may build outside the VM.

@@ -152,6 +152,13 @@ fn install_handler() {
     }
 }
 
+/// The calling thread's CPU time in nanoseconds (0 if unreadable): what C
+/// work is charged by, since wall time also counts the time a loaded
+/// machine kept the thread off the CPU.
+pub fn thread_cpu_ns() -> u64 {
+    cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
+}
+
 fn cpu_ns(clock: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: writes into `ts`; an exited thread's clock is an error, not UB.

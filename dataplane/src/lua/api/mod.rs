@@ -137,7 +137,7 @@ fn sandbox_primitives(lua: &Lua, raw: &Table) -> mlua::Result<()> {
     raw.set(
         "gc",
         lua.create_function(|lua, (opt, _arg): (String, Option<f64>)| {
-            let started = std::time::Instant::now();
+            let started = budget::CpuStart::now();
             let result = match opt.as_str() {
                 "count" => return Ok(mlua::Value::Number(crate::lua::memory::used(lua) as f64 / 1024.0)),
                 "step" => mlua::Value::Boolean(lua.gc_step()?),
@@ -146,7 +146,7 @@ fn sandbox_primitives(lua: &Lua, raw: &Table) -> mlua::Result<()> {
                     mlua::Value::Integer(0)
                 }
             };
-            budget::charge_elapsed(started.elapsed())?;
+            budget::charge_cpu_since(started)?;
             Ok(result)
         })?,
     )?;

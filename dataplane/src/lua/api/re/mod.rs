@@ -20,7 +20,6 @@ mod template;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Instant;
 
 use mlua::{Function, Lua, LuaString, MultiValue, Table, Value};
 
@@ -212,9 +211,9 @@ fn integer_of(value: &Value) -> Option<i64> {
 }
 
 fn compile(regex: &[u8], flags: Flags) -> mlua::Result<Result<Rc<Regex>, Vec<u8>>> {
-    let started = Instant::now();
+    let started = budget::CpuStart::now();
     let compiled = pcre::cached(regex, flags.options);
-    budget::charge_elapsed(started.elapsed())?;
+    budget::charge_cpu_since(started)?;
     Ok(compiled)
 }
 
@@ -227,9 +226,9 @@ const UNITS_PER_STEP: u64 = 4;
 /// the steps its allowance covers, and the time it took is charged.
 fn exec(re: &Regex, subject: &[u8], start: usize, mode: ExecMode) -> mlua::Result<Result<Option<Match>, i32>> {
     let steps = (budget::c_allowance() / UNITS_PER_STEP).clamp(1000, u64::from(MATCH_LIMIT));
-    let started = Instant::now();
+    let started = budget::CpuStart::now();
     let found = re.exec(subject, start, mode, steps as u32);
-    budget::charge_elapsed(started.elapsed())?;
+    budget::charge_cpu_since(started)?;
     Ok(found)
 }
 
