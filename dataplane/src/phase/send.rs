@@ -161,7 +161,10 @@ impl Lifecycle {
             std::mem::take(&mut r.resp_headers)
         };
         let r = self.req.borrow();
-        if !headers.contains_key(http::header::CONTENT_TYPE) && !matches!(r.effective_status(), 101 | 304) {
+        if !headers.contains_key(http::header::CONTENT_TYPE)
+            && !r.content_type_removed
+            && !matches!(r.effective_status(), 101 | 304)
+        {
             let ty = r.default_type.as_deref().unwrap_or("text/plain");
             if let Ok(v) = http::HeaderValue::from_str(ty) {
                 headers.insert(http::header::CONTENT_TYPE, v);

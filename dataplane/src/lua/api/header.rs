@@ -56,7 +56,7 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                         prev => t.raw_set(name, lua.create_sequence_from([prev, Value::String(v)])?),
                     }
                 };
-                if !r.resp_headers.contains_key(http::header::CONTENT_TYPE) && r.headers_sent {
+                if !r.resp_headers.contains_key(http::header::CONTENT_TYPE) && r.headers_sent && !r.content_type_removed {
                     push("content-type", default_type(r).as_bytes())?;
                 }
                 for (name, value) in &r.resp_headers {
@@ -191,16 +191,13 @@ pub fn header_values(value: &Value) -> mlua::Result<Vec<HeaderValue>> {
 pub fn set(r: &mut RequestState, name: &[u8], value: Value, underscores: bool) -> mlua::Result<()> {
     if r.headers_sent && r.phase != Phase::HeaderFilter {
         tracing::error!(
-            "attempt to set ngx.header.{} after sending out response headers",
+            "{}: attempt to set ngx.header.HEADER after sending out response headers ({})",
+            r.site,
             String::from_utf8_lossy(name)
         );
         return Ok(());
     }
-    context::check_phase(
-        r,
-        "ngx.header",
-        &[Phase::Rewrite, Phase::Access, Phase::Content, Phase::HeaderFilter],
-    )?;
+    context::check_phase(r, &[Phase::Rewrite, Phase::Access, Phase::Content, Phase::HeaderFilter])?;
     let norm = escape_name(&normalize_name(name, underscores));
     let header = HeaderName::from_bytes(norm.as_bytes())
         .map_err(|_| mlua::Error::runtime(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
@@ -211,6 +208,9 @@ pub fn set(r: &mut RequestState, name: &[u8], value: Value, underscores: bool) -
     } else {
         values
     };
+    if header == http::header::CONTENT_TYPE {
+        r.content_type_removed = values.is_empty();
+    }
     r.set_resp_header(header, values);
     Ok(())
 }

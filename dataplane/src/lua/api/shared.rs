@@ -484,7 +484,7 @@ mod tests {
         ] {
             assert_eq!(
                 err(call),
-                "API disabled in the context of init_by_lua* (ngx.shared.DICT sync write)",
+                "API disabled in the context of init_by_lua*",
                 "{call}"
             );
         }
