@@ -119,7 +119,11 @@ pub fn with<R>(api: &str, f: impl FnOnce(&mut RequestState) -> mlua::Result<R>) 
 /// Fails with nginx's message when the request's phase is not in `allowed`.
 /// The `ngx` APIs with a README context line go through `lua::api::phases`.
 pub fn check_phase(state: &RequestState, allowed: &[Phase]) -> mlua::Result<()> {
-    if allowed.contains(&state.phase) { Ok(()) } else { Err(disabled(state.phase)) }
+    if allowed.contains(&state.phase) {
+        Ok(())
+    } else {
+        Err(disabled(state.phase))
+    }
 }
 
 /// lua-nginx-module's error for an API called in a phase that forbids it:

@@ -70,9 +70,10 @@ pub struct RequestState {
     /// The location's header filter, taken when the headers are sent.
     pub header_filter: Option<mlua::Function>,
     pub default_type: Option<String>,
-    /// A handler removed Content-Type (`ngx.header.content_type = nil`): the
-    /// response goes out without one instead of with `default_type`.
-    pub content_type_removed: bool,
+    /// The response goes out without Content-Type rather than with
+    /// `default_type`: a handler removed it (`ngx.header.content_type = nil`)
+    /// or an upstream sent none (nginx adds no type to a proxied response).
+    pub no_default_type: bool,
 
     /// 0 until set.
     pub status: u16,
@@ -148,7 +149,7 @@ impl RequestState {
             captures: Vec::new(),
             header_filter: None,
             default_type: None,
-            content_type_removed: false,
+            no_default_type: false,
             status: 0,
             resp_headers: HeaderMap::new(),
             headers_sent: false,

@@ -198,11 +198,8 @@ fn sync_is_refused_where_the_handler_cannot_wait() {
     let r = s.get("/in-log");
     assert_eq!(r.text(), "body");
     assert!(
-        s.wait_log(
-            "API disabled in the context of log_by_lua*",
-            Duration::from_secs(30)
-        )
-        .is_some(),
+        s.wait_log("API disabled in the context of log_by_lua*", Duration::from_secs(30))
+            .is_some(),
         "{}",
         s.logs()
     );

@@ -544,7 +544,17 @@ async fn deliver(
     {
         let mut r = lc.req.borrow_mut();
         r.status = parts.status.as_u16();
-        r.resp_headers = upstream_request::response_headers(parts.headers, switching);
+        let upstream = upstream_request::response_headers(parts.headers, switching);
+        // Headers a handler set before proxying (`ngx.header.X` in rewrite or
+        // access) stay, as nginx adds the upstream's to headers_out; where
+        // both have a header, the upstream's wins.
+        let mut headers = std::mem::take(&mut r.resp_headers);
+        for name in upstream.keys() {
+            headers.remove(name);
+        }
+        headers.extend(upstream);
+        r.no_default_type = !headers.contains_key(http::header::CONTENT_TYPE);
+        r.resp_headers = headers;
     }
     if let Some(upstream_upgrade) = upstream_upgrade {
         return super::upgrade::splice(lc, upstream_upgrade, conn.key.addr);

@@ -162,7 +162,7 @@ impl Lifecycle {
         };
         let r = self.req.borrow();
         if !headers.contains_key(http::header::CONTENT_TYPE)
-            && !r.content_type_removed
+            && !r.no_default_type
             && !matches!(r.effective_status(), 101 | 304)
         {
             let ty = r.default_type.as_deref().unwrap_or("text/plain");

@@ -56,7 +56,7 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                         prev => t.raw_set(name, lua.create_sequence_from([prev, Value::String(v)])?),
                     }
                 };
-                if !r.resp_headers.contains_key(http::header::CONTENT_TYPE) && r.headers_sent && !r.content_type_removed {
+                if !r.resp_headers.contains_key(http::header::CONTENT_TYPE) && r.headers_sent && !r.no_default_type {
                     push("content-type", default_type(r).as_bytes())?;
                 }
                 for (name, value) in &r.resp_headers {
@@ -209,7 +209,7 @@ pub fn set(r: &mut RequestState, name: &[u8], value: Value, underscores: bool) -
         values
     };
     if header == http::header::CONTENT_TYPE {
-        r.content_type_removed = values.is_empty();
+        r.no_default_type = values.is_empty();
     }
     r.set_resp_header(header, values);
     Ok(())

@@ -37,7 +37,11 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                 }
             };
             if !(0..=8).contains(&level) {
-                return Err(mlua::Error::runtime(bad_argument(1, "log", &format!("bad log level: {level}"))));
+                return Err(mlua::Error::runtime(bad_argument(
+                    1,
+                    "log",
+                    &format!("bad log level: {level}"),
+                )));
             }
             let mut msg = String::new();
             for (i, v) in args.enumerate() {

@@ -371,7 +371,11 @@ fn redirect(uri: Value, status: Option<i64>) -> mlua::Result<bool> {
 /// `r->headers_out.status`; once the headers are out, the status they carried
 /// (200 when none was set).
 pub fn get_status(r: &RequestState) -> i64 {
-    if r.headers_sent { r.effective_status() as i64 } else { r.status as i64 }
+    if r.headers_sent {
+        r.effective_status() as i64
+    } else {
+        r.status as i64
+    }
 }
 
 /// `ngx.status = n`.

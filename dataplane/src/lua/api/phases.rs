@@ -143,18 +143,36 @@ mod tests {
              ssl_session_store_by_lua*, ssl_client_hello_by_lua*",
         ),
         ("ngx.arg", "set_by_lua*, body_filter_by_lua*"),
-        ("ngx.location.capture", "rewrite_by_lua*, access_by_lua*, content_by_lua*"),
-        ("ngx.location.capture_multi", "rewrite_by_lua*, access_by_lua*, content_by_lua*"),
+        (
+            "ngx.location.capture",
+            "rewrite_by_lua*, access_by_lua*, content_by_lua*",
+        ),
+        (
+            "ngx.location.capture_multi",
+            "rewrite_by_lua*, access_by_lua*, content_by_lua*",
+        ),
         (
             "ngx.req.set_uri",
             "set_by_lua*, rewrite_by_lua*, access_by_lua*, content_by_lua*, header_filter_by_lua*, \
              body_filter_by_lua*",
         ),
         ("ngx.req.read_body", "rewrite_by_lua*, access_by_lua*, content_by_lua*"),
-        ("ngx.req.set_body_data", "rewrite_by_lua*, access_by_lua*, content_by_lua*"),
-        ("ngx.req.init_body", "set_by_lua*, rewrite_by_lua*, access_by_lua*, content_by_lua*"),
-        ("ngx.req.append_body", "set_by_lua*, rewrite_by_lua*, access_by_lua*, content_by_lua*"),
-        ("ngx.req.finish_body", "set_by_lua*, rewrite_by_lua*, access_by_lua*, content_by_lua*"),
+        (
+            "ngx.req.set_body_data",
+            "rewrite_by_lua*, access_by_lua*, content_by_lua*",
+        ),
+        (
+            "ngx.req.init_body",
+            "set_by_lua*, rewrite_by_lua*, access_by_lua*, content_by_lua*",
+        ),
+        (
+            "ngx.req.append_body",
+            "set_by_lua*, rewrite_by_lua*, access_by_lua*, content_by_lua*",
+        ),
+        (
+            "ngx.req.finish_body",
+            "set_by_lua*, rewrite_by_lua*, access_by_lua*, content_by_lua*",
+        ),
         ("ngx.req.socket", "rewrite_by_lua*, access_by_lua*, content_by_lua*"),
         (
             "ngx.sleep",
@@ -219,18 +237,31 @@ mod tests {
         for (name, readme) in README {
             let api = by_name(name).unwrap_or_else(|| panic!("{name} missing from the phase table"));
             assert_eq!(sorted(api.readme), request_phases(readme), "{name}: README phases");
-            let beyond = BEYOND_README.iter().find(|(n, _)| n == name).map_or(&[][..], |(_, p)| *p);
-            assert_eq!(sorted(api.beyond_readme), sorted(beyond), "{name}: phases beyond the README");
+            let beyond = BEYOND_README
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(&[][..], |(_, p)| *p);
+            assert_eq!(
+                sorted(api.beyond_readme),
+                sorted(beyond),
+                "{name}: phases beyond the README"
+            );
             assert_eq!(api.timers, readme.contains("ngx.timer.*"), "{name}: in timers");
         }
         for api in ALL {
-            assert!(README.iter().any(|(n, _)| *n == api.name), "{} has no README line", api.name);
+            assert!(
+                README.iter().any(|(n, _)| *n == api.name),
+                "{} has no README line",
+                api.name
+            );
         }
     }
 
     #[test]
     fn refusals_name_the_phase_as_nginx_does() {
-        let e = context::disabled(HF).to_string();
+        let mlua::Error::RuntimeError(e) = context::disabled(HF) else {
+            panic!("not a runtime error")
+        };
         assert_eq!(e, "API disabled in the context of header_filter_by_lua*");
     }
 }

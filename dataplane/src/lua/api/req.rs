@@ -86,8 +86,9 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                     let (t, truncated) = super::codec::decode_args_with_truncation(lua, &b, limit(max))?;
                     Ok((Some(t), truncated.then_some("truncated")))
                 }
+                // nginx's words, though here ngx.req.read_body() is the fix.
                 None => Err(mlua::Error::runtime(
-                    "request body not read yet (call ngx.req.read_body() first)",
+                    "no request body found; maybe you should turn on lua_need_request_body?",
                 )),
             }
         })?,
@@ -302,10 +303,11 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         lua.create_function(|_, ()| {
             context::with("ngx.req.finish_body", |r| {
                 phases::REQ_FINISH_BODY.check(r)?;
-                let Some(body) = r.new_body.take() else {
+                // The buffer stays: nginx accepts appends (and finish) again.
+                let Some(body) = r.new_body.as_ref() else {
                     return Err(mlua::Error::runtime("request_body not initialized"));
                 };
-                let body = body.freeze();
+                let body = bytes::Bytes::copy_from_slice(body);
                 r.headers.insert(http::header::CONTENT_LENGTH, body.len().into());
                 r.body = Body::Read(body);
                 Ok(())

@@ -85,16 +85,9 @@ fn assign(r: &mut RequestState, name: &str, value: Option<Vec<u8>>) -> mlua::Res
 /// fails as "not found for writing", not "not changeable".
 fn is_builtin(name: &str) -> bool {
     matches!(
-            name,
-            "uri"
-                | "document_uri"
-                | "request_uri"
-                | "request_method"
-                | "host"
-                | "remote_addr"
-                | "scheme"
-                | "query_string"
-        )
+        name,
+        "uri" | "document_uri" | "request_uri" | "request_method" | "host" | "remote_addr" | "scheme" | "query_string"
+    )
 }
 
 /// The value of variable `name` for this request, if it has one.
