@@ -363,7 +363,15 @@ fn apis_run_only_in_the_phases_the_readme_lists() {
         local ok, err = pcall(ngx.location.capture, "/x")
         ngx.shared.d:set("timer_capture", (err:gsub("^.-:%d+: ", "")))
         ngx.shared.d:set("timer_sleep", (pcall(ngx.sleep, 0)))
+        -- ngx.ctx works in a timer, one table per callback, across a yield.
+        ngx.ctx.mine = "first"
+        ngx.sleep(0)
+        ngx.shared.d:set("timer_ctx", ngx.ctx.mine)
         ngx.log(ngx.ERR, "timer probes done")
+      end)
+      ngx.timer.at(0, function()
+        ngx.shared.d:set("other_timer_ctx", tostring(ngx.ctx.mine))
+        ngx.log(ngx.ERR, "other timer done")
       end)
       ngx.say("uri ", ngx.var.uri)
     headerFilter: |
@@ -401,4 +409,11 @@ fn apis_run_only_in_the_phases_the_readme_lists() {
         "API disabled in the context of ngx.timer\n"
     );
     assert_eq!(s.get("/dict?k=timer_sleep").text(), "true\n");
+    assert!(s.wait_log("other timer done", LOG_WAIT).is_some(), "{}", s.logs());
+    assert_eq!(s.get("/dict?k=timer_ctx").text(), "first\n");
+    assert_eq!(
+        s.get("/dict?k=other_timer_ctx").text(),
+        "nil\n",
+        "each callback has its own ngx.ctx"
+    );
 }
