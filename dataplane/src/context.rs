@@ -91,18 +91,20 @@ impl Drop for Current {
     }
 }
 
-/// The current request, or a Lua error naming the API when none is.
-pub fn current(api: &str) -> mlua::Result<SharedRequest> {
-    CURRENT.with(|c| c.borrow().clone()).ok_or_else(|| no_request(api))
+/// The current request, or nginx's "API disabled in the context of …" when
+/// none is. `_api` names the caller for the reader; nginx's message does not.
+pub fn current(_api: &str) -> mlua::Result<SharedRequest> {
+    CURRENT.with(|c| c.borrow().clone()).ok_or_else(no_request)
 }
 
 pub fn has_current() -> bool {
     CURRENT.with(|c| c.borrow().is_some())
 }
 
-fn no_request(api: &str) -> mlua::Error {
+/// nginx's refusal outside a request: the context alone, as scripts compare it.
+fn no_request() -> mlua::Error {
     let context = VM_PHASE.with(Cell::get).context();
-    mlua::Error::runtime(format!("API disabled in the context of {context} ({api})"))
+    mlua::Error::runtime(format!("API disabled in the context of {context}"))
 }
 
 /// Runs `f` on the current request.
@@ -114,16 +116,20 @@ pub fn with<R>(api: &str, f: impl FnOnce(&mut RequestState) -> mlua::Result<R>) 
     f(&mut state)
 }
 
-/// Fails with nginx's message when `api` is called in a phase that forbids it.
-pub fn check_phase(state: &RequestState, api: &str, allowed: &[Phase]) -> mlua::Result<()> {
+/// Fails with nginx's message when the request's phase is not in `allowed`.
+/// The `ngx` APIs with a README context line go through `lua::api::phases`.
+pub fn check_phase(state: &RequestState, allowed: &[Phase]) -> mlua::Result<()> {
     if allowed.contains(&state.phase) {
         Ok(())
     } else {
-        Err(mlua::Error::runtime(format!(
-            "API disabled in the context of {} ({api})",
-            context_name(state.phase)
-        )))
+        Err(disabled(state.phase))
     }
+}
+
+/// lua-nginx-module's error for an API called in a phase that forbids it:
+/// the context alone, word for word, since scripts match on it.
+pub fn disabled(phase: Phase) -> mlua::Error {
+    mlua::Error::runtime(format!("API disabled in the context of {}", context_name(phase)))
 }
 
 /// nginx's name for a phase context in "API disabled in the context of …".

@@ -47,6 +47,8 @@ pub struct RequestState {
     pub args: Option<Vec<u8>>,
     pub headers: HeaderMap,
     pub body: Body,
+    /// The body `ngx.req.init_body` started and `append_body` fills, until `finish_body`.
+    pub new_body: Option<bytes::BytesMut>,
     pub start_time: f64,
     pub internal: bool,
 
@@ -68,6 +70,10 @@ pub struct RequestState {
     /// The location's header filter, taken when the headers are sent.
     pub header_filter: Option<mlua::Function>,
     pub default_type: Option<String>,
+    /// The response goes out without Content-Type rather than with
+    /// `default_type`: a handler removed it (`ngx.header.content_type = nil`)
+    /// or an upstream sent none (nginx adds no type to a proxied response).
+    pub no_default_type: bool,
 
     /// 0 until set.
     pub status: u16,
@@ -133,6 +139,7 @@ impl RequestState {
             args,
             headers,
             body: Body::Unread,
+            new_body: None,
             start_time: 0.0,
             internal: false,
             server: ServerId::ANY,
@@ -144,6 +151,7 @@ impl RequestState {
             captures: Vec::new(),
             header_filter: None,
             default_type: None,
+            no_default_type: false,
             status: 0,
             resp_headers: HeaderMap::new(),
             headers_sent: false,

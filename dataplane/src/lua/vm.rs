@@ -387,16 +387,41 @@ fn deep_copy(lua: &Lua, t: &Table, seen: &mut Vec<(usize, Table)>) -> mlua::Resu
 /// The metatable of every route's `ngx`: `ngx.status`, `ngx.ctx` and
 /// `ngx.headers_sent` live on the request, not in the table.
 fn ngx_metatable(lua: &Lua) -> mlua::Result<Table> {
+    // ngx.ctx outside a request (timer callbacks, init_worker): the README
+    // allows it there with "the same lifetime of the current Lua handler",
+    // so one table per coroutine running the handler, dropped with it.
+    let handler_ctx = lua.create_table()?;
+    let weak_keys = lua.create_table()?;
+    weak_keys.set("__mode", "k")?;
+    handler_ctx.set_metatable(Some(weak_keys))?;
+    let vm_ctx = move |lua: &Lua| -> mlua::Result<Option<Table>> {
+        if !matches!(
+            context::vm_phase(),
+            Some(context::VmPhase::Timer | context::VmPhase::InitWorker)
+        ) {
+            return Ok(None);
+        }
+        let thread = lua.current_thread();
+        if let Some(t) = handler_ctx.raw_get::<Option<Table>>(&thread)? {
+            return Ok(Some(t));
+        }
+        let t = lua.create_table()?;
+        handler_ctx.raw_set(thread, &t)?;
+        Ok(Some(t))
+    };
     let mt = lua.create_table()?;
     mt.set(
         "__index",
-        lua.create_function(|lua, (_, key): (Value, Value)| {
+        lua.create_function(move |lua, (_, key): (Value, Value)| {
             let Value::String(key) = key else { return Ok(Value::Nil) };
             match &*key.as_bytes() {
                 b"status" => context::with("ngx.status", |r| Ok(Value::Integer(api::output::get_status(r)))),
                 b"headers_sent" => context::with("ngx.headers_sent", |r| Ok(Value::Boolean(r.headers_sent))),
                 b"is_subrequest" => context::with("ngx.is_subrequest", |r| Ok(Value::Boolean(r.subrequest_depth > 0))),
                 b"ctx" => {
+                    if let Some(t) = vm_ctx(lua)? {
+                        return Ok(Value::Table(t));
+                    }
                     let req = context::current("ngx.ctx")?;
                     let existing = req.borrow().ctx.clone();
                     match existing {

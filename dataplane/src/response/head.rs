@@ -56,10 +56,12 @@ pub fn send_header(req: &SharedRequest) {
 
 /// The location's `default_type` for a response Lua produced without a
 /// Content-Type, as nginx's `ngx_http_set_content_type` gives it before the
-/// header filters run (so `header_filter` may still remove it). A proxied
-/// response keeps the upstream's headers as they are: none is added.
+/// header filters run (so `header_filter` may still remove it). None for a
+/// handler that removed it itself, or a proxied response (which keeps the
+/// upstream's headers as they are).
 fn default_type(r: &mut RequestState) {
-    if !r.upstream_tries.is_empty()
+    if r.no_default_type
+        || !r.upstream_tries.is_empty()
         || r.resp_headers.contains_key(http::header::CONTENT_TYPE)
         || matches!(r.effective_status(), 101 | 304)
     {

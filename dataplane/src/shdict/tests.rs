@@ -221,12 +221,13 @@ fn full_dict_evicts_lru_and_reports_forcible() {
             forcible: false
         }
     );
+    // set evicts (forcibly) before it gives up, even for a value that can never fit.
     let huge = Value::Str(vec![0; 200 * 1024]);
     assert_eq!(
         d.set(b"huge", huge, 0, 0),
         WriteOutcome {
             result: Err(DictError::NoMemory),
-            forcible: false
+            forcible: true
         }
     );
     assert!(d.free_space() < d.capacity());

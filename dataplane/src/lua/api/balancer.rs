@@ -11,7 +11,7 @@ use crate::proxy::upstream::Timeouts;
 
 fn with_call<R>(api: &str, f: impl FnOnce(&mut BalancerCall) -> mlua::Result<R>) -> mlua::Result<R> {
     context::with(api, |r| {
-        context::check_phase(r, api, &[Phase::Balancer])?;
+        context::check_phase(r, &[Phase::Balancer])?;
         match r.balancer.as_mut() {
             Some(call) => f(call),
             None => Err(mlua::Error::runtime(format!("{api}: no upstream try in progress"))),

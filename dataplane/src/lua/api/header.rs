@@ -56,9 +56,6 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                         prev => t.raw_set(name, lua.create_sequence_from([prev, Value::String(v)])?),
                     }
                 };
-                if !r.resp_headers.contains_key(http::header::CONTENT_TYPE) && r.headers_sent {
-                    push("content-type", default_type(r).as_bytes())?;
-                }
                 for (name, value) in &r.resp_headers {
                     push(name.as_str(), value.as_bytes())?;
                 }
@@ -130,10 +127,6 @@ pub fn normalize_name(name: &[u8], underscores: bool) -> String {
         .collect()
 }
 
-fn default_type(r: &RequestState) -> &str {
-    r.default_type.as_deref().unwrap_or("text/plain")
-}
-
 fn get(lua: &Lua, r: &RequestState, name: &str) -> mlua::Result<Value> {
     let mut values = r.resp_headers.get_all(name).iter().peekable();
     let Some(first) = values.next() else {
@@ -191,16 +184,13 @@ pub fn header_values(value: &Value) -> mlua::Result<Vec<HeaderValue>> {
 pub fn set(r: &mut RequestState, name: &[u8], value: Value, underscores: bool) -> mlua::Result<()> {
     if r.headers_sent && r.phase != Phase::HeaderFilter {
         tracing::error!(
-            "attempt to set ngx.header.{} after sending out response headers",
+            "{}: attempt to set ngx.header.HEADER after sending out response headers ({})",
+            r.site,
             String::from_utf8_lossy(name)
         );
         return Ok(());
     }
-    context::check_phase(
-        r,
-        "ngx.header",
-        &[Phase::Rewrite, Phase::Access, Phase::Content, Phase::HeaderFilter],
-    )?;
+    context::check_phase(r, &[Phase::Rewrite, Phase::Access, Phase::Content, Phase::HeaderFilter])?;
     let norm = escape_name(&normalize_name(name, underscores));
     let header = HeaderName::from_bytes(norm.as_bytes())
         .map_err(|_| mlua::Error::runtime(format!("invalid header name {:?}", String::from_utf8_lossy(name))))?;
@@ -211,6 +201,9 @@ pub fn set(r: &mut RequestState, name: &[u8], value: Value, underscores: bool) -
     } else {
         values
     };
+    if header == http::header::CONTENT_TYPE {
+        r.no_default_type = values.is_empty();
+    }
     r.set_resp_header(header, values);
     Ok(())
 }

@@ -4,7 +4,7 @@
 use mlua::{Lua, Table, Value};
 
 use super::fmt_number;
-use crate::lua::args::{NO_VALUE, bad_type};
+use crate::lua::args::{NO_VALUE, bad_argument, bad_type};
 
 pub const LEVELS: &[(&str, i64)] = &[
     ("STDERR", 0),
@@ -37,7 +37,11 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                 }
             };
             if !(0..=8).contains(&level) {
-                return Err(mlua::Error::runtime(format!("bad log level: {level}")));
+                return Err(mlua::Error::runtime(bad_argument(
+                    1,
+                    "log",
+                    &format!("bad log level: {level}"),
+                )));
             }
             let mut msg = String::new();
             for (i, v) in args.enumerate() {
@@ -48,9 +52,19 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                     Value::Boolean(b) => msg.push_str(if b { "true" } else { "false" }),
                     Value::Nil => msg.push_str("nil"),
                     Value::LightUserData(p) if p.0.is_null() => msg.push_str("null"),
+                    // nginx's log_wrapper numbers the message arguments from 1
+                    // (the level is removed first) and prints a table through
+                    // its __tostring.
+                    Value::Table(t) => match t.metatable().map(|mt| mt.raw_get::<Value>("__tostring")) {
+                        Some(Ok(Value::Function(f))) => msg.push_str(&f.call::<mlua::LuaString>(t)?.to_string_lossy()),
+                        _ => {
+                            let why = "expected table to have __tostring metamethod";
+                            return Err(mlua::Error::runtime(bad_argument(i + 1, "log", why)));
+                        }
+                    },
                     other => {
                         let what = "string, number, boolean, or nil";
-                        return Err(mlua::Error::runtime(bad_type(i + 2, "log", what, other.type_name())));
+                        return Err(mlua::Error::runtime(bad_type(i + 1, "log", what, other.type_name())));
                     }
                 }
             }

@@ -58,6 +58,12 @@ pub fn register(lua: &Lua, ngx: &Table, worker_id: usize, worker_count: usize) -
         "get_phase",
         lua.create_function(|_, ()| Ok(crate::context::phase_name()))?,
     )?;
+    // Moongate has no lua_check_client_abort: ngx.on_abort answers as
+    // nginx does with it off (its default), before any other check.
+    ngx.set(
+        "on_abort",
+        lua.create_function(|_, _callback: Value| Ok((Value::Nil, "lua_check_client_abort is off")))?,
+    )?;
 
     let worker = lua.create_table()?;
     worker.set("id", lua.create_function(move |_, ()| Ok(worker_id))?)?;

@@ -9,6 +9,7 @@ pub mod log;
 pub mod misc;
 pub mod output;
 pub mod pending;
+pub mod phases;
 pub mod re;
 pub mod req;
 pub mod shared;
@@ -195,14 +196,21 @@ fn random_functions(lua: &Lua) -> mlua::Result<(mlua::Function, mlua::Function)>
 
 /// Raises unless the running code may yield to a driver for `api`: a
 /// rewrite, access or content handler, or a timer callback (nginx's rule
-/// for `ngx.sleep`).
+/// for `ngx.sleep`) where the API's entry in `phases` allows timers.
 pub fn check_may_yield(api: &str) -> mlua::Result<()> {
-    if !crate::context::has_current() && crate::context::vm_phase() == Some(crate::context::VmPhase::Timer) {
+    let entry = phases::by_name(api);
+    if entry.is_none_or(|a| a.timers)
+        && !crate::context::has_current()
+        && crate::context::vm_phase() == Some(crate::context::VmPhase::Timer)
+    {
         return Ok(());
     }
     let r = crate::context::current(api)?;
     let r = r.borrow();
-    crate::context::check_phase(&r, api, &[Phase::Rewrite, Phase::Access, Phase::Content])
+    match entry {
+        Some(api) => api.check(&r),
+        None => crate::context::check_phase(&r, &[Phase::Rewrite, Phase::Access, Phase::Content]),
+    }
 }
 
 /// Formats a number as Lua's `tostring` does (`%.14g`).

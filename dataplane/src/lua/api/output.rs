@@ -11,12 +11,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use mlua::{Lua, Table, Value};
 
 use super::fmt_number;
+use super::phases;
 use crate::config::Phase;
 use crate::context;
 use crate::lua::args::{bad_argument, bad_argument_bare, bad_type};
 use crate::request::{Body, Exit, RequestState};
-
-const OUTPUT_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
 
 /// Output buffered past this is flushed at once where the handler can yield
 /// (the prelude's `ngx.say`/`ngx.print` do it), as nginx sends output as it is
@@ -40,7 +39,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         "flush",
         lua.create_function(move |_, _wait: Value| {
             context::with("ngx.flush", |r| {
-                context::check_phase(r, "ngx.flush", OUTPUT_PHASES)?;
+                phases::FLUSH.check(r)?;
                 if r.eof {
                     return Ok((Value::Nil, Some("seen eof")));
                 }
@@ -53,7 +52,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         "eof",
         lua.create_function(move |_, ()| {
             context::with("ngx.eof", |r| {
-                context::check_phase(r, "ngx.eof", OUTPUT_PHASES)?;
+                phases::EOF.check(r)?;
                 if r.eof {
                     return Ok((Value::Nil, Some("seen eof")));
                 }
@@ -65,10 +64,12 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         "send_headers",
         lua.create_function(|_, ()| {
             let req = context::current("ngx.send_headers")?;
+            // The phase first: a filter or log handler runs after the headers
+            // went out, and nginx refuses the call there rather than ignore it.
+            phases::SEND_HEADERS.check(&req.borrow())?;
             if req.borrow().headers_sent {
                 return Ok(None);
             }
-            context::check_phase(&req.borrow(), "ngx.send_headers", OUTPUT_PHASES)?;
             crate::response::head::send_header(&req);
             Ok(Some(1))
         })?,
@@ -109,13 +110,35 @@ fn append_nested(out: &mut BytesMut, v: &Value, api: &str, arg: usize, depth: us
                 let why = format!("table nested deeper than {MAX_TABLE_DEPTH} levels, or cyclic");
                 return Err(mlua::Error::runtime(bad_argument(arg, api, &why)));
             }
-            let len = t.raw_len();
-            for i in 1..=len {
+            // As ngx_http_lua_calc_strlen_in_table: every key a positive
+            // integer, elements 1..=max in order, a hole printing as "nil".
+            let mut max = 0usize;
+            for pair in t.pairs::<Value, Value>() {
+                let (key, _) = pair?;
+                let index = match key {
+                    Value::Integer(i) => usize::try_from(i).ok(),
+                    Value::Number(n) if n.fract() == 0.0 && n >= 1.0 => Some(n as usize),
+                    _ => None,
+                };
+                match index {
+                    Some(i) if i >= 1 => max = max.max(i),
+                    _ => return Err(mlua::Error::runtime(bad_argument(arg, api, "non-array table found"))),
+                }
+            }
+            // A hostile `{[1e9] = 1}` would print a billion "nil"s first.
+            if max > crate::lua::budget::max_string_len() {
+                return Err(mlua::Error::runtime("not enough memory"));
+            }
+            for i in 1..=max {
                 let item: Value = t.raw_get(i)?;
                 match item {
-                    Value::Table(_) | Value::String(_) | Value::Number(_) | Value::Integer(_) => {
-                        append_nested(out, &item, api, arg, depth + 1)?
-                    }
+                    Value::Table(_)
+                    | Value::String(_)
+                    | Value::Number(_)
+                    | Value::Integer(_)
+                    | Value::Boolean(_)
+                    | Value::Nil => append_nested(out, &item, api, arg, depth + 1)?,
+                    Value::LightUserData(p) if p.0.is_null() => out.put_slice(b"null"),
                     other => {
                         let why = format!("bad data type {} found", other.type_name());
                         return Err(mlua::Error::runtime(bad_argument(arg, api, &why)));
@@ -142,7 +165,7 @@ fn emit(
     let req = context::current(api)?;
     {
         let r = req.borrow();
-        context::check_phase(&r, if newline { "ngx.say" } else { "ngx.print" }, OUTPUT_PHASES)?;
+        if newline { &phases::SAY } else { &phases::PRINT }.check(&r)?;
         if r.eof {
             return Ok((Value::Nil, Some("seen eof")));
         }
@@ -188,6 +211,7 @@ fn filter_arg(lua: &Lua) -> mlua::Result<Table> {
         "__index",
         lua.create_function(|lua, (_, i): (Value, i64)| {
             context::with("ngx.arg", |r| match i {
+                _ if !phases::ARG.allows(r.phase) => Err(context::disabled(r.phase)),
                 1 => Ok(Value::String(lua.create_string(&r.filter_arg.0)?)),
                 2 => Ok(Value::Boolean(r.filter_arg.1)),
                 _ => Ok(Value::Nil),
@@ -198,7 +222,7 @@ fn filter_arg(lua: &Lua) -> mlua::Result<Table> {
         "__newindex",
         lua.create_function(|_, (_, i, v): (Value, i64, Value)| {
             context::with("ngx.arg", |r| {
-                context::check_phase(r, "ngx.arg", &[Phase::BodyFilter])?;
+                phases::ARG.check(r)?;
                 match i {
                     1 => {
                         let mut buf = BytesMut::new();
@@ -244,8 +268,22 @@ fn exit(status: Value) -> mlua::Result<bool> {
                 r.exit = Some(Exit::Status(status));
                 return Ok(false);
             }
-            _ => context::check_phase(r, "ngx.exit", OUTPUT_PHASES)?,
+            _ => phases::EXIT.check(r)?,
         }
+        // ngx_http_lua_ffi_exit: once the headers are out an error status
+        // cannot be sent; it is logged and the request ends as a 200.
+        let status = if r.headers_sent && status >= 300 && ![408, 444, 499].contains(&status) {
+            if status != i64::from(r.effective_status()) {
+                tracing::error!(
+                    "{}: attempt to set status {status} via ngx.exit after sending out the response status {}",
+                    r.site,
+                    r.effective_status()
+                );
+            }
+            200
+        } else {
+            status
+        };
         r.exit = Some(Exit::Status(status));
         Ok(true)
     })
@@ -282,7 +320,7 @@ fn exec(lua: &Lua, uri: Value, args: Value) -> mlua::Result<bool> {
         args = query;
     }
     context::with("ngx.exec", |r| {
-        context::check_phase(r, "ngx.exec", OUTPUT_PHASES)?;
+        phases::EXEC.check(r)?;
         if r.headers_sent {
             return Err(mlua::Error::runtime(
                 "attempt to call ngx.exec after sending out response headers",
@@ -315,7 +353,7 @@ fn redirect(uri: Value, status: Option<i64>) -> mlua::Result<bool> {
         )));
     }
     context::with("ngx.redirect", |r| {
-        context::check_phase(r, "ngx.redirect", OUTPUT_PHASES)?;
+        phases::REDIRECT.check(r)?;
         if r.headers_sent {
             return Err(mlua::Error::runtime(
                 "attempt to call ngx.redirect after sending out the headers",
@@ -329,9 +367,15 @@ fn redirect(uri: Value, status: Option<i64>) -> mlua::Result<bool> {
     })
 }
 
-/// `ngx.status` read.
+/// `ngx.status` read: 0 until a handler sets it, as nginx's
+/// `r->headers_out.status`; once the headers are out, the status they carried
+/// (200 when none was set).
 pub fn get_status(r: &RequestState) -> i64 {
-    r.status as i64
+    if r.headers_sent {
+        r.effective_status() as i64
+    } else {
+        r.status as i64
+    }
 }
 
 /// `ngx.status = n`.

@@ -5,12 +5,11 @@ use http::{HeaderName, Method};
 use mlua::{IntoLuaMulti, Lua, Table, Value};
 
 use super::header::{header_values, lookup_metatable, normalize_name};
+use super::phases;
 use crate::config::Phase;
 use crate::context;
 use crate::lua::args::bad_type;
 use crate::request::{Body, Exit, RequestState};
-
-const EARLY_PHASES: &[Phase] = &[Phase::Rewrite, Phase::Access, Phase::Content];
 
 /// nginx method ids, as `ngx.HTTP_GET` and friends.
 pub const METHODS: &[(&str, i64)] = &[
@@ -87,8 +86,9 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                     let (t, truncated) = super::codec::decode_args_with_truncation(lua, &b, limit(max))?;
                     Ok((Some(t), truncated.then_some("truncated")))
                 }
+                // nginx's words, though here ngx.req.read_body() is the fix.
                 None => Err(mlua::Error::runtime(
-                    "request body not read yet (call ngx.req.read_body() first)",
+                    "no request body found; maybe you should turn on lua_need_request_body?",
                 )),
             }
         })?,
@@ -141,10 +141,11 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
                 )));
             }
             context::with("ngx.req.set_uri", |r| {
-                context::check_phase(r, "ngx.req.set_uri", EARLY_PHASES)?;
+                phases::REQ_SET_URI.check(r)?;
                 if jump.unwrap_or(false) {
+                    // README: "The jump argument can only be set to true in rewrite_by_lua*".
                     if r.phase != Phase::Rewrite {
-                        return Err(mlua::Error::runtime("API disabled in the current context"));
+                        return Err(context::disabled(r.phase));
                     }
                     r.exit = Some(Exit::Exec {
                         uri,
@@ -205,7 +206,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         "read_body",
         lua.create_function(move |_, ()| {
             context::with("ngx.req.read_body", |r| {
-                context::check_phase(r, "ngx.req.read_body", EARLY_PHASES)?;
+                phases::REQ_READ_BODY.check(r)?;
                 Ok(match r.body {
                     Body::Unread => Value::Table(marker.clone()),
                     _ => Value::Nil,
@@ -220,7 +221,7 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         "req_socket",
         lua.create_function(|lua, raw_mode: Option<bool>| {
             context::with("ngx.req.socket", |r| {
-                context::check_phase(r, "ngx.req.socket", &[Phase::Rewrite, Phase::Access, Phase::Content])?;
+                phases::REQ_SOCKET.check(r)?;
                 if raw_mode == Some(true) {
                     // The client's connection is handed over only by a
                     // protocol switch: hyper owns it until it has sent a 101
@@ -282,12 +283,60 @@ pub fn register(lua: &Lua, ngx: &Table, raw: &Table, yield_marker: &Table) -> ml
         "set_body_data",
         lua.create_function(|_, data: mlua::LuaString| {
             context::with("ngx.req.set_body_data", |r| {
+                phases::REQ_SET_BODY_DATA.check(r)?;
                 if matches!(r.body, Body::Unread) {
                     return Err(mlua::Error::runtime("request body not read yet"));
                 }
                 let bytes = bytes::Bytes::copy_from_slice(&data.as_bytes());
                 r.headers.insert(http::header::CONTENT_LENGTH, bytes.len().into());
                 r.body = Body::Read(bytes);
+                Ok(())
+            })
+        })?,
+    )?;
+    // init_body/append_body/finish_body build a new body in place of the
+    // one read (nginx writes it to the request's buffer, or a temp file when
+    // it outgrows the buffer; here memory, bounded by the VM's budget).
+    req.set(
+        "init_body",
+        lua.create_function(|_, _buffer_size: Option<i64>| {
+            context::with("ngx.req.init_body", |r| {
+                phases::REQ_INIT_BODY.check(r)?;
+                if matches!(r.body, Body::Unread) {
+                    return Err(mlua::Error::runtime("request body not read yet"));
+                }
+                r.new_body = Some(bytes::BytesMut::new());
+                Ok(())
+            })
+        })?,
+    )?;
+    req.set(
+        "append_body",
+        lua.create_function(|_, data: mlua::LuaString| {
+            context::with("ngx.req.append_body", |r| {
+                phases::REQ_APPEND_BODY.check(r)?;
+                let Some(body) = r.new_body.as_mut() else {
+                    return Err(mlua::Error::runtime("request_body not initialized"));
+                };
+                let data = data.as_bytes();
+                crate::lua::budget::charge_bytes(data.len())?;
+                body.extend_from_slice(&data);
+                Ok(())
+            })
+        })?,
+    )?;
+    req.set(
+        "finish_body",
+        lua.create_function(|_, ()| {
+            context::with("ngx.req.finish_body", |r| {
+                phases::REQ_FINISH_BODY.check(r)?;
+                // The buffer stays: nginx accepts appends (and finish) again.
+                let Some(body) = r.new_body.as_ref() else {
+                    return Err(mlua::Error::runtime("request_body not initialized"));
+                };
+                let body = bytes::Bytes::copy_from_slice(body);
+                r.headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+                r.body = Body::Read(body);
                 Ok(())
             })
         })?,

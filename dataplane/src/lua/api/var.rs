@@ -30,21 +30,18 @@ pub fn register(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
             })
         })?,
     )?;
+    let tostring: mlua::Function = lua.globals().raw_get("tostring")?;
     mt.set(
         "__newindex",
-        lua.create_function(|_, (_, name, value): (Value, mlua::LuaString, Value)| {
+        lua.create_function(move |_, (_, name, value): (Value, mlua::LuaString, Value)| {
             let name = name.to_str()?.to_string();
             let bytes = match value {
                 Value::Nil => None,
                 Value::String(s) => Some(s.as_bytes().to_vec()),
                 Value::Integer(i) => Some(super::fmt_number(i as f64).into_bytes()),
                 Value::Number(n) => Some(super::fmt_number(n).into_bytes()),
-                other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "bad variable value type: {}",
-                        other.type_name()
-                    )));
-                }
+                // resty.core's var_set: any other value is stored as `tostring(value)`.
+                other => Some(tostring.call::<mlua::LuaString>(other)?.as_bytes().to_vec()),
             };
             context::with("ngx.var", |r| assign(r, &name, bytes))
         })?,
@@ -83,21 +80,14 @@ fn assign(r: &mut RequestState, name: &str, value: Option<Vec<u8>>) -> mlua::Res
     }
 }
 
+/// The built-in variables nginx knows by name. The prefixed ones (`arg_*`,
+/// `http_*`, `cookie_*`) are not in nginx's variables hash, so writing them
+/// fails as "not found for writing", not "not changeable".
 fn is_builtin(name: &str) -> bool {
-    name.starts_with("http_")
-        || name.starts_with("arg_")
-        || name.starts_with("cookie_")
-        || matches!(
-            name,
-            "uri"
-                | "document_uri"
-                | "request_uri"
-                | "request_method"
-                | "host"
-                | "remote_addr"
-                | "scheme"
-                | "query_string"
-        )
+    matches!(
+        name,
+        "uri" | "document_uri" | "request_uri" | "request_method" | "host" | "remote_addr" | "scheme" | "query_string"
+    )
 }
 
 /// The value of variable `name` for this request, if it has one.
