@@ -9,29 +9,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 
 use common::daemon::Daemon;
-use common::{IO_TIMEOUT, Server, route};
+use common::{IO_TIMEOUT, Server, module, route};
 
 /// A Debian-packaged Lua library's source.
 fn debian_lua(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e} (scripts/test.sh installs the package)"))
 }
 
-/// `name: |` with `source` as a YAML block under `modules:`.
-fn module(name: &str, source: &str) -> String {
-    let mut out = format!("    {name}: |\n");
-    for line in source.lines() {
-        out.push_str("      ");
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 fn serve(spec: &str) -> Server {
-    Server::builder(&route("c", spec))
-        .arg("--egress-allow")
-        .arg("127.0.0.1/32")
-        .start()
+    Server::builder(&route("c", spec)).loopback_egress().start()
 }
 
 fn body(srv: &Server, path: &str) -> String {
@@ -75,8 +61,7 @@ assert(red:set_keepalive(10000, 10))"#,
         )
     };
     let srv = Server::builder(&format!("{}---\n{}", doc("a"), doc("b")))
-        .arg("--egress-allow")
-        .arg("127.0.0.1/32")
+        .loopback_egress()
         .start();
     assert_eq!(
         body(&srv, "/a"),
