@@ -1,7 +1,8 @@
 //! Cosockets through the real binary: `ngx.socket.tcp`/`udp` against real
 //! servers on loopback (redis-server and memcached from Debian, and raw
 //! servers of the test's own), with lua-resty-redis and lua-resty-memcached
-//! from Debian's packages, unmodified; and the egress policy around them.
+//! from Debian's packages, unmodified; TLS to a test upstream (`common::upstream`); and the
+//! egress policy around them.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 
 use common::daemon::Daemon;
+use common::upstream::Upstream;
 use common::{IO_TIMEOUT, Server, module, route};
 
 /// A Debian-packaged Lua library's source.
@@ -296,4 +298,49 @@ fn cosockets_work_in_timer_callbacks() {
     });
     assert_eq!(got.as_deref(), Some("from timer\n"), "{}", srv.logs());
     assert_eq!(server.join().unwrap(), b"hi\n");
+}
+
+/// A pooled TLS connection comes back TLS: `sslhandshake` on it returns at once, as
+/// lua-nginx-module's does for a handshaked connection (lua-resty-http calls it after
+/// every `connect`); a fresh connection to a certificate no trusted CA signed fails
+/// verification with a reason.
+#[test]
+fn sslhandshake_on_a_reused_tls_connection_returns_at_once() {
+    let upstream = Upstream::tls("tls");
+    let srv = serve(&content(&format!(
+        r#"local function fetch(verify)
+  local sock = ngx.socket.tcp()
+  sock:settimeout(5000)
+  assert(sock:connect("127.0.0.1", {port}))
+  local reused = sock:getreusedtimes()
+  local ok, err = sock:sslhandshake(nil, "127.0.0.1", verify)
+  if not ok then
+    ngx.say(reused, " handshake: ", err)
+    return
+  end
+  assert(sock:send("GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+  local status = sock:receive("*l")
+  local length
+  repeat
+    local line = sock:receive("*l")
+    length = length or tonumber(line:lower():match("^content%-length:%s*(%d+)"))
+  until line == ""
+  assert(sock:receive(length))
+  ngx.say(reused, " ", status, " again: ", tostring(sock:sslhandshake(nil, "127.0.0.1", false)))
+  assert(sock:setkeepalive())
+end
+fetch(true)
+fetch(false)
+fetch(true)"#,
+        port = upstream.port()
+    )));
+    let out = body(&srv, "/");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("0 handshake: certificate verify failed"), "{out}");
+    assert_eq!(lines[1], "0 HTTP/1.1 200 OK again: true");
+    assert_eq!(lines[2], "1 HTTP/1.1 200 OK again: true");
+    // The failed handshake's connection and the one that served both requests.
+    assert_eq!(upstream.connections(), 2);
+    assert_eq!(upstream.requests(), 2);
 }

@@ -24,10 +24,19 @@ pub struct PoolKey {
     pub name: String,
 }
 
+/// A connection going into or out of a pool.
+pub struct Reusable {
+    pub stream: Stream,
+    /// Times it was taken from a pool before.
+    pub reused: u32,
+    /// TLS is set up on it (`sslhandshake` succeeded): a reuser's handshake
+    /// returns at once, as lua-nginx-module's does for a handshaked connection.
+    pub tls: bool,
+}
+
 struct Idle {
-    stream: Stream,
+    conn: Reusable,
     expires: Option<Instant>,
-    reused: u32,
 }
 
 #[derive(Default)]
@@ -36,17 +45,17 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The most recently pooled live connection of `key`, with the times it
-    /// was reused before; dead and expired ones are closed on the way.
-    pub fn take(&mut self, key: &PoolKey) -> Option<(Stream, u32)> {
+    /// The most recently pooled live connection of `key`; dead and expired
+    /// ones are closed on the way.
+    pub fn take(&mut self, key: &PoolKey) -> Option<Reusable> {
         let now = Instant::now();
         let queue = self.pools.get_mut(key)?;
         let mut found = None;
         while let Some(mut idle) = queue.pop_back() {
-            if idle.expires.is_some_and(|t| t <= now) || !still_idle(&mut idle.stream) {
+            if idle.expires.is_some_and(|t| t <= now) || !still_idle(&mut idle.conn.stream) {
                 continue;
             }
-            found = Some((idle.stream, idle.reused));
+            found = Some(idle.conn);
             break;
         }
         if queue.is_empty() {
@@ -55,9 +64,9 @@ impl Pools {
         found
     }
 
-    /// Pools `stream` under `key`, for `timeout` (None: no limit), in a pool
+    /// Pools `conn` under `key`, for `timeout` (None: no limit), in a pool
     /// of at most `size`.
-    pub fn put(&mut self, key: PoolKey, stream: Stream, timeout: Option<Duration>, size: usize, reused: u32) {
+    pub fn put(&mut self, key: PoolKey, conn: Reusable, timeout: Option<Duration>, size: usize) {
         let now = Instant::now();
         self.prune(now);
         let queue = self.pools.entry(key).or_default();
@@ -65,9 +74,8 @@ impl Pools {
             queue.pop_front();
         }
         queue.push_back(Idle {
-            stream,
+            conn,
             expires: timeout.map(|t| now + t),
-            reused,
         });
     }
 
@@ -99,6 +107,14 @@ fn still_idle(stream: &mut Stream) -> bool {
 mod tests {
     use super::*;
 
+    fn conn(stream: tokio::io::DuplexStream, reused: u32) -> Reusable {
+        Reusable {
+            stream: Box::new(stream),
+            reused,
+            tls: reused == 1,
+        }
+    }
+
     fn key(route: &str) -> PoolKey {
         PoolKey {
             route: Rc::from(route),
@@ -113,13 +129,13 @@ mod tests {
         let (b, b_peer) = tokio::io::duplex(64);
         let (c, _c_peer) = tokio::io::duplex(64);
         let mut pools = Pools::default();
-        pools.put(key("r"), Box::new(c), None, 10, 0);
-        pools.put(key("r"), Box::new(b), None, 10, 1);
-        pools.put(key("r"), Box::new(a), None, 10, 2);
+        pools.put(key("r"), conn(c, 0), None, 10);
+        pools.put(key("r"), conn(b, 1), None, 10);
+        pools.put(key("r"), conn(a, 2), None, 10);
         a_peer.write_all(b"unasked").await.unwrap();
         drop(b_peer);
-        let (_, reused) = pools.take(&key("r")).expect("the quiet one");
-        assert_eq!(reused, 0);
+        let quiet = pools.take(&key("r")).expect("the quiet one");
+        assert_eq!((quiet.reused, quiet.tls), (0, false));
         assert!(pools.take(&key("r")).is_none());
     }
 
@@ -130,11 +146,12 @@ mod tests {
         for i in 0..3 {
             let (s, peer) = tokio::io::duplex(64);
             peers.push(peer);
-            pools.put(key("a"), Box::new(s), None, 2, i);
+            pools.put(key("a"), conn(s, i), None, 2);
         }
         assert_eq!(pools.len(), 2, "the oldest made room");
         assert!(pools.take(&key("b")).is_none());
-        assert_eq!(pools.take(&key("a")).map(|(_, n)| n), Some(2));
-        assert_eq!(pools.take(&key("a")).map(|(_, n)| n), Some(1));
+        assert_eq!(pools.take(&key("a")).map(|c| (c.reused, c.tls)), Some((2, false)));
+        // The TLS flag comes back with its connection.
+        assert_eq!(pools.take(&key("a")).map(|c| (c.reused, c.tls)), Some((1, true)));
     }
 }

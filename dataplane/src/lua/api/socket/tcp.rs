@@ -56,6 +56,8 @@ struct State {
     pool: Option<PoolKey>,
     pool_size: usize,
     reused: u32,
+    /// `sslhandshake` succeeded on this connection (or on it before it was pooled).
+    tls: bool,
     peer_ip: Option<IpAddr>,
     /// An I/O error closed the connection: `close` still answers 1 once, as
     /// lua-nginx-module's does for a socket the user has not closed.
@@ -101,6 +103,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
                 pool: None,
                 pool_size: DEFAULT_POOL_SIZE,
                 reused: 0,
+                tls: false,
                 peer_ip: None,
                 failed: false,
                 owner: crate::lua::budget::execution(),
@@ -346,6 +349,7 @@ fn state(ud: &AnyUserData, method: &str) -> mlua::Result<Rc<RefCell<State>>> {
 
 fn close(s: &mut State) {
     s.failed = false;
+    s.tls = false;
     s.conn = Conn::Closed;
     s.generation += 1;
     s.buf.clear();
@@ -444,17 +448,19 @@ fn connect(
     s.pool = Some(key.clone());
     s.pool_size = pool_size;
     let pooled = s.sockets.pools.borrow_mut().take(&key);
-    if let Some((stream, reused)) = pooled {
-        let (reader, writer) = tokio::io::split(stream);
+    if let Some(pooled) = pooled {
+        let (reader, writer) = tokio::io::split(pooled.stream);
         s.conn = Conn::Open {
             reader: Some(reader),
             writer: Some(writer),
         };
-        s.reused = reused + 1;
+        s.reused = pooled.reused + 1;
+        s.tls = pooled.tls;
         return 1.into_lua_multi(lua);
     }
     s.conn = Conn::Connecting;
     s.reused = 0;
+    s.tls = false;
     let generation = s.generation;
     let timeout = s.connect_timeout.unwrap_or(DEFAULT_TIMEOUT);
     let sockets = s.sockets.clone();
@@ -554,6 +560,19 @@ fn sslhandshake(
         }
     };
     let mut s = st.borrow_mut();
+    // A pooled connection that is TLS already: lua-nginx-module returns at once for a
+    // handshaked connection (without checking `verify` again), and so does this.
+    if s.tls
+        && matches!(
+            &s.conn,
+            Conn::Open {
+                reader: Some(_),
+                writer: Some(_)
+            }
+        )
+    {
+        return true.into_lua_multi(lua);
+    }
     let stream = match std::mem::replace(&mut s.conn, Conn::Connecting) {
         Conn::Open {
             reader: Some(r),
@@ -591,6 +610,7 @@ fn sslhandshake(
             }
             match result {
                 Ok(Ok(tls)) => {
+                    s.tls = true;
                     let stream: Stream = Box::new(tls);
                     let (reader, writer) = tokio::io::split(stream);
                     s.conn = Conn::Open {
@@ -1009,8 +1029,12 @@ fn setkeepalive(lua: &Lua, st: &Rc<RefCell<State>>, timeout: Option<f64>, size: 
     };
     let size = size.unwrap_or(s.pool_size);
     if let Some(key) = s.pool.clone() {
-        let reused = s.reused;
-        s.sockets.pools.borrow_mut().put(key, stream, idle, size, reused);
+        let conn = super::pool::Reusable {
+            stream,
+            reused: s.reused,
+            tls: s.tls,
+        };
+        s.sockets.pools.borrow_mut().put(key, conn, idle, size);
     }
     1.into_lua_multi(lua)
 }
