@@ -128,6 +128,42 @@ ngx.say("again ", res.status, " ", cjson.decode(res:read_body()).target)
 again:close()
 "#;
 
+const HTTPS_CLIENT: &str = r#"local http = require "resty.http"
+local cjson = require "cjson"
+local port = tonumber(ngx.var.arg_port)
+local url = "https://127.0.0.1:" .. port .. "/secure?q=1"
+local res, err = http.new():request_uri(url)
+ngx.say("verified ", tostring(res), " ", err)
+res, err = http.new():request_uri(url, { ssl_verify = false })
+if not res then ngx.say("unverified failed: ", err) return end
+ngx.say("unverified ", res.status, " ", res.headers["X-Upstream"], " ", cjson.decode(res.body).target)
+local again = http.new()
+assert(again:connect("127.0.0.1", port))
+local reused = again:get_reused_times()
+local ok, err = again:ssl_handshake(nil, "127.0.0.1", false)
+res = assert(again:request({ path = "/again", headers = { Host = "127.0.0.1" } }))
+ngx.say("reused ", reused, " handshake ", tostring(ok), " ", res.status, " ", cjson.decode(res:read_body()).target)
+"#;
+
+/// https through the library: a certificate no trusted CA signed is refused (the test CA is
+/// not one the dataplane trusts), `ssl_verify = false` talks, and the pooled TLS connection
+/// is reused with the handshake skipped, as lua-nginx-module skips it.
+#[test]
+#[ignore = "reads the upstream libraries from $MOONGATE_RESTY_UPSTREAM"]
+fn lua_resty_http_speaks_tls_and_verifies_by_default() {
+    let upstream = Upstream::tls("secure");
+    let srv = Server::builder(&route("https", &spec(&http_modules(), "", &[("/", HTTPS_CLIENT)])))
+        .loopback_egress()
+        .start();
+    let out = body(&srv, &format!("/?port={}", upstream.port()));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}\n{}", srv.logs());
+    assert!(lines[0].starts_with("verified nil certificate verify failed"), "{out}");
+    assert_eq!(lines[1], "unverified 200 secure /secure?q=1");
+    assert_eq!(lines[2], "reused 1 handshake true 200 /again");
+    assert_eq!(upstream.connections(), 2);
+}
+
 #[test]
 #[ignore = "reads the upstream libraries from $MOONGATE_RESTY_UPSTREAM"]
 fn lua_resty_http_requests_streams_and_reuses_connections() {
