@@ -21,7 +21,8 @@ use mlua::{Lua, MultiValue, Table, UserData, UserDataMethods, Value};
 use sha1::Sha1;
 use sha2::{Sha256, Sha384, Sha512};
 
-use crate::lua::args::{Where, arg_error, type_error};
+use super::resty_string::{string_arg, to_hex};
+use crate::lua::args::{Where, arg_error};
 use crate::lua::budget;
 
 const HMAC_VERSION: &str = "0.06";
@@ -107,7 +108,7 @@ impl UserData for HmacObject {
             }
             let mac = this.finish();
             if matches!(args.get(1), Some(Value::Boolean(true))) {
-                return lua.create_string(hex(&mac));
+                return lua.create_string(to_hex(&mac));
             }
             lua.create_string(mac)
         });
@@ -116,17 +117,6 @@ impl UserData for HmacObject {
             Ok(true)
         });
     }
-}
-
-fn string_arg(lua: &Lua, args: &MultiValue, index: usize, narg: usize) -> mlua::Result<Vec<u8>> {
-    match args.get(index) {
-        Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
-        other => Err(type_error(lua, narg, "string", other, Where::Lauxlib)),
-    }
-}
-
-fn hex(data: &[u8]) -> String {
-    data.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `hmac:new(key, algo)` (also `hmac.new(self, key, algo)`): arguments after `self`.
@@ -224,7 +214,12 @@ mod tests {
     /// RFC 4231 test case 2 (key "Jefe") and RFC 2202 for MD5/SHA1.
     #[test]
     fn macs_match_the_rfc_vectors() {
-        let mac = |algo: &str| hex(&object(algo, b"Jefe").finish_with(b"what do ya want for nothing?"));
+        let mac = |algo: &str| {
+            String::from_utf8(to_hex(
+                &object(algo, b"Jefe").finish_with(b"what do ya want for nothing?"),
+            ))
+            .unwrap()
+        };
         assert_eq!(mac("MD5"), "750c783e6ab0b503eaa86e310a5db738");
         assert_eq!(mac("SHA1"), "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
         assert_eq!(
