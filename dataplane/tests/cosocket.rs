@@ -1,7 +1,8 @@
 //! Cosockets through the real binary: `ngx.socket.tcp`/`udp` against real
 //! servers on loopback (redis-server and memcached from Debian, and raw
 //! servers of the test's own), with lua-resty-redis and lua-resty-memcached
-//! from Debian's packages, unmodified; and the egress policy around them.
+//! from Debian's packages, unmodified; TLS to a test upstream (`common::upstream`); and the
+//! egress policy around them.
 
 mod common;
 
@@ -9,29 +10,16 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 
 use common::daemon::Daemon;
-use common::{IO_TIMEOUT, Server, route};
+use common::upstream::Upstream;
+use common::{IO_TIMEOUT, Server, module, route};
 
 /// A Debian-packaged Lua library's source.
 fn debian_lua(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e} (scripts/test.sh installs the package)"))
 }
 
-/// `name: |` with `source` as a YAML block under `modules:`.
-fn module(name: &str, source: &str) -> String {
-    let mut out = format!("    {name}: |\n");
-    for line in source.lines() {
-        out.push_str("      ");
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 fn serve(spec: &str) -> Server {
-    Server::builder(&route("c", spec))
-        .arg("--egress-allow")
-        .arg("127.0.0.1/32")
-        .start()
+    Server::builder(&route("c", spec)).loopback_egress().start()
 }
 
 fn body(srv: &Server, path: &str) -> String {
@@ -75,8 +63,7 @@ assert(red:set_keepalive(10000, 10))"#,
         )
     };
     let srv = Server::builder(&format!("{}---\n{}", doc("a"), doc("b")))
-        .arg("--egress-allow")
-        .arg("127.0.0.1/32")
+        .loopback_egress()
         .start();
     assert_eq!(
         body(&srv, "/a"),
@@ -474,4 +461,49 @@ b:close()"#,
         body(&srv, "/"),
         format!("third: {refused}\nudp: {refused}\nwhile pooled: {refused}\nafter close: 0\n")
     );
+}
+
+/// A pooled TLS connection comes back TLS: `sslhandshake` on it returns at once, as
+/// lua-nginx-module's does for a handshaked connection (lua-resty-http calls it after
+/// every `connect`); a fresh connection to a certificate no trusted CA signed fails
+/// verification with a reason.
+#[test]
+fn sslhandshake_on_a_reused_tls_connection_returns_at_once() {
+    let upstream = Upstream::tls("tls");
+    let srv = serve(&content(&format!(
+        r#"local function fetch(verify)
+  local sock = ngx.socket.tcp()
+  sock:settimeout(5000)
+  assert(sock:connect("127.0.0.1", {port}))
+  local reused = sock:getreusedtimes()
+  local ok, err = sock:sslhandshake(nil, "127.0.0.1", verify)
+  if not ok then
+    ngx.say(reused, " handshake: ", err)
+    return
+  end
+  assert(sock:send("GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+  local status = sock:receive("*l")
+  local length
+  repeat
+    local line = sock:receive("*l")
+    length = length or tonumber(line:lower():match("^content%-length:%s*(%d+)"))
+  until line == ""
+  assert(sock:receive(length))
+  ngx.say(reused, " ", status, " again: ", tostring(sock:sslhandshake(nil, "127.0.0.1", false)))
+  assert(sock:setkeepalive())
+end
+fetch(true)
+fetch(false)
+fetch(true)"#,
+        port = upstream.port()
+    )));
+    let out = body(&srv, "/");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("0 handshake: certificate verify failed"), "{out}");
+    assert_eq!(lines[1], "0 HTTP/1.1 200 OK again: true");
+    assert_eq!(lines[2], "1 HTTP/1.1 200 OK again: true");
+    // The failed handshake's connection and the one that served both requests.
+    assert_eq!(upstream.connections(), 2);
+    assert_eq!(upstream.requests(), 2);
 }

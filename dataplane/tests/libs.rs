@@ -1,7 +1,8 @@
 //! The built-in libraries (`lua/lib`) through the real binary: routes `require` each module
 //! and their outputs are checked against known vectors (RFC 1321, FIPS 180 "abc" digests,
 //! FIPS-197) and against Debian's `openssl enc`, run by the test, for AES and its key
-//! derivation (EVP_BytesToKey, which `openssl enc -md <digest> -S <salt>` uses).
+//! derivation (EVP_BytesToKey, which `openssl enc -md <digest> -S <salt>` uses), and against
+//! `openssl dgst -hmac` for `resty.hmac`.
 
 mod common;
 
@@ -211,6 +212,71 @@ ngx.say(tostring(select(2, pcall(m.update, m, {}))))
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(&lines[..want.len()], &want[..], "{text}");
     assert!(lines[want.len()].contains("string expected, got table"), "{text}");
+}
+
+/// `openssl dgst -<digest> -hmac <key>` of `message`, in hex.
+fn openssl_hmac_hex(digest: &str, key: &str, message: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", &format!("-{digest}"), "-hmac", key, "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl (Debian's openssl package) must be installed");
+    child.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl dgst -{digest} -hmac failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// lua-resty-hmac's README use, checked against `openssl dgst -hmac`; and the `resty.evp`
+/// lua-resty-jwt loads, which refuses RSA with a reason.
+#[test]
+fn resty_hmac_matches_openssl_and_evp_refuses_rsa() {
+    let lua = r#"
+local hmac = require "resty.hmac"
+local str = require "resty.string"
+for _, algo in ipairs({"MD5", "SHA1", "SHA256", "SHA384", "SHA512"}) do
+    local h = hmac:new("key", hmac.ALGOS[algo])
+    assert(h:update("The quick "))
+    local hex = h:final("brown fox", true)
+    assert(h:reset())
+    local again = str.to_hex(h:final("The quick brown fox"))
+    ngx.say(algo, " ", hex, " ", tostring(hex == again))
+end
+ngx.say("default ", hmac:new("key"):final("The quick brown fox", true))
+ngx.say("bad algo ", tostring(select(2, pcall(hmac.new, hmac, "key", "SHA3"))))
+local evp = require "resty.evp"
+ngx.say("evp ", evp.CONST.SHA256_DIGEST, " ", tostring(evp.RSAVerifier:new("cert")), " ", select(2, evp.Cert:new("pem")))
+"#;
+    let s = Server::start(&route("hmac", &format!("  locations:\n{}", location("/h", lua))));
+    let r = s.get("/h");
+    assert_eq!(r.status, 200, "{}", s.logs());
+    let text = r.text();
+    let lines: Vec<&str> = text.lines().collect();
+    let message = "The quick brown fox";
+    for (line, digest) in lines.iter().zip(["md5", "sha1", "sha256", "sha384", "sha512"]) {
+        let want = format!(
+            "{} {} true",
+            digest.to_uppercase(),
+            openssl_hmac_hex(digest, "key", message)
+        );
+        assert_eq!(*line, want, "{text}");
+    }
+    assert_eq!(lines[5], format!("default {}", openssl_hmac_hex("md5", "key", message)));
+    assert!(
+        lines[6].starts_with("bad algo ") && lines[6].contains("hash from hmac.ALGOS expected"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[7],
+        "evp SHA256 nil RSA keys and X.509 certificates are not supported in Moongate (resty.evp); use HS256/HS384/HS512"
+    );
 }
 
 #[test]

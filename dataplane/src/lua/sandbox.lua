@@ -4,7 +4,8 @@
 --
 -- The environment is an allowlist: exactly the names below reach route code,
 -- and nothing else of the host (its `_G`, `os`, `load`, `jit`, `newproxy`,
--- `debug`, the host's `io`, the string metatable, this chunk's upvalues) is reachable
+-- `debug` (a route's has only `traceback`), the host's `io`, the string
+-- metatable, this chunk's upvalues) is reachable
 -- from it. `sandbox_tests.rs` walks everything a route can reach and fails
 -- on anything off the list.
 --
@@ -26,6 +27,7 @@ local pairs, type, setmetatable, getmetatable, rawget, rawset, error, select, to
 local real_getfenv, real_setfenv, real_load, real_pcall, real_xpcall = getfenv, setfenv, load, pcall, xpcall
 local concat = table.concat
 local errmsg, aborted, charge, charge_n, gc = raw.errmsg, raw.aborted, raw.charge, raw.charge_n, raw.gc
+local traceback = raw.traceback
 -- The built-in library set (`lua/lib`): module name -> constructor(route_ngx, env),
 -- called once per route on its first `require`, so each route has its own
 -- instance (its own cjson settings, its own caches).
@@ -237,6 +239,7 @@ return function(route_ngx, modules, load_module)
     env.math.random, env.math.randomseed = raw.random()
     env._G = env
     env.ngx = route_ngx
+    env.debug = { traceback = traceback }
 
     -- Tables this route may see as and install as environments.
     local owned = setmetatable({}, { __mode = "k" })
@@ -357,8 +360,13 @@ return function(route_ngx, modules, load_module)
     -- Standard output and standard error go to the error log at NOTICE, as
     -- `print` does: under nginx, stderr is the error log, and a route has no
     -- terminal of its own. One line per write, a trailing newline dropped.
+    -- Each refusal is also logged at WARN: libraries often drop io.open's error and fall
+    -- back (lua-resty-template renders a view it cannot open as the template text), and
+    -- the log is then the only place that says why.
     local function denied(path)
-        return nil, route_tostring(path) .. ": file access is not allowed in a LuaRoute"
+        local err = route_tostring(path) .. ": file access is not allowed in a LuaRoute"
+        route_ngx.log(route_ngx.WARN, "io refused: ", err)
+        return nil, err
     end
     local files = setmetatable({}, { __mode = "k" })
     local function writer(fname)
@@ -459,7 +467,7 @@ return function(route_ngx, modules, load_module)
 
     local loaded = {}
     local builtin = { string = env.string, table = env.table, math = env.math, bit = env.bit,
-                      coroutine = env.coroutine, os = env.os, io = env.io, ngx = route_ngx,
+                      coroutine = env.coroutine, os = env.os, io = env.io, ngx = route_ngx, debug = env.debug,
                       ["resty.core"] = true, ["resty.core.base"] = {}, }
     for name, v in pairs(builtin) do
         loaded[name] = v

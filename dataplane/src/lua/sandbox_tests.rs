@@ -182,6 +182,8 @@ const BUILT_IN_LIBS: &[&str] = &[
     "resty.sha512",
     "resty.random",
     "resty.aes",
+    "resty.hmac",
+    "resty.evp",
     "ngx.base64",
     "ngx.resp",
     "ngx.process",

@@ -143,6 +143,25 @@ impl Vm {
             &sockets,
         )?;
         raw.set("libs", super::lib::build(&lua)?)?;
+        // `debug.traceback` is the one piece of the debug library a route gets (lua-resty-mlcache
+        // hands it to `xpcall`): it reads the running stack and changes nothing. As in Lua, a
+        // message that is not a string (nor nil) comes back untouched; the default level 1 is
+        // the caller of `traceback`.
+        raw.set(
+            "traceback",
+            lua.create_function(|lua, (msg, level): (mlua::Value, Option<i64>)| {
+                let text = match &msg {
+                    mlua::Value::Nil => None,
+                    mlua::Value::String(s) => Some(s.to_string_lossy()),
+                    mlua::Value::Integer(_) | mlua::Value::Number(_) => {
+                        lua.coerce_string(msg.clone())?.map(|s| s.to_string_lossy())
+                    }
+                    _ => return Ok(msg),
+                };
+                let level = usize::try_from(level.unwrap_or(1)).unwrap_or(0);
+                Ok(mlua::Value::String(lua.traceback(text.as_deref(), level)?))
+            })?,
+        )?;
         lua.load(PRELUDE)
             .set_name("=moongate.prelude")
             .call::<()>((base_ngx.clone(), raw.clone()))?;

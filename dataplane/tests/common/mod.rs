@@ -35,6 +35,39 @@ pub fn route_in(namespace: &str, name: &str, spec: &str) -> String {
     )
 }
 
+/// `name: |` with `source` as a YAML block, an entry under a spec's `modules:`.
+pub fn module(name: &str, source: &str) -> String {
+    let mut out = format!("    {name}: |\n");
+    for line in source.lines() {
+        out.push_str("      ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The environment variable naming the directory of upstream OpenResty libraries that the
+/// repository does not carry (`tests/resty_unmodified.rs`): `<dir>/<repository>/lib/...`,
+/// each file as upstream published it.
+pub const RESTY_UPSTREAM_ENV: &str = "MOONGATE_RESTY_UPSTREAM";
+
+/// The `modules:` entries for `files` (module name, path under `<dir>/<repository>/`) of one
+/// upstream library, read unchanged from `$MOONGATE_RESTY_UPSTREAM`. Panics, saying what to
+/// set, when the directory or a file is missing.
+pub fn upstream_modules(repository: &str, files: &[(&str, &str)]) -> String {
+    let dir = std::env::var_os(RESTY_UPSTREAM_ENV).unwrap_or_else(|| {
+        panic!("set {RESTY_UPSTREAM_ENV} to a directory holding {repository}/ as published upstream")
+    });
+    let mut out = String::new();
+    for (name, path) in files {
+        let file = Path::new(&dir).join(repository).join(path);
+        let source =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e} ({RESTY_UPSTREAM_ENV})", file.display()));
+        out.push_str(&module(name, &source));
+    }
+    out
+}
+
 /// Removes ANSI colour sequences (the log formatter may colour even when not on a tty).
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -113,6 +146,11 @@ impl Builder {
     pub fn controller(mut self, address: &str) -> Self {
         self.controller = Some(address.to_string());
         self
+    }
+
+    /// Cosockets may reach 127.0.0.1 (the test's own servers; never the gateway itself).
+    pub fn loopback_egress(self) -> Self {
+        self.arg("--egress-allow").arg("127.0.0.1/32")
     }
 
     /// Two workers on `dir` for durable dicts and timers, as the restart tests run.

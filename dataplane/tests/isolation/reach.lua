@@ -9,7 +9,8 @@
 --
 -- It prints "N violations" and up to 40 of them, each as "where: what". A
 -- violation is anything of the host VM's that the sandbox must keep out of
--- reach (os.execute, os.exit, jit, dofile, loadfile, newproxy, an io that opens files, debug, ffi,
+-- reach (os.execute, os.exit, jit, dofile, loadfile, newproxy, an io that opens files, a debug
+-- with more than traceback, ffi,
 -- package.loadlib, string.dump), a `load`/`loadstring` that accepts a binary
 -- chunk, or an error value caught by pcall/coroutine.resume that is not a
 -- string (a userdata with a metatable is one more way in).
@@ -48,7 +49,7 @@ end
 -- table means host state leaked into the sandbox.
 local FORBIDDEN = {
     jit = "jit", dofile = "dofile", loadfile = "loadfile", newproxy = "newproxy",
-    debug = "debug", ffi = "ffi", loadlib = "package.loadlib",
+    ffi = "ffi", loadlib = "package.loadlib",
     execute = "os.execute", getenv = "os.getenv", tmpname = "os.tmpname",
     rename = "os.rename", dump = "string.dump",
     getregistry = "debug.getregistry", sethook = "debug.sethook",
@@ -84,6 +85,18 @@ local function check_table(t, where)
         if tv == "function" or tv == "table" or tv == "userdata" then
             flag(where, what)
         end
+    end
+    -- Routes have a `debug` with only `traceback` (sandbox.lua), which reads the
+    -- stack and changes nothing: anything else in a reachable `debug` is one.
+    local ok_debug, dbg = pcall(rawget, t, "debug")
+    if ok_debug and type(dbg) == "table" then
+        for name in next, dbg do
+            if name ~= "traceback" then
+                flag(where, "debug." .. tostring(name))
+            end
+        end
+    elseif ok_debug and (type(dbg) == "function" or type(dbg) == "userdata") then
+        flag(where, "debug")
     end
     -- Routes have an `io` that refuses files (sandbox.lua): what is judged
     -- is whether anything reachable opens a file or runs a command.

@@ -12,7 +12,8 @@
 //!
 //! The set: `cjson` and `cjson.safe` (`cjson`), `table.new`/`clear`/`nkeys`/`isempty`/`isarray`/`clone` (`table`),
 //! lua-resty-string's `resty.string`, `resty.md5`, `resty.sha1` … `resty.sha512`,
-//! `resty.random`, `resty.aes` (`resty_string`), and resty.core's `ngx.base64`,
+//! `resty.random`, `resty.aes` (`resty_string`), lua-resty-hmac's `resty.hmac` and the
+//! `resty.evp` lua-resty-jwt loads (`resty_hmac`: HMAC only, no RSA), resty.core's `ngx.base64`,
 //! `ngx.resp`, `ngx.process`, `ngx.errlog` (`ngx_modules`), and lua-resty-websocket's
 //! `resty.websocket.protocol` (`websocket`). `io` is not a module
 //! here: it is a global of every route (`sandbox.lua`).
@@ -33,6 +34,7 @@
 
 mod cjson;
 mod ngx_modules;
+mod resty_hmac;
 mod resty_string;
 mod table;
 mod websocket;
@@ -98,6 +100,7 @@ pub fn build(lua: &Lua) -> mlua::Result<Table> {
         libs.raw_set(format!("table.{name}"), make)?;
     }
     resty_string::register(lua, &libs)?;
+    resty_hmac::register(lua, &libs)?;
     ngx_modules::register(lua, &libs)?;
     websocket::register(lua, &libs)?;
     let (lrucache, pureffi): (Function, Function) = run(lua, "resty/lrucache.lua", LRUCACHE)?;

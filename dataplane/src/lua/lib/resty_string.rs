@@ -128,7 +128,7 @@ impl UserData for HashObject {
 
 /// Argument `index` of `args` (0-based), which Lua numbers `narg`, as a string's bytes (what
 /// `#s` and an ffi `const char *` accept).
-fn string_arg(lua: &Lua, args: &MultiValue, index: usize, narg: usize) -> mlua::Result<Vec<u8>> {
+pub(super) fn string_arg(lua: &Lua, args: &MultiValue, index: usize, narg: usize) -> mlua::Result<Vec<u8>> {
     match args.get(index) {
         Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
         other => Err(type_error(lua, narg, "string", other, Where::Lauxlib)),
@@ -136,7 +136,7 @@ fn string_arg(lua: &Lua, args: &MultiValue, index: usize, narg: usize) -> mlua::
 }
 
 /// Lower-case hex, as `ngx_hex_dump`.
-fn to_hex(data: &[u8]) -> Vec<u8> {
+pub(super) fn to_hex(data: &[u8]) -> Vec<u8> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     data.iter()
         .flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])

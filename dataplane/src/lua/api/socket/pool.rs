@@ -31,10 +31,8 @@ pub struct PoolKey {
 }
 
 struct Idle {
-    stream: Stream,
+    conn: Pooled,
     expires: Option<Instant>,
-    reused: u32,
-    slot: Option<Slot>,
 }
 
 /// What a pool with a backlog counts: its open connections and the
@@ -109,17 +107,17 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The most recently pooled live connection of `key`, with the times it
-    /// was reused before; dead and expired ones are closed on the way.
-    pub fn take(&mut self, key: &PoolKey) -> Option<(Stream, u32, Option<Slot>)> {
+    /// The most recently pooled live connection of `key`; dead and expired
+    /// ones are closed on the way.
+    pub fn take(&mut self, key: &PoolKey) -> Option<Pooled> {
         let now = Instant::now();
         let queue = self.pools.get_mut(key)?;
         let mut found = None;
         while let Some(mut idle) = queue.pop_back() {
-            if idle.expires.is_some_and(|t| t <= now) || !still_idle(&mut idle.stream) {
+            if idle.expires.is_some_and(|t| t <= now) || !still_idle(&mut idle.conn.stream) {
                 continue;
             }
-            found = Some((idle.stream, idle.reused, idle.slot));
+            found = Some(idle.conn);
             break;
         }
         if queue.is_empty() {
@@ -139,10 +137,8 @@ impl Pools {
             queue.pop_front();
         }
         queue.push_back(Idle {
-            stream: idle.stream,
+            conn: idle,
             expires: timeout.map(|t| now + t),
-            reused: idle.reused,
-            slot: idle.slot,
         });
         if let Some(slots) = slots {
             slots.wake_one();
@@ -182,12 +178,16 @@ impl Pools {
     }
 }
 
-/// A connection being pooled: the stream, the times it was reused, and its
-/// slot when its pool counts connections.
+/// A connection going into or out of a pool.
 pub struct Pooled {
     pub stream: Stream,
+    /// Times it was taken from a pool before.
     pub reused: u32,
+    /// Its place in a pool that counts connections (`backlog`).
     pub slot: Option<Slot>,
+    /// TLS is set up on it (`sslhandshake` succeeded): a reuser's handshake
+    /// returns at once, as lua-nginx-module's does for a handshaked connection.
+    pub tls: bool,
 }
 
 /// Whether an idle connection is still open with nothing unread: one
@@ -208,6 +208,7 @@ mod tests {
             stream: Box::new(s),
             reused,
             slot: None,
+            tls: reused == 1,
         }
     }
 
@@ -230,8 +231,8 @@ mod tests {
         pools.put(key("r"), pooled(a, 2), None, 10);
         a_peer.write_all(b"unasked").await.unwrap();
         drop(b_peer);
-        let (_, reused, _) = pools.take(&key("r")).expect("the quiet one");
-        assert_eq!(reused, 0);
+        let quiet = pools.take(&key("r")).expect("the quiet one");
+        assert_eq!((quiet.reused, quiet.tls), (0, false));
         assert!(pools.take(&key("r")).is_none());
     }
 
@@ -246,8 +247,9 @@ mod tests {
         }
         assert_eq!(pools.len(), 2, "the oldest made room");
         assert!(pools.take(&key("b")).is_none());
-        assert_eq!(pools.take(&key("a")).map(|(_, n, _)| n), Some(2));
-        assert_eq!(pools.take(&key("a")).map(|(_, n, _)| n), Some(1));
+        assert_eq!(pools.take(&key("a")).map(|c| (c.reused, c.tls)), Some((2, false)));
+        // The TLS flag comes back with its connection.
+        assert_eq!(pools.take(&key("a")).map(|c| (c.reused, c.tls)), Some((1, true)));
     }
 
     #[tokio::test]
@@ -265,10 +267,11 @@ mod tests {
             stream: Box::new(s),
             reused: 0,
             slot: Some(first),
+            tls: false,
         };
         pools.put(key("r"), idle, None, 1);
         assert!(waiting.try_recv().is_ok(), "woken by the pooled connection");
-        let (_, _, slot) = pools.take(&key("r")).expect("the idle connection");
+        let slot = pools.take(&key("r")).expect("the idle connection").slot;
         assert!(slots.try_acquire().is_none(), "the slot went with it");
         // Closing it frees the slot and wakes the next waiter.
         let mut next = slots.wait().unwrap();

@@ -72,6 +72,8 @@ struct State {
     /// This connection's place in a pool that counts them (`backlog`).
     slot: Option<Slot>,
     reused: u32,
+    /// `sslhandshake` succeeded on this connection (or on it before it was pooled).
+    tls: bool,
     peer_ip: Option<IpAddr>,
     /// An I/O error closed the connection: `close` still answers 1 once, as
     /// lua-nginx-module's does for a socket the user has not closed.
@@ -156,6 +158,7 @@ pub fn register(lua: &Lua, t: &Table, sockets: &Rc<Sockets>, marker: &Table) -> 
                 pool_size: DEFAULT_POOL_SIZE,
                 slot: None,
                 reused: 0,
+                tls: false,
                 peer_ip: None,
                 failed: false,
                 owner: crate::lua::budget::execution(),
@@ -407,6 +410,7 @@ fn close(s: &mut State) {
     s.failed = false;
     s.conn = Conn::Closed;
     s.slot = None;
+    s.tls = false;
     s.generation += 1;
     s.buf.clear();
 }
@@ -525,14 +529,15 @@ fn connect(
     s.pool = Some(key.clone());
     s.pool_size = pool_size;
     let pooled = s.sockets.pools.borrow_mut().take(&key);
-    if let Some((stream, reused, slot)) = pooled {
-        let (reader, writer) = tokio::io::split(stream);
+    if let Some(pooled) = pooled {
+        let (reader, writer) = tokio::io::split(pooled.stream);
         s.conn = Conn::Open {
             reader: Some(reader),
             writer: Some(writer),
         };
-        s.slot = slot;
-        s.reused = reused + 1;
+        s.slot = pooled.slot;
+        s.reused = pooled.reused + 1;
+        s.tls = pooled.tls;
         return 1.into_lua_multi(lua);
     }
     // A pool with a backlog opens at most its size: take a free slot, or
@@ -561,8 +566,8 @@ fn connect(
         let result: Result<Opened, String> = async {
             if let Some((slots, woken)) = queued {
                 match wait_for_slot(&sockets, &key, &slots, woken, timeout).await? {
-                    Turn::Pooled(stream, reused, pooled_slot) => {
-                        return Ok(Opened::Pooled(stream, reused, pooled_slot));
+                    Turn::Pooled(pooled) => {
+                        return Ok(Opened::Pooled(pooled));
                     }
                     Turn::Slot(free) => slot = Some(free),
                 }
@@ -584,9 +589,10 @@ fn connect(
                     s.peer_ip = peer_ip;
                     (stream, slot)
                 }
-                Ok(Opened::Pooled(stream, reused, slot)) => {
-                    s.reused = reused + 1;
-                    (stream, slot)
+                Ok(Opened::Pooled(pooled)) => {
+                    s.reused = pooled.reused + 1;
+                    s.tls = pooled.tls;
+                    (pooled.stream, pooled.slot)
                 }
                 Err(e) => {
                     s.conn = Conn::Closed;
@@ -609,13 +615,13 @@ fn connect(
 /// found pooled when it was woken.
 enum Opened {
     New(Stream, Option<IpAddr>, Option<Slot>),
-    Pooled(Stream, u32, Option<Slot>),
+    Pooled(Pooled),
 }
 
 /// What a queued connect's wait gives it.
 enum Turn {
     Slot(Slot),
-    Pooled(Stream, u32, Option<Slot>),
+    Pooled(Pooled),
 }
 
 /// Waits in pool `key`'s queue until a connection is pooled (taken) or a
@@ -633,8 +639,8 @@ async fn wait_for_slot(
         if tokio::time::timeout_at(deadline, &mut woken).await.is_err() {
             return Err("timeout".into());
         }
-        if let Some((stream, reused, slot)) = sockets.pools.borrow_mut().take(key) {
-            return Ok(Turn::Pooled(stream, reused, slot));
+        if let Some(pooled) = sockets.pools.borrow_mut().take(key) {
+            return Ok(Turn::Pooled(pooled));
         }
         if let Some(slot) = slots.try_acquire() {
             return Ok(Turn::Slot(slot));
@@ -710,6 +716,19 @@ fn sslhandshake(
     };
     let mut s = st.borrow_mut();
     refuse_downstream(&s, "sslhandshake")?;
+    // A pooled connection that is TLS already: lua-nginx-module returns at once for a
+    // handshaked connection (without checking `verify` again), and so does this.
+    if s.tls
+        && matches!(
+            &s.conn,
+            Conn::Open {
+                reader: Some(_),
+                writer: Some(_)
+            }
+        )
+    {
+        return true.into_lua_multi(lua);
+    }
     let stream = match std::mem::replace(&mut s.conn, Conn::Connecting) {
         Conn::Open {
             reader: Some(r),
@@ -747,6 +766,7 @@ fn sslhandshake(
             }
             match result {
                 Ok(Ok(tls)) => {
+                    s.tls = true;
                     let stream: Stream = Box::new(tls);
                     let (reader, writer) = tokio::io::split(stream);
                     s.conn = Conn::Open {
@@ -1172,6 +1192,7 @@ fn setkeepalive(lua: &Lua, st: &Rc<RefCell<State>>, timeout: Option<f64>, size: 
             stream,
             reused: s.reused,
             slot,
+            tls: s.tls,
         };
         s.sockets.pools.borrow_mut().put(key, pooled, idle, size);
     }
