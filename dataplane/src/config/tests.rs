@@ -10,7 +10,7 @@ fn config(yaml: &str) -> Config {
             route,
         })
         .collect();
-    let built = standalone::from_sources(&sourced, 1).unwrap();
+    let built = standalone::from_sources(&sourced, &[], 1).unwrap();
     assert!(built.refused.is_empty(), "{:?}", built.refused);
     Config::try_from(&built.snapshot).unwrap()
 }

@@ -340,12 +340,13 @@ fn unique() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The CRD and the controller's ClusterRole, installed once per cluster.
+/// The CRDs and the controller's ClusterRole, installed once per cluster.
 fn install_cluster_wide(cluster: &Cluster) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let root = repo_root();
         cluster.kubectl_ok(&["apply", "-f", root.join("crds/luaroute.yaml").to_str().unwrap()]);
+        cluster.kubectl_ok(&["apply", "-f", root.join("crds/lualibrary.yaml").to_str().unwrap()]);
         cluster.kubectl_ok(&[
             "apply",
             "-f",
@@ -358,6 +359,7 @@ fn install_cluster_wide(cluster: &Cluster) {
             "--for=condition=Established",
             "--timeout=60s",
             "crd/luaroutes.moongate.dev",
+            "crd/lualibraries.moongate.dev",
         ]);
     });
 }
