@@ -144,6 +144,9 @@ fn routes_share_a_library_of_their_namespace_and_edits_hot_swap_or_are_refused()
 fn check_applies_the_library_rules_with_the_same_messages() {
     let (code, out) = check_text(&config(&team("v1")));
     assert_eq!(code, Some(0), "{out}");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/library.yaml");
+    let out = check(std::path::Path::new(example));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
     let mut other = team("v1");
     other.push(user("other", "c", "other.test"));

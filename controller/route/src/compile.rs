@@ -662,4 +662,31 @@ mod tests {
         assert!(abi.luajit_version.starts_with("LuaJIT 2."), "{abi:?}");
         assert!(!abi.arch.is_empty());
     }
+
+    #[test]
+    fn route_modules_follow_the_module_name_rule_with_hyphens() {
+        let route = |modules: &str| {
+            format!(
+                "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: r, namespace: team}}\nspec:\n  libraries: [jwt, jwt]\n  modules:\n{modules}  locations: [{{path: /}}]\n"
+            )
+        };
+        let errs = compile_yaml(&route(
+            "    resty.jwt-validators: 'return {}'\n    resty.jit-uuid: 'return {'\n    'a..b': 'return {}'\n",
+        ))
+        .unwrap_err();
+        let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("route team/r: module a..b: invalid module name \"a..b\""),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("route team/r: module resty.jit-uuid: line 1: "),
+            "the hyphenated name compiles as far as its Lua: {lines:?}"
+        );
+        assert_eq!(lines[2], "route team/r: libraries: library \"jwt\" named twice");
+        assert!(is_module_name("resty.jwt-validators") && is_module_name("resty.jit-uuid"));
+        assert!(!is_module_name("resty.http\n"), "RE2's $, not PCRE's");
+        assert!(!is_module_name(&"a".repeat(129)));
+    }
 }
