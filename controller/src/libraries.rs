@@ -14,6 +14,11 @@
 //!   route naming it keeps its own last published generation, if any.
 //! - One generation of a library is served at a time, to every route of the
 //!   namespace that names it: the snapshot carries a library once, by name.
+//!   So an edit that compiles but adds a module clashing with a route's own
+//!   module refuses that route (`LibraryConflict`) and leaves it out until
+//!   one of them is fixed: its last published generation would clash with
+//!   the new library too. Pinning library generations per route would keep
+//!   it serving, at the cost of carrying several generations of a library.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
