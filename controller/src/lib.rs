@@ -1,4 +1,4 @@
-//! Moongate's control plane: watches LuaRoutes and EndpointSlices, compiles
+//! Moongate's control plane: watches LuaRoutes, LuaLibraries and EndpointSlices, compiles
 //! routes with [`moongate_route`], publishes versioned config to dataplanes over
 //! gRPC, and writes status back.
 #![forbid(unsafe_code)]
@@ -9,6 +9,8 @@ pub mod endpoints;
 pub mod error;
 pub mod fleet;
 pub mod leader;
+pub mod libraries;
+pub mod library_status;
 pub mod metrics;
 pub mod published;
 pub mod reconcile;

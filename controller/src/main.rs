@@ -9,7 +9,7 @@ use moongate_controller::leader::LeaseSettings;
 use moongate_controller::reconcile::Debounce;
 use moongate_controller::run::{Options, run};
 use moongate_controller::tls::TlsSource;
-use moongate_route::crd::LuaRoute;
+use moongate_route::crd::{LuaLibrary, LuaRoute};
 
 /// The Moongate controller.
 #[derive(Parser)]
@@ -25,8 +25,18 @@ struct Cli {
 enum Command {
     /// Watch LuaRoutes and stream their compiled config to dataplanes.
     Run(RunArgs),
-    /// Print the LuaRoute CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (`crds/luaroute.yaml`,
+    /// `crds/lualibrary.yaml`).
+    Crd {
+        #[arg(value_enum, default_value_t = CrdKind::Luaroute)]
+        kind: CrdKind,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    Luaroute,
+    Lualibrary,
 }
 
 #[derive(Args)]
@@ -124,8 +134,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = match Cli::parse().command {
-        Command::Crd => {
-            return match serde_saphyr::to_string(&LuaRoute::crd()) {
+        Command::Crd { kind } => {
+            let crd = match kind {
+                CrdKind::Luaroute => LuaRoute::crd(),
+                CrdKind::Lualibrary => LuaLibrary::crd(),
+            };
+            return match serde_saphyr::to_string(&crd) {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS

@@ -7,14 +7,17 @@
 //! the same allocation in both and deltas are found by pointer comparison.
 //! Endpoints are kept apart from routes: a version that differs from its base
 //! only in endpoints has a delta with no route in it, and a dataplane applies
-//! it without reloading any Lua.
+//! it without reloading any Lua. LuaLibraries are kept apart the same way,
+//! each once however many routes name it: an edit to a library is a delta of
+//! that one library (the routes naming it by name are unchanged), and the
+//! dataplane reloads the routes that name it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use moongate_proto::snapshot;
 use moongate_proto::v1 as pb;
-use moongate_route::RouteKey;
+use moongate_route::{LibraryKey, RouteKey};
 
 /// A Service port of a namespace, ordered as `snapshot::endpoints_order`
 /// orders service endpoints (namespace, service, port: the field order).
@@ -53,6 +56,9 @@ pub struct Published {
     /// The endpoints of every Service port a published route names, by key
     /// (so iteration is `snapshot::endpoints_order`).
     pub endpoints: BTreeMap<ServiceKey, pb::ServiceEndpoints>,
+    /// The libraries the published routes name, at the generation they are
+    /// served with.
+    pub libraries: BTreeMap<LibraryKey, Arc<pb::Library>>,
     /// Built once, then copied to each stream that needs it.
     snapshot: OnceLock<pb::Snapshot>,
     /// Deltas from recent base versions: the sessions of a fleet mostly share
@@ -77,16 +83,37 @@ impl Published {
         routes: BTreeMap<RouteKey, Arc<pb::Route>>,
         endpoints: Vec<pb::ServiceEndpoints>,
     ) -> Published {
+        Published::with_libraries(version, routes, endpoints, BTreeMap::new())
+    }
+
+    /// A version of `routes`, the endpoints of the Service ports they name,
+    /// and the libraries they name.
+    pub fn with_libraries(
+        version: u64,
+        routes: BTreeMap<RouteKey, Arc<pb::Route>>,
+        endpoints: Vec<pb::ServiceEndpoints>,
+        libraries: BTreeMap<LibraryKey, Arc<pb::Library>>,
+    ) -> Published {
         let endpoints: BTreeMap<ServiceKey, pb::ServiceEndpoints> =
             endpoints.into_iter().map(|e| (ServiceKey::of(&e), e)).collect();
-        let content_hash = snapshot::content_hash(routes.values().map(Arc::as_ref), endpoints.values());
+        let content_hash = snapshot::content_hash(
+            routes.values().map(Arc::as_ref),
+            endpoints.values(),
+            libraries.values().map(Arc::as_ref),
+        );
         Published {
             version,
             content_hash,
             routes,
             endpoints,
+            libraries,
             ..Default::default()
         }
+    }
+
+    /// The generation of library `key` this version carries, if it carries it.
+    pub fn library_generation(&self, key: &LibraryKey) -> Option<i64> {
+        self.libraries.get(key).map(|l| l.generation)
     }
 
     /// The generation of `key` this version carries, if it carries the route.
@@ -105,6 +132,8 @@ impl Published {
                     routes,
                     // Already in `endpoints_order`: the map's key order.
                     endpoints: self.endpoints.values().cloned().collect(),
+                    // Already in `libraries_order`, likewise.
+                    libraries: self.libraries.values().map(|l| l.as_ref().clone()).collect(),
                 }
             })
             .clone()
@@ -149,6 +178,23 @@ impl Published {
             .filter(|key| !self.endpoints.contains_key(*key))
             .map(pb::ServiceKey::from)
             .collect();
+        let upserted_libraries = self
+            .libraries
+            .iter()
+            .filter(|(key, l)| {
+                !base
+                    .libraries
+                    .get(*key)
+                    .is_some_and(|old| Arc::ptr_eq(old, l) || old == *l)
+            })
+            .map(|(_, l)| l.as_ref().clone())
+            .collect();
+        let removed_libraries = base
+            .libraries
+            .keys()
+            .filter(|key| !self.libraries.contains_key(*key))
+            .map(|key| pb::LibraryKey::from(key.clone()))
+            .collect();
         pb::Delta {
             version: self.version,
             base_version: base.version,
@@ -157,6 +203,8 @@ impl Published {
             removed,
             upserted_endpoints,
             removed_endpoints,
+            upserted_libraries,
+            removed_libraries,
         }
     }
 }
@@ -211,7 +259,7 @@ mod tests {
         let snap = v.snapshot();
         assert_eq!(snap.content_hash, v.content_hash);
         assert_eq!(
-            snapshot::build(snap.routes.clone(), Vec::new(), 9).content_hash,
+            snapshot::build(snap.routes.clone(), Vec::new(), Vec::new(), 9).content_hash,
             v.content_hash
         );
         assert_ne!(
@@ -253,7 +301,7 @@ mod tests {
         let snap = v.snapshot();
         let names: Vec<&str> = snap.endpoints.iter().map(|e| e.service.as_str()).collect();
         assert_eq!(names, ["api", "web"], "in endpoints_order");
-        let rebuilt = snapshot::build(snap.routes.clone(), snap.endpoints.clone(), 3);
+        let rebuilt = snapshot::build(snap.routes.clone(), snap.endpoints.clone(), Vec::new(), 3);
         assert_eq!(rebuilt.content_hash, v.content_hash);
         assert_eq!(snap.content_hash, v.content_hash);
         assert_ne!(v.content_hash, published(3, &[&a]).content_hash);
@@ -294,5 +342,53 @@ mod tests {
                 port: 80
             }]
         );
+    }
+
+    #[test]
+    fn a_library_edit_is_a_delta_of_that_library_alone() {
+        let mut named = pb::Route {
+            namespace: "ns".into(),
+            name: "a".into(),
+            generation: 1,
+            libraries: vec!["shared".into()],
+            ..Default::default()
+        };
+        let route = Arc::new(named.clone());
+        let library = |generation: i64| {
+            Arc::new(pb::Library {
+                namespace: "ns".into(),
+                name: "shared".into(),
+                generation,
+                modules: Vec::new(),
+            })
+        };
+        let key = LibraryKey::new("ns", "shared");
+        let version = |v: u64, library: &Arc<pb::Library>, route: &Arc<pb::Route>| {
+            Published::with_libraries(
+                v,
+                BTreeMap::from([(RouteKey::of(route), route.clone())]),
+                Vec::new(),
+                BTreeMap::from([(key.clone(), library.clone())]),
+            )
+        };
+        let v1 = version(1, &library(1), &route);
+        let v2 = version(2, &library(2), &route);
+        assert_ne!(v1.content_hash, v2.content_hash);
+        let delta = v2.delta_from(&v1);
+        assert!(delta.upserted.is_empty(), "the route naming it is unchanged");
+        assert_eq!(delta.upserted_libraries.len(), 1);
+        assert_eq!(delta.upserted_libraries[0].generation, 2);
+        assert_eq!(v2.library_generation(&key), Some(2));
+        let snap = v2.snapshot();
+        assert_eq!(
+            snapshot::build(snap.routes.clone(), Vec::new(), snap.libraries.clone(), 9).content_hash,
+            v2.content_hash,
+            "a dataplane applying the delta reaches the same hash"
+        );
+
+        named.libraries.clear();
+        let v3 = Published::new(3, BTreeMap::from([(RouteKey::of(&named), Arc::new(named))]));
+        let delta = v3.delta_from(&v2);
+        assert_eq!(delta.removed_libraries, [pb::LibraryKey::from(key)]);
     }
 }

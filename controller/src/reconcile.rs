@@ -1,4 +1,4 @@
-//! Watches LuaRoutes, EndpointSlices and Services, and publishes a new config
+//! Watches LuaRoutes, LuaLibraries, EndpointSlices and Services, and publishes a new config
 //! version when what dataplanes should serve changes.
 //!
 //! Bursts are debounced: after a change the loop keeps absorbing changes until
@@ -20,9 +20,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::libraries::{LibraryVerdicts, library_key};
 use crate::published::Published;
 use crate::routes::{Acceptance, RouteTable, Verdicts, key_of};
-use moongate_route::crd::LuaRoute;
+use moongate_route::crd::{LuaLibrary, LuaRoute};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Debounce {
@@ -46,6 +47,7 @@ enum Change {
     Route(Scope, watcher::Event<LuaRoute>),
     Slice(Scope, watcher::Event<EndpointSlice>),
     Service(Scope, watcher::Event<Service>),
+    Library(Scope, watcher::Event<LuaLibrary>),
 }
 
 fn watch_kind<K, F>(client: &Client, scope: &Scope, wrap: F) -> BoxStream<'static, Change>
@@ -85,6 +87,7 @@ struct Relists {
     routes: HashMap<Scope, Vec<LuaRoute>>,
     slices: HashMap<Scope, Vec<EndpointSlice>>,
     services: HashMap<Scope, Vec<Service>>,
+    libraries: HashMap<Scope, Vec<LuaLibrary>>,
     /// Watches that have completed a list at least once.
     synced: std::collections::HashSet<(u8, Scope)>,
 }
@@ -131,6 +134,19 @@ fn apply(table: &mut RouteTable, relists: &mut Relists, change: Change) {
                 relists.synced.insert((2, scope));
             }
         },
+        Change::Library(scope, event) => match event {
+            Apply(library) => table.upsert_library(library),
+            Delete(library) => table.remove_library(&library_key(&library)),
+            Init => {
+                relists.libraries.insert(scope, Vec::new());
+            }
+            InitApply(library) => relists.libraries.entry(scope).or_default().push(library),
+            InitDone => {
+                let listed = relists.libraries.remove(&scope).unwrap_or_default();
+                table.relist_libraries(scope.as_deref(), listed);
+                relists.synced.insert((3, scope));
+            }
+        },
     }
 }
 
@@ -149,7 +165,7 @@ pub async fn run(
     namespaces: Vec<String>,
     debounce: Debounce,
     latest: watch::Sender<Option<Arc<Published>>>,
-    verdicts: watch::Sender<Arc<Verdicts>>,
+    verdicts: VerdictSenders,
 ) {
     let scopes: Vec<Scope> = if namespaces.is_empty() {
         vec![None]
@@ -161,6 +177,7 @@ pub async fn run(
         streams.push(watch_kind::<LuaRoute, _>(&client, scope, Change::Route));
         streams.push(watch_kind::<EndpointSlice, _>(&client, scope, Change::Slice));
         streams.push(watch_kind::<Service, _>(&client, scope, Change::Service));
+        streams.push(watch_kind::<LuaLibrary, _>(&client, scope, Change::Library));
     }
     let watches = streams.len();
     drive(
@@ -180,7 +197,7 @@ async fn drive(
     watches: usize,
     debounce: Debounce,
     latest: watch::Sender<Option<Arc<Published>>>,
-    verdicts: watch::Sender<Arc<Verdicts>>,
+    verdicts: VerdictSenders,
 ) {
     let mut table = RouteTable::default();
     let mut relists = Relists::default();
@@ -202,7 +219,8 @@ async fn drive(
         let built = table.build();
         record_counts(&built.verdicts);
         let route_verdicts = built.verdicts;
-        let candidate = Published::with_endpoints(version + 1, built.routes, built.endpoints);
+        let library_verdicts = built.library_verdicts;
+        let candidate = Published::with_libraries(version + 1, built.routes, built.endpoints, built.libraries);
         let unchanged = latest
             .borrow()
             .as_ref()
@@ -213,12 +231,33 @@ async fn drive(
                 version,
                 routes = candidate.routes.len(),
                 services = candidate.endpoints.len(),
+                libraries = candidate.libraries.len(),
                 "publishing"
             );
             crate::metrics::config_version(version);
             latest.send_replace(Some(Arc::new(candidate)));
         }
-        verdicts.send_replace(Arc::new(route_verdicts));
+        verdicts.routes.send_replace(Arc::new(route_verdicts));
+        verdicts.libraries.send_replace(Arc::new(library_verdicts));
+    }
+}
+
+/// Where the reconciler sends its verdicts, for the status writer.
+pub struct VerdictSenders {
+    pub routes: watch::Sender<Arc<Verdicts>>,
+    pub libraries: watch::Sender<Arc<LibraryVerdicts>>,
+}
+
+impl VerdictSenders {
+    /// Senders, and the receivers the status writer reads.
+    pub fn channel() -> (
+        VerdictSenders,
+        watch::Receiver<Arc<Verdicts>>,
+        watch::Receiver<Arc<LibraryVerdicts>>,
+    ) {
+        let (routes, route_verdicts) = watch::channel(Arc::default());
+        let (libraries, library_verdicts) = watch::channel(Arc::default());
+        (VerdictSenders { routes, libraries }, route_verdicts, library_verdicts)
     }
 }
 
@@ -227,6 +266,7 @@ fn record_counts(verdicts: &Verdicts) {
     crate::metrics::routes("accepted", count(|a| matches!(a, Acceptance::Accepted)));
     crate::metrics::routes("invalid", count(|a| matches!(a, Acceptance::Invalid(_))));
     crate::metrics::routes("conflicted", count(|a| matches!(a, Acceptance::Conflicted(_))));
+    crate::metrics::routes("unlinked", count(|a| matches!(a, Acceptance::Unlinked(_))));
 }
 
 #[cfg(test)]
@@ -243,7 +283,7 @@ mod tests {
         r
     }
 
-    /// Feeds `drive` the initial lists of the three watches of one scope.
+    /// Feeds `drive` the initial lists of the four watches of one scope.
     fn listed() -> Vec<Change> {
         vec![
             Change::Route(None, watcher::Event::Init),
@@ -252,6 +292,8 @@ mod tests {
             Change::Slice(None, watcher::Event::InitDone),
             Change::Service(None, watcher::Event::Init),
             Change::Service(None, watcher::Event::InitDone),
+            Change::Library(None, watcher::Event::Init),
+            Change::Library(None, watcher::Event::InitDone),
         ]
     }
 
@@ -260,7 +302,7 @@ mod tests {
     async fn a_burst_of_applies_is_published_once_and_a_lone_apply_promptly() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (latest, mut published) = watch::channel(None);
-        let (verdicts, _) = watch::channel(Arc::default());
+        let (verdicts, _, _) = VerdictSenders::channel();
         let debounce = Debounce {
             quiet: Duration::from_millis(50),
             max_delay: Duration::from_secs(3),
@@ -269,7 +311,7 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         local.spawn_local(drive(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-            3,
+            4,
             debounce,
             latest,
             verdicts,
@@ -326,11 +368,11 @@ mod tests {
     async fn nothing_is_published_before_every_watch_has_listed() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (latest, published) = watch::channel(None);
-        let (verdicts, _) = watch::channel(Arc::default());
+        let (verdicts, _, _) = VerdictSenders::channel();
         let local = tokio::task::LocalSet::new();
         local.spawn_local(drive(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-            3,
+            4,
             Debounce::default(),
             latest,
             verdicts,
@@ -347,6 +389,8 @@ mod tests {
                 assert!(published.borrow().is_none(), "Services have not been listed yet");
                 tx.send(Change::Service(None, watcher::Event::Init)).unwrap();
                 tx.send(Change::Service(None, watcher::Event::InitDone)).unwrap();
+                tx.send(Change::Library(None, watcher::Event::Init)).unwrap();
+                tx.send(Change::Library(None, watcher::Event::InitDone)).unwrap();
                 let mut published = published;
                 published.changed().await.unwrap();
                 assert_eq!(published.borrow().as_ref().unwrap().routes.len(), 1);

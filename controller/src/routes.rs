@@ -10,6 +10,14 @@
 //! - A route naming a hostname another namespace owns and did not share is
 //!   left out entirely; of two routes claiming the same location on the same
 //!   host, the older keeps it and the newer is left out entirely (`index::admit`).
+//! - A route is published only with every LuaLibrary it names, linked by
+//!   `library::link` (same namespace, no module name twice). When its current
+//!   generation cannot be (a library missing, never compiled, or clashing),
+//!   its status says so (`LibraryNotFound`, `LibraryInvalid`,
+//!   `LibraryConflict`) and the generation it was last published with keeps
+//!   serving, if it still links. Libraries travel apart from routes
+//!   (`Built::libraries`), each once, at the generation `LibraryTable::serving`
+//!   picks.
 //! - Endpoints never enter a route: `build` returns them apart, one
 //!   `pb::ServiceEndpoints` per (namespace, Service, port) that a *published*
 //!   route's location names, so an EndpointSlice change changes no route.
@@ -23,11 +31,13 @@ use kube::ResourceExt;
 use moongate_proto::v1 as pb;
 
 use crate::endpoints::{EndpointIndex, Resolution};
+pub use crate::libraries::Unresolved;
+use crate::libraries::{LibraryTable, LibraryVerdicts};
 use crate::published::ServiceKey;
-use moongate_route::Problem;
-use moongate_route::RouteKey;
 use moongate_route::compile::{Compiler, compile_route};
-use moongate_route::crd::{LuaRoute, LuaRouteStatus};
+use moongate_route::crd::{LuaLibrary, LuaRoute, LuaRouteStatus};
+use moongate_route::library::{self, LinkError};
+use moongate_route::{LibraryKey, Problem, RouteKey};
 
 /// Why a route (generation) is or isn't in the published config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +48,9 @@ pub enum Acceptance {
     /// Another, older route holds one of its hostnames (of another namespace,
     /// which did not allow this one) or one of its locations.
     Conflicted(String),
+    /// A LuaLibrary it names is missing, has never compiled, or defines a
+    /// module it or another named library defines too.
+    Unlinked(Unresolved),
 }
 
 /// What the controller concluded about one LuaRoute.
@@ -45,8 +58,9 @@ pub enum Acceptance {
 pub struct Verdict {
     pub generation: i64,
     pub acceptance: Acceptance,
-    /// `Err(message)` when an upstream Service is missing.
-    pub resolved_refs: Result<(), String>,
+    /// `Err` when an upstream Service is missing, or a library the route
+    /// names is not served as it is now (missing, invalid, clashing).
+    pub resolved_refs: Result<(), Unresolved>,
     /// The generation in the published config (the current one, or the last
     /// good one when the current is invalid), if any.
     pub published_generation: Option<i64>,
@@ -66,6 +80,9 @@ struct Entry {
     /// `last_good` or `compiled` with upstream endpoints filled in; kept so an
     /// unchanged route stays the same allocation across versions.
     resolved: Option<Arc<pb::Route>>,
+    /// The generation last published: served on when the current one
+    /// cannot be linked to its libraries.
+    published: Option<Arc<pb::Route>>,
 }
 
 #[derive(Default)]
@@ -75,6 +92,7 @@ pub struct RouteTable {
     endpoints: EndpointIndex,
     /// By (namespace, name).
     services: HashMap<(String, String), Service>,
+    libraries: LibraryTable,
 }
 
 fn in_scope(scope: Option<&str>, namespace: &str) -> bool {
@@ -148,11 +166,9 @@ impl RouteTable {
             Err(_) if same_object => self.routes.get(&key).and_then(|e| e.last_good.clone()),
             Err(_) => None,
         };
-        let resolved = self
-            .routes
-            .get(&key)
-            .and_then(|e| e.resolved.clone())
-            .filter(|_| same_object);
+        let previous = self.routes.get(&key).filter(|_| same_object);
+        let resolved = previous.and_then(|e| e.resolved.clone());
+        let published = previous.and_then(|e| e.published.clone());
         self.routes.insert(
             key,
             Entry {
@@ -160,12 +176,48 @@ impl RouteTable {
                 compiled,
                 last_good,
                 resolved,
+                published,
             },
         );
     }
 
     pub fn remove(&mut self, key: &RouteKey) {
         self.routes.remove(key);
+    }
+
+    pub fn upsert_library(&mut self, object: LuaLibrary) {
+        self.libraries.upsert(&self.compiler, object);
+    }
+
+    pub fn remove_library(&mut self, key: &LibraryKey) {
+        self.libraries.remove(key);
+    }
+
+    pub fn relist_libraries(&mut self, scope: Option<&str>, objects: Vec<LuaLibrary>) {
+        self.libraries.relist(&self.compiler, scope, objects);
+    }
+
+    /// The libraries `route` names at the generation each is served with, and
+    /// what is stale about them; `Err` when the route cannot be linked.
+    fn link(&self, route: &pb::Route) -> Result<(Vec<Arc<pb::Library>>, Vec<Unresolved>), Unresolved> {
+        let mut libraries = Vec::with_capacity(route.libraries.len());
+        let mut stale = Vec::new();
+        for key in library::named(route) {
+            let (served, why) = self.libraries.serving(&key)?;
+            libraries.push(served);
+            stale.extend(why);
+        }
+        library::link(route, |key| {
+            libraries.iter().find(|l| LibraryKey::of(l) == *key).map(Arc::as_ref)
+        })
+        .map_err(|e| Unresolved {
+            reason: match e {
+                LinkError::Missing(_) => "LibraryNotFound",
+                LinkError::Conflict { .. } => "LibraryConflict",
+            },
+            message: e.to_string(),
+        })?;
+        Ok((libraries, stale))
     }
 
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
@@ -204,31 +256,70 @@ impl RouteTable {
     pub fn build(&mut self) -> Built {
         let mut verdicts = Verdicts::new();
         let mut candidates: Vec<(RouteKey, Arc<pb::Route>)> = Vec::new();
+        let mut linked: BTreeMap<RouteKey, Vec<Arc<pb::Library>>> = BTreeMap::new();
+        let mut naming: BTreeMap<LibraryKey, Vec<RouteKey>> = BTreeMap::new();
         let keys: Vec<RouteKey> = self.routes.keys().cloned().collect();
         for key in keys {
             let (resolved, refs) = self.resolve(&key);
-            let entry = self.routes.get_mut(&key).expect("key taken from the map");
-            entry.resolved = resolved.clone();
-            let acceptance = match &entry.compiled {
-                Ok(_) => Acceptance::Accepted,
-                Err(problems) => {
+            let entry = &self.routes[&key];
+            for name in &entry.object.spec.libraries {
+                naming
+                    .entry(LibraryKey::new(&key.namespace, name))
+                    .or_default()
+                    .push(key.clone());
+            }
+            let mut unresolved: Vec<Unresolved> = refs.err().into_iter().collect();
+            let mut unlinked = None;
+            // The current (or last good) generation with its libraries; else
+            // the generation last published, if it still links.
+            let chosen = resolved.and_then(|route| match self.link(&route) {
+                Ok((libraries, stale)) => {
+                    unresolved.extend(stale);
+                    Some((route, libraries))
+                }
+                Err(why) => {
+                    unresolved.push(why.clone());
+                    if entry.compiled.is_ok() {
+                        unlinked = Some(why);
+                    }
+                    let previous = entry.published.clone().filter(|p| !Arc::ptr_eq(p, &route))?;
+                    let (libraries, _) = self.link(&previous).ok()?;
+                    Some((previous, libraries))
+                }
+            });
+            let acceptance = match (&entry.compiled, unlinked) {
+                (Err(problems), _) => {
                     Acceptance::Invalid(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
                 }
+                (Ok(_), Some(why)) => Acceptance::Unlinked(why),
+                (Ok(_), None) => Acceptance::Accepted,
             };
-            if let Some(route) = resolved {
+            let resolved_refs = match unresolved.first() {
+                None => Ok(()),
+                Some(first) => Err(Unresolved {
+                    reason: first.reason,
+                    message: unresolved
+                        .iter()
+                        .map(|u| u.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                }),
+            };
+            let verdict = Verdict {
+                generation: entry.object.metadata.generation.unwrap_or(0),
+                acceptance,
+                resolved_refs,
+                published_generation: None,
+                reference: object_reference(&entry.object),
+                status: entry.object.status.clone(),
+            };
+            let entry = self.routes.get_mut(&key).expect("key taken from the map");
+            entry.resolved = chosen.as_ref().map(|(route, _)| route.clone());
+            if let Some((route, libraries)) = chosen {
                 candidates.push((key.clone(), route));
+                linked.insert(key.clone(), libraries);
             }
-            verdicts.insert(
-                key,
-                Verdict {
-                    generation: entry.object.metadata.generation.unwrap_or(0),
-                    acceptance,
-                    resolved_refs: refs,
-                    published_generation: None,
-                    reference: object_reference(&entry.object),
-                    status: entry.object.status.clone(),
-                },
-            );
+            verdicts.insert(key, verdict);
         }
         let refusals = moongate_route::index::admit(candidates.iter().map(|(_, r)| r.as_ref()));
         for refusal in &refusals {
@@ -249,7 +340,25 @@ impl RouteTable {
             if let Some(v) = verdicts.get_mut(key) {
                 v.published_generation = Some(route.generation);
             }
+            if let Some(entry) = self.routes.get_mut(key) {
+                entry.published = Some(route.clone());
+            }
         }
+        let libraries: BTreeMap<LibraryKey, Arc<pb::Library>> = publish
+            .keys()
+            .filter_map(|key| linked.remove(key))
+            .flatten()
+            .map(|l| (LibraryKey::of(&l), l))
+            .collect();
+        let library_verdicts = self.libraries.verdicts(&libraries, &naming);
+        // Tombstones serve only the routes that name them now, or were just
+        // published naming them.
+        let still_named: BTreeSet<LibraryKey> = naming
+            .keys()
+            .cloned()
+            .chain(publish.values().flat_map(|r| library::named(r)))
+            .collect();
+        self.libraries.forget_unnamed(&still_named);
         let named: BTreeSet<ServiceKey> = publish
             .values()
             .flat_map(|route| {
@@ -267,7 +376,9 @@ impl RouteTable {
         Built {
             routes: publish,
             endpoints,
+            libraries,
             verdicts,
+            library_verdicts,
         }
     }
 
@@ -292,7 +403,7 @@ impl RouteTable {
     /// The route to publish for `key` (current or last good generation), and
     /// whether every Service it names exists with the named port. No ready
     /// endpoint is not a reference error: pods come and go.
-    fn resolve(&self, key: &RouteKey) -> (Option<Arc<pb::Route>>, Result<(), String>) {
+    fn resolve(&self, key: &RouteKey) -> (Option<Arc<pb::Route>>, Result<(), Unresolved>) {
         let entry = &self.routes[key];
         let Some(base) = entry.compiled.as_ref().ok().or(entry.last_good.as_ref()) else {
             return (None, Ok(()));
@@ -314,7 +425,10 @@ impl RouteTable {
         let refs = if missing.is_empty() {
             Ok(())
         } else {
-            Err(missing.join("; "))
+            Err(Unresolved {
+                reason: "BackendNotFound",
+                message: missing.join("; "),
+            })
         };
         (Some(base.clone()), refs)
     }
@@ -326,7 +440,10 @@ pub struct Built {
     pub routes: BTreeMap<RouteKey, Arc<pb::Route>>,
     /// In `snapshot::endpoints_order`, one per Service port a published route names.
     pub endpoints: Vec<pb::ServiceEndpoints>,
+    /// The libraries the published routes name, at the generation served.
+    pub libraries: BTreeMap<LibraryKey, Arc<pb::Library>>,
     pub verdicts: Verdicts,
+    pub library_verdicts: LibraryVerdicts,
 }
 
 /// A Service port's endpoints, as [`RouteTable::lookup`] finds them.
@@ -446,7 +563,8 @@ mod tests {
         } = table.build();
         assert!(published.contains_key(&key("a")));
         let refs = verdicts[&key("a")].resolved_refs.clone().unwrap_err();
-        assert!(refs.contains("Service ns/backend not found"), "{refs}");
+        assert_eq!(refs.reason, "BackendNotFound");
+        assert!(refs.message.contains("Service ns/backend not found"), "{refs:?}");
 
         let service: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "backend", "namespace": "ns"},
@@ -456,7 +574,7 @@ mod tests {
         table.apply_service(service);
         let verdicts = table.build().verdicts;
         let refs = verdicts[&key("a")].resolved_refs.clone().unwrap_err();
-        assert!(refs.contains("has no TCP port 8080"), "{refs}");
+        assert!(refs.message.contains("has no TCP port 8080"), "{refs:?}");
     }
 
     #[test]
@@ -544,7 +662,8 @@ mod tests {
 
     fn publish(table: &mut RouteTable, version: u64) -> (crate::published::Published, Verdicts) {
         let built = table.build();
-        let published = crate::published::Published::with_endpoints(version, built.routes, built.endpoints);
+        let published =
+            crate::published::Published::with_libraries(version, built.routes, built.endpoints, built.libraries);
         (published, built.verdicts)
     }
 
@@ -658,5 +777,159 @@ mod tests {
         let built = table.build();
         assert!(!built.routes.contains_key(&key("new")));
         assert!(built.endpoints.is_empty(), "{:?}", built.endpoints);
+    }
+
+    fn library(namespace: &str, name: &str, generation: i64, source: &str) -> LuaLibrary {
+        let yaml = format!(
+            "apiVersion: moongate.dev/v1alpha1\nkind: LuaLibrary\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  modules:\n    resty.jit-uuid: {source:?}\n"
+        );
+        let mut l = moongate_route::source::parse_documents(&yaml, None)
+            .unwrap()
+            .libraries
+            .remove(0);
+        l.metadata.generation = Some(generation);
+        l.metadata.uid = Some(format!("uid-lib-{name}"));
+        l
+    }
+
+    fn with_libraries(name: &str, generation: i64, libraries: &str) -> LuaRoute {
+        let mut r = route(name, generation, 100, "ngx.say(1)", "");
+        r.spec.libraries = libraries
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        r
+    }
+
+    #[test]
+    fn routes_of_a_namespace_share_a_library_and_an_edit_is_a_delta_of_the_library_alone() {
+        let mut table = RouteTable::default();
+        table.upsert(with_libraries("a", 1, "shared"));
+        table.upsert(with_libraries("b", 1, "shared"));
+        table.upsert_library(library("ns", "shared", 1, "return {v = 1}"));
+        let (v1, verdicts) = publish(&mut table, 1);
+        assert_eq!(v1.routes.len(), 2);
+        assert_eq!(v1.libraries.len(), 1, "carried once");
+        assert_eq!(verdicts[&key("a")].resolved_refs, Ok(()));
+
+        table.upsert_library(library("ns", "shared", 2, "return {v = 2}"));
+        let built = table.build();
+        let verdict = &built.library_verdicts[&LibraryKey::new("ns", "shared")];
+        assert_eq!(verdict.published_generation, Some(2));
+        assert_eq!(verdict.routes, [key("a"), key("b")]);
+        let v2 = crate::published::Published::with_libraries(2, built.routes, built.endpoints, built.libraries);
+        let delta = v2.delta_from(&v1);
+        assert!(delta.upserted.is_empty(), "no route changes: {:?}", delta.upserted);
+        assert_eq!(delta.upserted_libraries.len(), 1);
+        assert_eq!(delta.upserted_libraries[0].generation, 2);
+    }
+
+    #[test]
+    fn a_broken_library_edit_keeps_its_last_good_generation_serving() {
+        let mut table = RouteTable::default();
+        table.upsert(with_libraries("a", 1, "shared"));
+        table.upsert_library(library("ns", "shared", 1, "return {}"));
+        let (v1, _) = publish(&mut table, 1);
+        table.upsert_library(library("ns", "shared", 2, "return {"));
+        let built = table.build();
+        assert!(Arc::ptr_eq(
+            &built.libraries[&LibraryKey::new("ns", "shared")],
+            &v1.libraries[&LibraryKey::new("ns", "shared")]
+        ));
+        let verdict = &built.verdicts[&key("a")];
+        assert_eq!(verdict.acceptance, Acceptance::Accepted, "the route itself is fine");
+        let refs = verdict.resolved_refs.clone().unwrap_err();
+        assert_eq!(refs.reason, "LibraryInvalid");
+        assert!(
+            refs.message.contains("generation 2 of LuaLibrary ns/shared is invalid")
+                && refs.message.contains("module resty.jit-uuid: line 1")
+                && refs.message.ends_with("keep its generation 1"),
+            "{}",
+            refs.message
+        );
+        let library = &built.library_verdicts[&LibraryKey::new("ns", "shared")];
+        assert!(library.accepted.as_ref().unwrap_err().contains("line 1"));
+        assert_eq!(library.serving_generation, Some(1));
+    }
+
+    #[test]
+    fn a_route_naming_a_missing_library_keeps_its_last_published_generation() {
+        let mut table = RouteTable::default();
+        table.upsert(with_libraries("a", 1, ""));
+        let first = table.build().routes[&key("a")].clone();
+        table.upsert(with_libraries("a", 2, "nowhere"));
+        let built = table.build();
+        assert!(
+            Arc::ptr_eq(&built.routes[&key("a")], &first),
+            "generation 1 keeps serving"
+        );
+        let verdict = &built.verdicts[&key("a")];
+        assert_eq!(verdict.published_generation, Some(1));
+        match &verdict.acceptance {
+            Acceptance::Unlinked(u) => {
+                assert_eq!(u.reason, "LibraryNotFound");
+                assert_eq!(u.message, "LuaLibrary ns/nowhere not found");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A library of the same name in another namespace does not count.
+        table.upsert_library(library("other", "nowhere", 1, "return {}"));
+        assert_eq!(table.build().verdicts[&key("a")].published_generation, Some(1));
+        // Created in the route's namespace: generation 2 goes out.
+        table.upsert_library(library("ns", "nowhere", 1, "return {}"));
+        let built = table.build();
+        assert_eq!(built.verdicts[&key("a")].published_generation, Some(2));
+        assert_eq!(built.verdicts[&key("a")].acceptance, Acceptance::Accepted);
+    }
+
+    #[test]
+    fn a_library_that_never_compiled_refuses_a_new_route_and_a_clash_is_named() {
+        let mut table = RouteTable::default();
+        table.upsert_library(library("ns", "shared", 1, "return {"));
+        table.upsert(with_libraries("a", 1, "shared"));
+        let built = table.build();
+        assert!(built.routes.is_empty());
+        match &built.verdicts[&key("a")].acceptance {
+            Acceptance::Unlinked(u) => assert_eq!(u.reason, "LibraryInvalid", "{u:?}"),
+            other => panic!("{other:?}"),
+        }
+        let mut own = with_libraries("b", 1, "good");
+        own.spec.modules.insert("resty.jit-uuid".into(), "return {}".into());
+        table.upsert(own);
+        table.upsert_library(library("ns", "good", 1, "return {}"));
+        match &table.build().verdicts[&key("b")].acceptance {
+            Acceptance::Unlinked(u) => {
+                assert_eq!(u.reason, "LibraryConflict");
+                assert!(
+                    u.message.contains(r#"module "resty.jit-uuid" of library "good""#),
+                    "{}",
+                    u.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deleted_library_keeps_serving_the_routes_naming_it_until_they_stop() {
+        let mut table = RouteTable::default();
+        table.upsert(with_libraries("a", 1, "shared"));
+        table.upsert_library(library("ns", "shared", 1, "return {}"));
+        table.build();
+        table.remove_library(&LibraryKey::new("ns", "shared"));
+        let built = table.build();
+        assert_eq!(built.libraries.len(), 1, "the tombstone serves generation 1");
+        assert!(built.library_verdicts.is_empty(), "no status for a deleted library");
+        let refs = built.verdicts[&key("a")].resolved_refs.clone().unwrap_err();
+        assert_eq!(refs.reason, "LibraryNotFound");
+        table.upsert(with_libraries("a", 2, ""));
+        let built = table.build();
+        assert!(built.libraries.is_empty());
+        table.upsert(with_libraries("a", 3, "shared"));
+        assert!(
+            matches!(table.build().verdicts[&key("a")].acceptance, Acceptance::Unlinked(_)),
+            "the tombstone went when no route named it"
+        );
     }
 }

@@ -82,7 +82,7 @@ pub async fn run(options: Options) -> Result<()> {
 
     let fleet = Arc::new(Fleet::default());
     let (latest_tx, latest) = watch::channel(None);
-    let (verdicts_tx, verdicts) = watch::channel(Arc::default());
+    let (verdicts_tx, verdicts, library_verdicts) = crate::reconcile::VerdictSenders::channel();
     spawn_reconciler(
         client.clone(),
         options.namespaces.clone(),
@@ -97,7 +97,13 @@ pub async fn run(options: Options) -> Result<()> {
             instance: Some(options.identity.clone()),
         },
     );
-    tokio::spawn(crate::status::run(client.clone(), recorder, verdicts, fleet.clone()));
+    tokio::spawn(crate::status::run(
+        client.clone(),
+        recorder,
+        verdicts,
+        library_verdicts,
+        fleet.clone(),
+    ));
     {
         let readiness = readiness.clone();
         let mut latest = latest.clone();
@@ -160,7 +166,7 @@ fn spawn_reconciler(
     namespaces: Vec<String>,
     debounce: Debounce,
     latest: watch::Sender<Option<Arc<crate::published::Published>>>,
-    verdicts: watch::Sender<Arc<crate::routes::Verdicts>>,
+    verdicts: crate::reconcile::VerdictSenders,
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

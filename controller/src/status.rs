@@ -1,10 +1,13 @@
 //! LuaRoute status: what the controller concluded about each route and what
 //! the dataplanes reported, written back with server-side apply, with an
-//! Event for each condition that changes.
+//! Event for each condition that changes. LuaLibrary status is built in
+//! `library_status` and written by the same loop.
 //!
 //! Conditions follow the Gateway API's shape:
 //! - `Accepted`: the current generation is valid and holds its locations.
-//! - `ResolvedRefs`: every upstream Service exists.
+//! - `ResolvedRefs`: every upstream Service exists (else `BackendNotFound`),
+//!   and every LuaLibrary named is served as it is now (else
+//!   `LibraryNotFound`, `LibraryInvalid` or `LibraryConflict`).
 //! - `Programmed`: every connected dataplane acknowledged a version
 //!   containing the current generation.
 //!
@@ -22,6 +25,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use crate::fleet::{Dataplane, Fleet};
+use crate::libraries::LibraryVerdicts;
 use crate::published::Published;
 use crate::routes::{Acceptance, Verdict, Verdicts};
 use moongate_route::RouteKey;
@@ -43,9 +47,24 @@ fn condition(
     previous: Option<&LuaRouteStatus>,
     now: &Time,
 ) -> Condition {
+    let previous = previous.map(|p| p.conditions.as_slice());
+    condition_since(type_, ok, reason, message, generation, previous, now)
+}
+
+/// A condition whose `lastTransitionTime` is kept from `previous` when its
+/// status is unchanged.
+pub(crate) fn condition_since(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    previous: Option<&[Condition]>,
+    now: &Time,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
     let since = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .and_then(|p| p.iter().find(|c| c.type_ == type_))
         .filter(|c| c.status == status)
         .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
     Condition {
@@ -62,8 +81,8 @@ fn condition(
 /// version they applied (usually one or two versions for the whole fleet), so
 /// counting a route costs a lookup per version, not per dataplane.
 pub struct FleetView {
-    total: usize,
-    by_version: Vec<(Arc<Published>, usize)>,
+    pub(crate) total: usize,
+    pub(crate) by_version: Vec<(Arc<Published>, usize)>,
     /// Dataplanes with a rejection, in node order: rare.
     rejecting: Vec<Dataplane>,
 }
@@ -126,6 +145,7 @@ pub fn desired(
         ),
         Acceptance::Invalid(m) => (false, "Invalid", m.clone()),
         Acceptance::Conflicted(m) => (false, "Conflicted", m.clone()),
+        Acceptance::Unlinked(u) => (false, u.reason, u.message.clone()),
     };
     let accepted = condition("Accepted", accepted, reason, message, generation, previous, now);
     let refs = match &verdict.resolved_refs {
@@ -138,11 +158,11 @@ pub fn desired(
             previous,
             now,
         ),
-        Err(m) => condition(
+        Err(u) => condition(
             "ResolvedRefs",
             false,
-            "BackendNotFound",
-            m.clone(),
+            u.reason,
+            u.message.clone(),
             generation,
             previous,
             now,
@@ -197,11 +217,15 @@ pub fn desired(
 
 /// Events for conditions that changed from `previous` to `next`.
 fn transitions(previous: Option<&LuaRouteStatus>, next: &LuaRouteStatus) -> Vec<Event> {
-    next.conditions
-        .iter()
+    condition_events(previous.map(|p| p.conditions.as_slice()), &next.conditions)
+}
+
+/// Events for conditions that changed from `previous` to `next`.
+pub(crate) fn condition_events(previous: Option<&[Condition]>, next: &[Condition]) -> Vec<Event> {
+    next.iter()
         .filter(|c| !matches!(c.reason.as_str(), "Pending" | "NoDataplanes" | "NotAccepted"))
         .filter(|c| {
-            let before = previous.and_then(|p| p.conditions.iter().find(|p| p.type_ == c.type_));
+            let before = previous.and_then(|p| p.iter().find(|p| p.type_ == c.type_));
             before.is_none_or(|b| {
                 b.status != c.status || b.reason != c.reason || (c.status == "False" && b.message != c.message)
             })
@@ -229,23 +253,35 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Writes status whenever verdicts or dataplane reports change, until the
 /// verdict channel closes.
-pub async fn run(client: Client, recorder: Recorder, mut verdicts: watch::Receiver<Arc<Verdicts>>, fleet: Arc<Fleet>) {
+pub async fn run(
+    client: Client,
+    recorder: Recorder,
+    mut verdicts: watch::Receiver<Arc<Verdicts>>,
+    mut library_verdicts: watch::Receiver<Arc<LibraryVerdicts>>,
+    fleet: Arc<Fleet>,
+) {
     let mut reports = fleet.subscribe();
     let mut written: HashMap<RouteKey, LuaRouteStatus> = HashMap::new();
+    let mut libraries_written = crate::library_status::Written::default();
     let mut retry = tokio::time::interval(RETRY);
     loop {
         tokio::select! {
             changed = verdicts.changed() => if changed.is_err() {
                 return;
             },
+            _ = library_verdicts.changed() => {}
             _ = reports.changed() => {}
             _ = retry.tick() => {}
         }
         tokio::time::sleep(COALESCE).await;
         let current = verdicts.borrow_and_update().clone();
+        let libraries = library_verdicts.borrow_and_update().clone();
         reports.borrow_and_update();
         let view = FleetView::new(fleet.dataplanes());
         let now = Time(k8s_openapi::jiff::Timestamp::now());
+        libraries_written
+            .write(&client, &recorder, &libraries, &view, &now)
+            .await;
         written.retain(|key, _| current.contains_key(key));
         let mut writes = Vec::new();
         for (key, verdict) in current.iter() {

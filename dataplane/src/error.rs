@@ -16,6 +16,12 @@ pub enum Error {
         route: moongate_route::RouteKey,
         message: String,
     },
+    /// A library of a snapshot is corrupt (a chunk's digest does not match).
+    #[error("library {library}: {message}")]
+    Library {
+        library: moongate_route::LibraryKey,
+        message: String,
+    },
     #[error("{what} {addr}: {source}")]
     Listen {
         what: &'static str,
@@ -40,7 +46,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Config(e) => e.metric_label(),
-            Error::Load { .. } => "load",
+            Error::Load { .. } | Error::Library { .. } => "load",
             Error::Listen { .. } => "listen",
             Error::Io { .. } => "io",
             Error::WorkerGone(_) => "worker",

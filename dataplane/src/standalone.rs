@@ -1,4 +1,4 @@
-//! Standalone mode: LuaRoutes from YAML files, no cluster.
+//! Standalone mode: LuaRoutes and LuaLibraries from YAML files, no cluster.
 //!
 //! The files are validated and compiled by the same code the controller uses
 //! (`moongate_controller::{source, snapshot}`), which also applies the
@@ -35,7 +35,7 @@ pub struct Loaded {
 /// the load; a refused one is left out and listed in [`Loaded::refused`].
 pub fn load(path: &Path, version: u64) -> Result<Loaded> {
     let sources = source::load_path(path)?;
-    let built = standalone::from_sources(&sources, version)?;
+    let built = standalone::from_sources(&sources.routes, &sources.libraries, version)?;
     Ok(Loaded {
         config: Config::try_from(&built.snapshot)?,
         refused: built.refused,

@@ -632,3 +632,100 @@ fn a_service_upstream_follows_its_endpoint_slices_without_failing_a_request() {
         assert_eq!(dp.get("proxied.test", "/"), Some((200, "b2\n".to_string())));
     }
 }
+
+/// A LuaLibrary whose module `resty.jit-uuid` returns `{version = VERSION}`,
+/// or whatever Lua `module` is.
+fn library_yaml(name: &str, module: &str) -> String {
+    let module = module.replace('\n', "\n      ");
+    format!(
+        "apiVersion: moongate.dev/v1alpha1\nkind: LuaLibrary\nmetadata:\n  name: {name}\nspec:\n  modules:\n    resty.jit-uuid: |\n      {module}\n"
+    )
+}
+
+/// A LuaRoute on `host` that names `library` and says its module's version.
+fn library_user_yaml(name: &str, host: &str, library: &str) -> String {
+    route_yaml(name, host, "ngx.say(require(\"resty.jit-uuid\").version)")
+        .replace("spec:\n", &format!("spec:\n  libraries: [{library}]\n"))
+}
+
+fn library_programmed(library: &serde_json::Value, generation: u64) -> bool {
+    library["metadata"]["generation"] == generation
+        && library["status"]["observedGeneration"] == generation
+        && condition(library, "Accepted").is_some_and(|c| c.0 == "True")
+        && condition(library, "Programmed").is_some_and(|c| c.0 == "True")
+}
+
+#[test]
+fn a_library_shared_by_two_routes_hot_swaps_and_reports_status() {
+    let env = Env::new("library");
+    let grpc = free_port();
+    let _controller = env.controller("controller-0", grpc, free_port());
+    let dp = env.dataplane("dp-a", &[grpc]);
+    let one = [&dp];
+
+    // A library and two routes naming it, in one apply: both serve it.
+    let yaml = [
+        library_yaml("shared", "return {version = \"v1\"}"),
+        library_user_yaml("first", "first.test", "shared"),
+        library_user_yaml("second", "second.test", "shared"),
+    ]
+    .join("---\n");
+    env.apply(&yaml).unwrap();
+    wait_body(&one, "first.test", "v1\n");
+    wait_body(&one, "second.test", "v1\n");
+    let status = env.wait_library_status("shared", "Accepted and Programmed", |l| library_programmed(l, 1));
+    assert_eq!(status["status"]["routes"], serde_json::json!(["first", "second"]));
+    assert_eq!(status["status"]["modules"], "resty.jit-uuid");
+    env.wait_status("first", "Programmed 1/1", |r| programmed_on_all(r, 1));
+
+    // An edit hot-swaps into both routes; the routes' generation is unchanged.
+    env.apply(&library_yaml("shared", "return {version = \"v2\"}")).unwrap();
+    wait_body(&one, "first.test", "v2\n");
+    wait_body(&one, "second.test", "v2\n");
+    env.wait_library_status("shared", "Programmed at generation 2", |l| library_programmed(l, 2));
+    assert_eq!(env.route_json("first")["metadata"]["generation"], 1);
+
+    // A broken edit: Accepted=False naming the module and line, the routes
+    // report it and keep serving generation 2.
+    env.apply(&library_yaml("shared", "local M = {}\nfunction M.f(\nreturn M"))
+        .unwrap();
+    let status = env.wait_library_status("shared", "Accepted=False", |l| {
+        l["status"]["observedGeneration"] == 3 && condition(l, "Accepted").is_some_and(|c| c.0 == "False")
+    });
+    let (_, reason, message) = condition(&status, "Accepted").unwrap();
+    assert_eq!(reason, "Invalid");
+    assert!(
+        message.contains(&format!(
+            "library {}/shared: module resty.jit-uuid: line 3",
+            env.namespace
+        )) && message.ends_with("the routes naming it keep its generation 2"),
+        "{message}"
+    );
+    assert_eq!(status["status"]["servingGeneration"], 2);
+    let route = env.wait_status("first", "ResolvedRefs=False", |r| {
+        condition(r, "ResolvedRefs").is_some_and(|c| c.0 == "False")
+    });
+    let (_, reason, message) = condition(&route, "ResolvedRefs").unwrap();
+    assert_eq!(reason, "LibraryInvalid");
+    assert!(message.contains("keep its generation 2"), "{message}");
+    assert_eq!(condition(&route, "Accepted").unwrap().0, "True");
+    assert_eq!(dp.get("first.test", "/"), Some((200, "v2\n".to_string())));
+
+    // A route naming a library its namespace does not have is refused,
+    // naming the library, and is not served.
+    env.apply(&library_user_yaml("orphan", "orphan.test", "nowhere"))
+        .unwrap();
+    let orphan = env.wait_status("orphan", "Accepted=False", |r| {
+        condition(r, "Accepted").is_some_and(|c| c.0 == "False")
+    });
+    let (_, reason, message) = condition(&orphan, "Accepted").unwrap();
+    assert_eq!(reason, "LibraryNotFound");
+    assert_eq!(message, format!("LuaLibrary {}/nowhere not found", env.namespace));
+    assert_eq!(dp.get("orphan.test", "/").map(|r| r.0), Some(404));
+
+    // The apiserver applies the module name rule, with hyphens allowed.
+    let error = env
+        .apply(&library_yaml("shared", "return {}").replace("resty.jit-uuid", "resty/evil"))
+        .expect_err("a module name with a slash is refused");
+    assert!(error.contains("module names must be"), "{error}");
+}

@@ -8,8 +8,10 @@
 //! compiler reads the files a route names (`upstream.tls.caFile`...), a
 //! cluster's refuses them. Upstreams are checked in `upstream`.
 
+mod library;
 mod upstream;
 
+pub use library::compile_library;
 pub use upstream::{FileAccess, parse_duration_ms, parse_host_port};
 
 use mlua::Lua;
@@ -21,7 +23,8 @@ use std::sync::{LazyLock, OnceLock};
 
 use crate::RouteKey;
 use crate::crd::{
-    LocationSpec, LuaRoute, LuaRouteRef, NAMESPACE_OR_ANY_PATTERN, Persistence, ROUTE_NAME_OR_ANY_PATTERN,
+    LocationSpec, LuaRoute, LuaRouteRef, MAX_MODULE_NAME, MODULE_NAME_MESSAGE, MODULE_NAME_PATTERN,
+    NAMESPACE_OR_ANY_PATTERN, OBJECT_NAME_PATTERN, Persistence, ROUTE_NAME_OR_ANY_PATTERN,
 };
 use crate::error::Problem;
 use crate::location::{LocationKey, LocationKind};
@@ -129,9 +132,68 @@ static NAMESPACE_OR_ANY: LazyLock<pcre2::bytes::Regex> =
 static ROUTE_NAME_OR_ANY: LazyLock<pcre2::bytes::Regex> =
     LazyLock::new(|| pcre2::bytes::Regex::new(ROUTE_NAME_OR_ANY_PATTERN).expect("a valid pattern"));
 
+static MODULE_NAME: LazyLock<pcre2::bytes::Regex> =
+    LazyLock::new(|| pcre2::bytes::Regex::new(MODULE_NAME_PATTERN).expect("a valid pattern"));
+static OBJECT_NAME: LazyLock<pcre2::bytes::Regex> =
+    LazyLock::new(|| pcre2::bytes::Regex::new(OBJECT_NAME_PATTERN).expect("a valid pattern"));
+
 /// The schema's bounds, repeated for standalone mode.
 const MAX_ALLOWED_NAMESPACES: usize = 32;
 const MAX_ALLOW_FROM: usize = 16;
+const MAX_MODULES: usize = 128;
+const MAX_LIBRARIES: usize = 16;
+
+/// `re` matches the whole of `s`. PCRE's `$` also matches before a final
+/// newline, RE2's (the apiserver's) does not: this is RE2's reading.
+fn whole_match(re: &pcre2::bytes::Regex, s: &str) -> bool {
+    re.find(s.as_bytes()).ok().flatten().is_some_and(|m| m.end() == s.len())
+}
+
+/// `name` is a module name by the schema's rule ([`MODULE_NAME_PATTERN`]),
+/// the one rule for routes' and libraries' modules.
+pub fn is_module_name(name: &str) -> bool {
+    name.len() <= MAX_MODULE_NAME && whole_match(&MODULE_NAME, name)
+}
+
+/// Compiles a `modules` map (a route's or a library's); `chunk_name` names a
+/// module's chunk as Lua prints it in errors. Problems carry the phase
+/// `module NAME` and the Lua line.
+fn compile_modules<'a>(
+    compiler: &Compiler,
+    modules: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+    chunk_name: impl Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) -> Vec<pb::Module> {
+    if modules.len() > MAX_MODULES {
+        problems.push(Problem {
+            phase: Some("modules".into()),
+            ..Problem::new(format!("at most {MAX_MODULES} modules"))
+        });
+    }
+    let mut out = Vec::with_capacity(modules.len());
+    for (module, source) in modules {
+        let phase = Some(format!("module {module}"));
+        if !is_module_name(module) {
+            problems.push(Problem {
+                phase,
+                ..Problem::new(format!("invalid module name {module:?}: {MODULE_NAME_MESSAGE}"))
+            });
+            continue;
+        }
+        match compiler.chunk(&chunk_name(module), source) {
+            Ok(chunk) => out.push(pb::Module {
+                name: module.clone(),
+                chunk: Some(chunk),
+            }),
+            Err((line, message)) => problems.push(Problem {
+                phase,
+                line,
+                ..Problem::new(message)
+            }),
+        }
+    }
+    out
+}
 
 /// `s` is a namespace name or `*`.
 fn is_namespace_or_any(s: &str) -> bool {
@@ -168,6 +230,7 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
         line,
         message,
         file: None,
+        library: None,
     };
 
     if name.is_empty() {
@@ -266,15 +329,41 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
         }
     }
 
-    let mut modules = Vec::new();
-    for (module, source) in &spec.modules {
-        let phase = format!("module {module}");
-        match compiler.chunk(&format!("{module}({route_id})"), source) {
-            Ok(chunk) => modules.push(pb::Module {
-                name: module.clone(),
-                chunk: Some(chunk),
-            }),
-            Err((line, msg)) => problems.push(problem(None, Some(&phase), line, msg)),
+    let mut module_problems = Vec::new();
+    let modules = compile_modules(
+        compiler,
+        spec.modules.iter(),
+        |module| format!("{module}({route_id})"),
+        &mut module_problems,
+    );
+    problems.extend(module_problems.into_iter().map(|p| Problem {
+        route: Some(key.clone()),
+        ..p
+    }));
+    if spec.libraries.len() > MAX_LIBRARIES {
+        problems.push(problem(
+            None,
+            Some("libraries"),
+            None,
+            format!("at most {MAX_LIBRARIES} libraries"),
+        ));
+    }
+    for (i, library) in spec.libraries.iter().enumerate() {
+        if !(library.len() <= 253 && whole_match(&OBJECT_NAME, library)) {
+            problems.push(problem(
+                None,
+                Some("libraries"),
+                None,
+                format!("invalid library name {library:?}: a LuaLibrary name (a DNS-1123 subdomain)"),
+            ));
+        }
+        if spec.libraries[..i].contains(library) {
+            problems.push(problem(
+                None,
+                Some("libraries"),
+                None,
+                format!("library {library:?} named twice"),
+            ));
         }
     }
 
@@ -318,6 +407,7 @@ pub fn compile_route(compiler: &Compiler, route: &LuaRoute, created_at: i64) -> 
         limits: Some(limits),
         created_at,
         allowed_namespaces: spec.allowed_namespaces.clone(),
+        libraries: spec.libraries.clone(),
     })
 }
 
@@ -571,5 +661,32 @@ mod tests {
         let abi = Compiler::abi();
         assert!(abi.luajit_version.starts_with("LuaJIT 2."), "{abi:?}");
         assert!(!abi.arch.is_empty());
+    }
+
+    #[test]
+    fn route_modules_follow_the_module_name_rule_with_hyphens() {
+        let route = |modules: &str| {
+            format!(
+                "apiVersion: moongate.dev/v1alpha1\nkind: LuaRoute\nmetadata: {{name: r, namespace: team}}\nspec:\n  libraries: [jwt, jwt]\n  modules:\n{modules}  locations: [{{path: /}}]\n"
+            )
+        };
+        let errs = compile_yaml(&route(
+            "    resty.jwt-validators: 'return {}'\n    resty.jit-uuid: 'return {'\n    'a..b': 'return {}'\n",
+        ))
+        .unwrap_err();
+        let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("route team/r: module a..b: invalid module name \"a..b\""),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("route team/r: module resty.jit-uuid: line 1: "),
+            "the hyphenated name compiles as far as its Lua: {lines:?}"
+        );
+        assert_eq!(lines[2], "route team/r: libraries: library \"jwt\" named twice");
+        assert!(is_module_name("resty.jwt-validators") && is_module_name("resty.jit-uuid"));
+        assert!(!is_module_name("resty.http\n"), "RE2's $, not PCRE's");
+        assert!(!is_module_name(&"a".repeat(129)));
     }
 }

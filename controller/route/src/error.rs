@@ -1,10 +1,11 @@
-//! The crate's error type. Every problem with a LuaRoute names where it is:
-//! file, route, location, phase and Lua line, as far as each is known.
+//! The crate's error type. Every problem with a LuaRoute or a LuaLibrary names
+//! where it is: file, route or library, location, phase (or module) and Lua
+//! line, as far as each is known.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::RouteKey;
+use crate::{LibraryKey, RouteKey};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -37,6 +38,8 @@ impl Error {
 pub struct Problem {
     pub file: Option<PathBuf>,
     pub route: Option<RouteKey>,
+    /// The LuaLibrary, for a problem of a library rather than a route.
+    pub library: Option<LibraryKey>,
     /// The location's path.
     pub location: Option<String>,
     /// The part of the route: `rewrite`, `access`, `content`, …, `module
@@ -63,6 +66,9 @@ impl fmt::Display for Problem {
         }
         if let Some(route) = &self.route {
             write!(f, "route {route}: ")?;
+        }
+        if let Some(library) = &self.library {
+            write!(f, "library {library}: ")?;
         }
         if let Some(location) = &self.location {
             write!(f, "location {location}: ")?;

@@ -1,5 +1,5 @@
 //! The LuaRoute domain, shared by the controller and the dataplane: the
-//! resource's types, validation, compilation of its Lua to LuaJIT bytecode, the
+//! LuaRoute and LuaLibrary resources' types, validation, compilation of its Lua to LuaJIT bytecode, the
 //! hostname and location rules that decide which routes are served, and routes
 //! read from files for standalone mode.
 //!
@@ -13,10 +13,11 @@ pub mod error;
 pub mod hostnames;
 pub mod index;
 pub mod key;
+pub mod library;
 pub mod location;
 pub mod quantity;
 pub mod source;
 pub mod standalone;
 
 pub use error::{Error, Problem, Result};
-pub use key::RouteKey;
+pub use key::{LibraryKey, RouteKey};

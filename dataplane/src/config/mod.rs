@@ -1,6 +1,13 @@
 //! The dataplane's own view of a config snapshot, converted from `moongate.v1`
-//! at the boundary: digests are checked and regexes compiled here, so a bad
-//! snapshot is rejected before any worker sees it.
+//! at the boundary: digests are checked, regexes compiled and routes linked to
+//! the libraries they name here, so a bad snapshot is rejected before any
+//! worker sees it.
+//!
+//! A library's chunks are verified once and shared (`Arc`) by the routes that
+//! name it: after linking, a route's `modules` are its own followed by its
+//! libraries', and each route still loads them into its own sandbox. The
+//! linking rule (same namespace, no module name twice) is
+//! `moongate_route::library::link`, the controller's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,8 +16,9 @@ use moongate_proto::v1 as pb;
 use pcre2::bytes::{Regex, RegexBuilder};
 use sha2::{Digest, Sha256};
 
-use moongate_route::RouteKey;
+use moongate_route::library::link;
 use moongate_route::location::{LocationKey, LocationKind};
+use moongate_route::{LibraryKey, RouteKey};
 
 use crate::error::{Error, Result};
 use crate::proxy::upstream::Upstream;
@@ -62,11 +70,16 @@ pub struct Chunk {
 
 impl Chunk {
     fn verified(route: &RouteKey, chunk: &pb::Chunk) -> Result<Chunk> {
+        Chunk::verified_digest(chunk).map_err(|message| Error::Load {
+            route: route.clone(),
+            message,
+        })
+    }
+
+    /// The chunk if its digest matches; else why not.
+    fn verified_digest(chunk: &pb::Chunk) -> std::result::Result<Chunk, String> {
         if Sha256::digest(&chunk.bytecode).as_slice() != chunk.digest.as_slice() {
-            return Err(Error::Load {
-                route: route.clone(),
-                message: format!("chunk {}: digest mismatch", chunk.name),
-            });
+            return Err(format!("chunk {}: digest mismatch", chunk.name));
         }
         Ok(Chunk {
             name: chunk.name.clone(),
@@ -156,7 +169,8 @@ pub struct Route {
     pub hostnames: Vec<String>,
     pub name: String,
     pub locations: Vec<Location>,
-    pub modules: Vec<(String, Chunk)>,
+    /// The route's own modules, then those of the libraries it names.
+    pub modules: Vec<(String, Arc<Chunk>)>,
     pub init: Option<Chunk>,
     pub init_worker: Option<Chunk>,
     pub shared_dicts: Vec<DictDecl>,
@@ -218,9 +232,35 @@ impl TryFrom<&pb::Snapshot> for Config {
     type Error = Error;
 
     fn try_from(snapshot: &pb::Snapshot) -> Result<Config> {
+        let by_key: HashMap<LibraryKey, &pb::Library> =
+            snapshot.libraries.iter().map(|l| (LibraryKey::of(l), l)).collect();
+        let mut libraries: HashMap<LibraryKey, Vec<(String, Arc<Chunk>)>> =
+            HashMap::with_capacity(snapshot.libraries.len());
+        for l in &snapshot.libraries {
+            let key = LibraryKey::of(l);
+            let mut modules = Vec::with_capacity(l.modules.len());
+            for m in &l.modules {
+                if let Some(c) = &m.chunk {
+                    let chunk = Chunk::verified_digest(c).map_err(|message| Error::Library {
+                        library: key.clone(),
+                        message,
+                    })?;
+                    modules.push((m.name.clone(), Arc::new(chunk)));
+                }
+            }
+            libraries.insert(key, modules);
+        }
         let mut routes = Vec::with_capacity(snapshot.routes.len());
         for r in &snapshot.routes {
-            routes.push(Arc::new(route_from_proto(r)?));
+            let mut route = route_from_proto(r)?;
+            let linked = link(r, |key| by_key.get(key).copied()).map_err(|e| Error::Load {
+                route: route.key.clone(),
+                message: format!("libraries: {e}"),
+            })?;
+            for l in linked {
+                route.modules.extend(libraries[&LibraryKey::of(l)].iter().cloned());
+            }
+            routes.push(Arc::new(route));
         }
         Ok(Config::index(snapshot.version, snapshot.content_hash.clone(), routes))
     }
@@ -359,7 +399,7 @@ fn route_from_proto(r: &pb::Route) -> Result<Route> {
     let mut modules = Vec::with_capacity(r.modules.len());
     for m in &r.modules {
         if let Some(c) = &m.chunk {
-            modules.push((m.name.clone(), Chunk::verified(&key, c)?));
+            modules.push((m.name.clone(), Arc::new(Chunk::verified(&key, c)?)));
         }
     }
     let limits = r.limits.unwrap_or_default();

@@ -10,7 +10,7 @@ fn config(yaml: &str) -> Config {
             route,
         })
         .collect();
-    let built = standalone::from_sources(&sourced, 1).unwrap();
+    let built = standalone::from_sources(&sourced, &[], 1).unwrap();
     assert!(built.refused.is_empty(), "{:?}", built.refused);
     Config::try_from(&built.snapshot).unwrap()
 }
@@ -216,5 +216,72 @@ fn allow_from_as_sent_defaults_to_the_own_namespace_and_any_name() {
             namespace: Some("b".into()),
             name: Some("x".into())
         }
+    );
+}
+
+/// A snapshot of one route in `team` with module `own`, naming `libraries`,
+/// beside the given libraries, built by hand as a restored or foreign
+/// snapshot could be (the controller never sends a route that does not link).
+fn linked(libraries: &[&str], present: Vec<pb::Library>) -> Result<Config> {
+    let compiler = moongate_route::compile::Compiler::new();
+    let module = |name: &str| pb::Module {
+        name: name.into(),
+        chunk: Some(compiler.chunk(name, "return {}").unwrap()),
+    };
+    let route = pb::Route {
+        namespace: "team".into(),
+        name: "r".into(),
+        modules: vec![module("own")],
+        libraries: libraries.iter().map(|l| l.to_string()).collect(),
+        ..Default::default()
+    };
+    Config::try_from(&moongate_proto::snapshot::build(vec![route], Vec::new(), present, 1))
+}
+
+fn library(namespace: &str, name: &str, modules: &[&str]) -> pb::Library {
+    let compiler = moongate_route::compile::Compiler::new();
+    pb::Library {
+        namespace: namespace.into(),
+        name: name.into(),
+        generation: 1,
+        modules: modules
+            .iter()
+            .map(|m| pb::Module {
+                name: m.to_string(),
+                chunk: Some(compiler.chunk(m, "return {}").unwrap()),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_route_gets_its_own_modules_then_its_libraries_sharing_their_chunks() {
+    let shared = library("team", "shared", &["resty.jit-uuid"]);
+    let c = linked(&["shared"], vec![shared]).unwrap();
+    let names: Vec<&str> = c.routes[0].modules.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["own", "resty.jit-uuid"]);
+}
+
+#[test]
+fn a_snapshot_whose_route_does_not_link_is_refused_naming_the_route() {
+    let elsewhere = library("other", "shared", &["x"]);
+    let err = linked(&["shared"], vec![elsewhere]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        r#"route team/r: libraries: library "shared" not found in namespace "team""#
+    );
+    let clash = library("team", "shared", &["own"]);
+    let err = linked(&["shared"], vec![clash]).unwrap_err().to_string();
+    assert!(
+        err.contains(r#"module "own" of library "shared" is also defined by the route's modules"#),
+        "{err}"
+    );
+
+    let mut corrupt = library("team", "shared", &["x"]);
+    corrupt.modules[0].chunk.as_mut().unwrap().bytecode.push(0);
+    let err = linked(&["shared"], vec![corrupt]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("library team/shared: chunk") && err.contains("digest mismatch"),
+        "{err}"
     );
 }

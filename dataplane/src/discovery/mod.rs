@@ -24,7 +24,7 @@ use moongate_proto::v1 as pb;
 use moongate_proto::v1::config_discovery_client::ConfigDiscoveryClient;
 use moongate_proto::v1::controller_message::Kind as Push;
 use moongate_proto::v1::dataplane_message::Kind as Reply;
-use moongate_route::RouteKey;
+use moongate_route::{LibraryKey, RouteKey};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -63,10 +63,13 @@ struct Applied {
     routes: BTreeMap<RouteKey, pb::Route>,
     /// Service endpoints by (namespace, service, port).
     endpoints: BTreeMap<(String, String, u32), pb::ServiceEndpoints>,
+    /// LuaLibraries by key; a version that changes one reloads the routes
+    /// (every route is reloaded on a version that changes any route or library).
+    libraries: BTreeMap<LibraryKey, pb::Library>,
     version: u64,
     content_hash: Vec<u8>,
-    /// The hash of `routes` alone: a version that changes only endpoints
-    /// leaves it as it is, and reloads no Lua.
+    /// The hash of `routes` and `libraries`, without endpoints: a version
+    /// that changes only endpoints leaves it as it is, and reloads no Lua.
     routes_hash: Vec<u8>,
     /// Routes of `routes` that failed to load and are not served.
     left_out: Vec<pb::RouteError>,
@@ -189,11 +192,16 @@ impl<'a> Client<'a> {
         crate::metrics::controller_connected(true);
         tracing::info!(controller = %address, "connected to the controller");
         while let Some(message) = inbound.message().await? {
-            let (routes, endpoints, version, content_hash) = match message.kind {
+            let (routes, endpoints, libraries, version, content_hash) = match message.kind {
                 Some(Push::Snapshot(snapshot)) => {
                     let routes = snapshot.routes.into_iter().map(|r| (RouteKey::of(&r), r)).collect();
                     let endpoints = snapshot.endpoints.into_iter().map(|e| (endpoints_key(&e), e)).collect();
-                    (routes, endpoints, snapshot.version, snapshot.content_hash)
+                    let libraries = snapshot
+                        .libraries
+                        .into_iter()
+                        .map(|l| (LibraryKey::of(&l), l))
+                        .collect();
+                    (routes, endpoints, libraries, snapshot.version, snapshot.content_hash)
                 }
                 Some(Push::Delta(delta)) => {
                     if delta.base_version != self.applied.version {
@@ -218,7 +226,14 @@ impl<'a> Client<'a> {
                     for e in delta.upserted_endpoints {
                         endpoints.insert(endpoints_key(&e), e);
                     }
-                    (routes, endpoints, delta.version, delta.content_hash)
+                    let mut libraries = self.applied.libraries.clone();
+                    for key in delta.removed_libraries {
+                        libraries.remove(&LibraryKey::from(&key));
+                    }
+                    for l in delta.upserted_libraries {
+                        libraries.insert(LibraryKey::of(&l), l);
+                    }
+                    (routes, endpoints, libraries, delta.version, delta.content_hash)
                 }
                 None => {
                     return Err(SessionError::Protocol(
@@ -229,11 +244,13 @@ impl<'a> Client<'a> {
             let snapshot = moongate_proto::snapshot::build(
                 routes.values().cloned().collect(),
                 endpoints.values().cloned().collect(),
+                libraries.into_values().collect(),
                 version,
             );
             if snapshot.content_hash != content_hash {
-                let message =
-                    format!("version {version}: the routes and endpoints do not match the controller's content hash");
+                let message = format!(
+                    "version {version}: the routes, endpoints and libraries do not match the controller's content hash"
+                );
                 send(&replies, nack(version, message.clone(), Vec::new())).await?;
                 return Err(SessionError::Protocol(message));
             }
@@ -327,6 +344,11 @@ impl<'a> Client<'a> {
             routes_hash: routes_hash(&snapshot),
             endpoints: snapshot.endpoints.into_iter().map(|e| (endpoints_key(&e), e)).collect(),
             routes: snapshot.routes.into_iter().map(|r| (RouteKey::of(&r), r)).collect(),
+            libraries: snapshot
+                .libraries
+                .into_iter()
+                .map(|l| (LibraryKey::of(&l), l))
+                .collect(),
             version: snapshot.version,
             content_hash: snapshot.content_hash,
             left_out: left_out.clone(),
@@ -381,7 +403,7 @@ fn endpoints_key(e: &pb::ServiceEndpoints) -> (String, String, u32) {
     (e.namespace.clone(), e.service.clone(), e.port)
 }
 
-/// The hash of a snapshot's routes without its endpoints.
+/// The hash of a snapshot's routes and libraries without its endpoints.
 fn routes_hash(snapshot: &pb::Snapshot) -> Vec<u8> {
-    moongate_proto::snapshot::content_hash(snapshot.routes.iter(), std::iter::empty())
+    moongate_proto::snapshot::content_hash(snapshot.routes.iter(), std::iter::empty(), snapshot.libraries.iter())
 }

@@ -106,6 +106,7 @@ mod tests {
                 ..Default::default()
             }],
             Vec::new(),
+            Vec::new(),
             42,
         );
         let open = || SnapshotStore::open(dir.path()).unwrap().unwrap();
@@ -126,6 +127,7 @@ mod tests {
                 name: "r".into(),
                 ..Default::default()
             }],
+            Vec::new(),
             Vec::new(),
             7,
         );

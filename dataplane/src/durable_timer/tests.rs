@@ -44,7 +44,7 @@ fn route(name: &str, modules: &[&str]) -> Route {
                     name: m.to_string(),
                     bytecode: Vec::new(),
                 };
-                (m.to_string(), chunk)
+                (m.to_string(), std::sync::Arc::new(chunk))
             })
             .collect(),
         init: None,

@@ -375,7 +375,9 @@ fn nothing_off_the_allowlist_is_reachable_and_routes_share_no_table() {
                     route,
                 })
                 .collect();
-            let snapshot = moongate_route::standalone::from_sources(&sourced, 1).unwrap().snapshot;
+            let snapshot = moongate_route::standalone::from_sources(&sourced, &[], 1)
+                .unwrap()
+                .snapshot;
             let config = Arc::new(Config::try_from(&snapshot).unwrap());
             let limits = crate::lua::budget::FALLBACK;
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();

@@ -282,6 +282,21 @@ impl Env {
         .unwrap_or_else(|| panic!("{namespace}/{name}: status never became {what}; last:\n{last:#}"))
     }
 
+    pub fn library_json(&self, name: &str) -> Value {
+        let json = self.kubectl_ok(&["get", "lualibrary", name, "-o", "json"]);
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// Waits until LuaLibrary `name`'s status satisfies `f`; returns it.
+    pub fn wait_library_status(&self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        wait_for(WAIT, || {
+            last = self.library_json(name);
+            f(&last).then(|| last.clone())
+        })
+        .unwrap_or_else(|| panic!("library {name}: status never became {what}; last:\n{last:#}"))
+    }
+
     /// `--namespaces` for the controller: this test's namespace and the added ones.
     fn watched_namespaces(&self) -> String {
         std::iter::once(&self.namespace)
@@ -340,12 +355,13 @@ fn unique() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The CRD and the controller's ClusterRole, installed once per cluster.
+/// The CRDs and the controller's ClusterRole, installed once per cluster.
 fn install_cluster_wide(cluster: &Cluster) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let root = repo_root();
         cluster.kubectl_ok(&["apply", "-f", root.join("crds/luaroute.yaml").to_str().unwrap()]);
+        cluster.kubectl_ok(&["apply", "-f", root.join("crds/lualibrary.yaml").to_str().unwrap()]);
         cluster.kubectl_ok(&[
             "apply",
             "-f",
@@ -358,6 +374,7 @@ fn install_cluster_wide(cluster: &Cluster) {
             "--for=condition=Established",
             "--timeout=60s",
             "crd/luaroutes.moongate.dev",
+            "crd/lualibraries.moongate.dev",
         ]);
     });
 }

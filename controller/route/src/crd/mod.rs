@@ -24,6 +24,7 @@
 //! `kubectl explain` shows): `crds/luaroute.yaml` is generated from them, and
 //! `crd_drift` fails if it is not regenerated after they change.
 
+mod library;
 mod location;
 mod patterns;
 mod shared_dict;
@@ -38,12 +39,13 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use self::library::{LuaLibrary, LuaLibrarySpec, LuaLibraryStatus};
 pub use self::location::{LocationSpec, LuaRouteRef, MatchKind};
 pub use self::patterns::{
-    ADDRESS_PATTERN, DURATION_PATTERN, HOSTNAME_PATTERN, HTTP_TOKEN_PATTERN, MEDIA_TYPE_PATTERN,
-    MIN_INSTRUCTION_BUDGET, MODULE_NAME_PATTERN, NAMESPACE_OR_ANY_PATTERN, ROUTE_NAME_OR_ANY_PATTERN,
-    SERVICE_NAME_PATTERN, SHARED_DICT_NAME_PATTERN, SIZE_PATTERN, UPSTREAM_HOST_PATTERN, UPSTREAM_URI_PATTERN,
-    UPSTREAM_URL_PATTERN, VAR_NAME_PATTERN,
+    ADDRESS_PATTERN, DURATION_PATTERN, HOSTNAME_PATTERN, HTTP_TOKEN_PATTERN, MAX_MODULE_NAME, MEDIA_TYPE_PATTERN,
+    MIN_INSTRUCTION_BUDGET, MODULE_NAME_MESSAGE, MODULE_NAME_PATTERN, NAMESPACE_OR_ANY_PATTERN, OBJECT_NAME_PATTERN,
+    ROUTE_NAME_OR_ANY_PATTERN, SERVICE_NAME_PATTERN, SHARED_DICT_NAME_PATTERN, SIZE_PATTERN, UPSTREAM_HOST_PATTERN,
+    UPSTREAM_URI_PATTERN, UPSTREAM_URL_PATTERN, VAR_NAME_PATTERN,
 };
 pub use self::shared_dict::{Persistence, SharedDictSpec};
 pub use self::status::LuaRouteStatus;
@@ -135,19 +137,30 @@ pub struct LuaRouteSpec {
     )]
     pub shared_dicts: Vec<SharedDictSpec>,
 
-    /// Lua modules by name: the key is the name given to `require` (Lua identifiers
-    /// joined by dots, such as `resty.mylib`), the value the module's Lua source,
-    /// which returns the module table. Loadable from this route's handlers only. At
-    /// most 128.
+    /// Lua modules by name: the key is the name given to `require` (names of
+    /// letters, digits, `_` and `-` joined by dots, such as `resty.mylib` or
+    /// `resty.jit-uuid`), the value the module's Lua source, which returns the
+    /// module table. Loadable from this route's handlers only. At most 128;
+    /// modules shared by several routes belong in a LuaLibrary (`libraries`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend(
-        "maxProperties" = 128,
-        "x-kubernetes-validations" = [{
-            "rule": format!("self.all(k, k.matches('{MODULE_NAME_PATTERN}'))"),
-            "message": "module names must be Lua identifiers joined by dots, such as resty.mylib",
-        }]
-    ))]
+    #[schemars(extend("maxProperties" = 128, "x-kubernetes-validations" = module_names_rule()))]
     pub modules: BTreeMap<String, String>,
+
+    /// LuaLibraries of this route's namespace whose modules this route's
+    /// handlers may `require`, by name; at most 16, no duplicates. Each route
+    /// loads its own instance of a library's modules. A library module may not
+    /// have the name of one of `modules`, nor two named libraries a module of
+    /// the same name: the route is refused (`Accepted=False`, reason
+    /// `LibraryConflict`). A library that does not exist or has never compiled
+    /// refuses the route (`LibraryNotFound`, `LibraryInvalid`), which keeps
+    /// serving its last good generation meanwhile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub libraries: Vec<String>,
 
     /// Lua run once in every Lua VM when the route is loaded (`init_by_lua`):
     /// define globals, `require` modules, fill shared dicts.
@@ -162,6 +175,15 @@ pub struct LuaRouteSpec {
     /// Per-route resource limits. Omitted: the dataplane's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RouteLimits>,
+}
+
+/// The schema rule on module names, shared by LuaRoute's and LuaLibrary's
+/// `modules`: the same pattern and message `compile` applies.
+fn module_names_rule() -> serde_json::Value {
+    serde_json::json!([{
+        "rule": format!("self.all(k, size(k) <= {MAX_MODULE_NAME} && k.matches('{MODULE_NAME_PATTERN}'))"),
+        "message": MODULE_NAME_MESSAGE,
+    }])
 }
 
 /// Per-route limits.

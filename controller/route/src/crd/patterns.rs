@@ -19,10 +19,23 @@ pub const SIZE_PATTERN: &str = r"^[0-9]+([kKmMgG]|Ki|Mi|Gi)?$";
 pub const SHARED_DICT_NAME_PATTERN: &str = r"^[A-Za-z0-9_-]+$";
 /// A media type for `default_type`: `type/subtype`, optionally with parameters.
 pub const MEDIA_TYPE_PATTERN: &str = r"^[A-Za-z0-9][-A-Za-z0-9!#$&^_.+]*/[A-Za-z0-9][-A-Za-z0-9!#$&^_.+]*( *;[ -~]*)?$";
-/// Lua module names for `require`: identifiers joined by dots (`resty.http`).
+/// Lua module names for `require`, as Lua's package searchers treat them:
+/// names joined by dots, each dot a directory separator (`resty.http`). A
+/// name is letters, digits, `_` and `-`, not starting with `-`: real modules
+/// use hyphens (`resty.jwt-validators`, `resty.jit-uuid`), and Lua passes
+/// them to `require` as any other string. Nothing else is allowed: no empty
+/// names (`a..b`), no `/`, no spaces. At most [`MAX_MODULE_NAME`] bytes.
 /// Written with `[.]` rather than `\.` so it needs no escaping inside a CEL
-/// string literal.
-pub const MODULE_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*$";
+/// string literal. The schemas of LuaRoute and LuaLibrary and `compile` all
+/// use this one pattern, through [`module_names_rule`](super::module_names_rule).
+pub const MODULE_NAME_PATTERN: &str = "^[A-Za-z0-9_][-A-Za-z0-9_]*([.][A-Za-z0-9_][-A-Za-z0-9_]*)*$";
+/// The longest module name.
+pub const MAX_MODULE_NAME: usize = 128;
+/// What a module name that breaks [`MODULE_NAME_PATTERN`] is told, by the
+/// apiserver and by `compile` alike.
+pub const MODULE_NAME_MESSAGE: &str = "module names must be names of letters, digits, '_' and '-' (not starting with '-') joined by dots, such as resty.mylib or resty.jit-uuid, at most 128 characters";
+/// A Kubernetes object name (a DNS-1123 subdomain), as LuaLibrary names are.
+pub const OBJECT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// nginx variable names (`set $name`), as `compile` accepts them.
 pub const VAR_NAME_PATTERN: &str = "^[A-Za-z0-9_]+$";
 /// A namespace name (a DNS-1123 label, at most 63 characters by `maxLength`),

@@ -359,32 +359,61 @@ fn assert_sizes_agree_with_parse_bytes(re: &pcre2::bytes::Regex) {
 }
 
 #[test]
-fn module_names_are_dotted_lua_identifiers() {
-    let m = &spec()["properties"]["modules"];
-    assert_eq!(m["maxProperties"], 128);
-    assert_eq!(m["additionalProperties"]["type"], "string");
-    let (rule, message) = &rules(m)[0];
-    assert_eq!(rule, &format!("self.all(k, k.matches('{MODULE_NAME_PATTERN}'))"));
-    assert!(message.contains("resty.mylib"));
+fn module_names_are_dotted_names_with_hyphens_in_both_schemas() {
+    let library = serde_json::to_value(LuaLibrary::crd()).unwrap();
+    let library_modules =
+        &library["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["modules"];
+    let route_modules = &spec()["properties"]["modules"];
+    for m in [route_modules, library_modules] {
+        assert_eq!(m["maxProperties"], 128);
+        assert_eq!(m["additionalProperties"]["type"], "string");
+        let (rule, message) = &rules(m)[0];
+        assert_eq!(
+            rule,
+            &format!("self.all(k, size(k) <= 128 && k.matches('{MODULE_NAME_PATTERN}'))")
+        );
+        assert_eq!(message, MODULE_NAME_MESSAGE);
+    }
+    assert_eq!(library_modules["minProperties"], 1);
     // The pattern sits in a single-quoted CEL string: no quote or backslash to escape.
     assert!(!MODULE_NAME_PATTERN.contains(['\'', '\\']));
     assert!(!VAR_NAME_PATTERN.contains(['\'', '\\']));
     let re = pcre2::bytes::Regex::new(MODULE_NAME_PATTERN).unwrap();
-    for ok in ["util", "resty.http", "my_lib.v2.core", "_private"] {
+    for ok in [
+        "util",
+        "resty.http",
+        "my_lib.v2.core",
+        "_private",
+        "resty.jwt-validators",
+        "resty.jit-uuid",
+        "lua-cjson",
+        "resty.md5",
+        "3rdparty.x",
+    ] {
         assert!(matches(&re, ok), "{ok} should be accepted");
     }
     for bad in [
         "",
-        "2fast",
         "resty..http",
         ".resty",
         "resty.",
         "resty/http",
-        "lua-cjson",
-        "a.1b",
+        "-resty",
+        "resty.-x",
+        "a b",
     ] {
         assert!(!matches(&re, bad), "{bad:?} should be rejected");
     }
+}
+
+#[test]
+fn libraries_are_a_set_of_object_names() {
+    let l = &spec()["properties"]["libraries"];
+    assert_eq!(l["maxItems"], 16);
+    assert_eq!(l["x-kubernetes-list-type"], "set");
+    let re = pattern(&l["items"]);
+    assert!(matches(&re, "shared-auth") && matches(&re, "jwt.v2"));
+    assert!(!matches(&re, "Shared") && !matches(&re, "a/b") && !matches(&re, ""));
 }
 
 #[test]
