@@ -336,8 +336,8 @@ fn the_api_server_rejects_what_can_be_checked_without_lua() {
             "spec.sharedDicts[0].capacity",
         ),
         (
-            "  locations: [{path: /}]\n  modules: {lua-cjson: 'return 1'}\n",
-            "module names must be Lua identifiers",
+            "  locations: [{path: /}]\n  modules: {resty/cjson: 'return 1'}\n",
+            "module names must be names of letters, digits",
         ),
         (
             "  locations: [{path: /}]\n  limits: {instructionBudget: 10}\n",
